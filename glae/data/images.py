@@ -1,0 +1,135 @@
+"""Reading images safely, and the torch Dataset that turns samples into tensors.
+
+Every image GLAE touches, in training, evaluation or prediction, goes through
+``read_rgb``: one place decides how EXIF rotation, grayscale, CMYK, RGBA, 16-bit and
+oversized images become an RGB picture, so datasets and user photos are treated alike.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .datasets import AgeSample
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+# 50 megapixels: far above any face photo, far below what would exhaust memory when decoded.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+class ImageReadError(ValueError):
+    """An image could not be read; the message names the source and the reason."""
+
+
+def _describe(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"<{type(source).__name__}>"
+
+
+def _to_8bit_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; 16/32-bit grayscale is rescaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        pixels = np.clip(pixels / scale * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(pixels, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas become white rather than whatever colour hid under alpha.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_rgb(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode ``source`` (path, bytes, PIL image or HxWx3/HxW uint8 array) to an upright RGB image.
+
+    Raises:
+        ImageReadError: missing, empty, unreadable, truncated or oversized input. The
+            pixel count is checked from the header, before decoding (a decompression bomb
+            never reaches memory).
+    """
+    name = _describe(source)
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (2, 3) or source.dtype != np.uint8:
+            raise ImageReadError(f"{name}: expected a uint8 HxW or HxWx3 array, got {source.dtype} {source.shape}")
+        image = Image.fromarray(source)
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            if isinstance(source, bytes):
+                if not source:
+                    raise ImageReadError(f"{name}: empty input")
+                handle: io.BytesIO | str = io.BytesIO(source)
+            else:
+                if not os.path.exists(source):
+                    raise ImageReadError(f"{name}: file not found")
+                if os.path.getsize(source) == 0:
+                    raise ImageReadError(f"{name}: empty file")
+                handle = os.fspath(source)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(handle)
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageReadError(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels}")
+                image.load()
+        except ImageReadError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageReadError(f"{name}: not a readable image ({error})") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
+    if image.width * image.height > max_pixels:
+        raise ImageReadError(f"{name}: {image.width}x{image.height} pixels exceeds the limit of {max_pixels}")
+    return _to_8bit_rgb(ImageOps.exif_transpose(image))
+
+
+class AgeImageDataset(Dataset):
+    """Samples -> ``(image [3, S, S], age, age_std)``; ``age_std`` is NaN when unknown.
+
+    Indices may be plain ints (evaluation) or ``(index, augmentation_seed)`` pairs from
+    ``glae.data.samplers.EpochSampler``: the random augmentation of each draw is then
+    seeded by its place in the epoch, so a resumed run sees exactly the images an
+    uninterrupted one would, whatever the number of workers.
+    """
+
+    def __init__(self, samples: Sequence[AgeSample], transform: Callable[[Image.Image], Tensor]) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, float, float]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.samples[index]
+        image = read_rgb(sample.path)
+        if seed is None:
+            tensor = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                tensor = self.transform(image)
+        std = float("nan") if sample.age_std is None else float(sample.age_std)
+        return tensor, float(sample.age), std
+
+
+def ages_of(samples: Sequence[AgeSample]) -> list[float]:
+    return [sample.age for sample in samples]
+
+
+__all__ = ["MAX_IMAGE_PIXELS", "AgeImageDataset", "ImageReadError", "ImageSource", "ages_of", "read_rgb"]
+

@@ -1,0 +1,308 @@
+"""Evaluation protocols of Section IV-A: how each dataset is divided into train/val/test.
+
+Every split is deterministic (seeded, and independent of the order samples were loaded in)
+so that a run can be repeated, and can be saved as relative paths in a run folder and
+re-created exactly later with `Split.from_json`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from glae.data.datasets import AgeSample, DatasetError
+
+_PARTS = ("train", "val", "test")
+_SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+@dataclass
+class Split:
+    """The train/val/test parts of one protocol (val may be empty)."""
+
+    train: list[AgeSample]
+    val: list[AgeSample] = field(default_factory=list)
+    test: list[AgeSample] = field(default_factory=list)
+
+    def to_json(self, root: Path) -> dict[str, list[str]]:
+        """Per-part lists of paths relative to `root`, to save the split in a run folder.
+
+        Relative paths keep the saved split valid when the dataset folder is moved; a path
+        outside `root` is stored absolute.
+        """
+        return {part: [_relative(s.path, root) for s in getattr(self, part)] for part in _PARTS}
+
+    @classmethod
+    def from_json(
+        cls, data: Mapping[str, Sequence[str]], samples: Sequence[AgeSample], root: Path
+    ) -> Split:
+        """Re-create a saved split from the samples of a freshly loaded dataset.
+
+        Raises:
+            DatasetError: If a listed path is not among `samples` (the dataset changed).
+        """
+        by_path = {_key(s.path): s for s in samples}
+
+        def lookup(part: str) -> list[AgeSample]:
+            found = []
+            for entry in data.get(part, []):
+                sample = by_path.get(_key(Path(root) / entry))
+                if sample is None:
+                    raise DatasetError(f"saved split ({part}): {entry} is not in the dataset")
+                found.append(sample)
+            return found
+
+        return cls(train=lookup("train"), val=lookup("val"), test=lookup("test"))
+
+
+def _key(path: Path) -> str:
+    """Normalised absolute form of a path, so equal files compare equal as strings."""
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _relative(path: Path, root: Path) -> str:
+    """POSIX path relative to `root`, or the absolute path when outside it."""
+    try:
+        return Path(_key(path)).relative_to(_key(root)).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _by_path(samples: Sequence[AgeSample]) -> list[AgeSample]:
+    """Samples sorted by path: the canonical order that makes seeded splits order-independent."""
+    return sorted(samples, key=lambda s: str(s.path))
+
+
+def _check_fractions(test_fraction: float, val_fraction: float) -> None:
+    """Reject fractions that would leave no training data, before any work is done."""
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if test_fraction + val_fraction >= 1:
+        raise ValueError(
+            f"test_fraction + val_fraction must be < 1, got {test_fraction + val_fraction}"
+        )
+
+
+def _count(total: int, fraction: float) -> int:
+    """`total * fraction` rounded half up, so split sizes are predictable."""
+    return math.floor(total * fraction + 0.5)
+
+
+def random_split(
+    samples: Sequence[AgeSample],
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> Split:
+    """Seeded random split (the paper's 80-20 protocol by default).
+
+    Samples are sorted by path before shuffling, so the result depends only on the set of
+    samples and the seed. The test part holds round(n * test_fraction) samples and the val
+    part, carved from what would otherwise be training data, round(n * val_fraction).
+    Each part is returned sorted by path.
+
+    Raises:
+        ValueError: Fractions outside [0, 1), summing to 1 or more, or no samples.
+    """
+    _check_fractions(test_fraction, val_fraction)
+    if not samples:
+        raise ValueError("random_split needs at least one sample")
+    order = _by_path(samples)
+    random.Random(seed).shuffle(order)
+    n_test, n_val = _count(len(order), test_fraction), _count(len(order), val_fraction)
+    return Split(
+        train=_by_path(order[n_test + n_val :]),
+        val=_by_path(order[n_test : n_test + n_val]),
+        test=_by_path(order[:n_test]),
+    )
+
+
+def split_from_field(samples: Sequence[AgeSample]) -> Split:
+    """Split shipped with the dataset (`AgeSample.split`), e.g. APPA-REAL's three files.
+
+    "valid"/"validation" map to val. Every sample must carry a split: a partly labelled
+    dataset would silently lose images.
+
+    Raises:
+        DatasetError: If a sample has no split or an unknown split name.
+    """
+    parts: dict[str, list[AgeSample]] = {part: [] for part in _PARTS}
+    unlabelled = [s for s in samples if s.split is None]
+    if unlabelled:
+        raise DatasetError(
+            f"{len(unlabelled)} of {len(samples)} samples have no split field, "
+            f"e.g. {unlabelled[0].path}; use a random split or split lists instead"
+        )
+    for sample in samples:
+        part = _SPLIT_NAMES.get(str(sample.split).strip().lower())
+        if part is None:
+            raise DatasetError(f"{sample.path}: unknown split {sample.split!r}")
+        parts[part].append(sample)
+    return Split(**parts)
+
+
+def _read_list(list_file: Path) -> list[tuple[int, str]]:
+    """Non-blank lines of a split list with their line numbers."""
+    if not list_file.is_file():
+        raise DatasetError(f"{list_file} does not exist")
+    lines = list_file.read_text(encoding="utf-8-sig").splitlines()
+    return [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def _suffix_index(samples: Sequence[AgeSample]) -> dict[str, list[AgeSample]]:
+    """Samples grouped by file name, to match list entries by their trailing path parts."""
+    index: dict[str, list[AgeSample]] = defaultdict(list)
+    for sample in samples:
+        index[sample.path.name].append(sample)
+    return index
+
+
+def _match(entry: str, index: Mapping[str, list[AgeSample]]) -> list[AgeSample]:
+    """Samples whose path ends with the parts of `entry` (or equals it, if absolute)."""
+    parts = PurePosixPath(entry.replace("\\", "/")).parts
+    if PurePosixPath(entry).is_absolute():
+        return [s for s in index.get(parts[-1], []) if _key(s.path) == _key(Path(entry))]
+    return [s for s in index.get(parts[-1], []) if s.path.parts[-len(parts) :] == parts]
+
+
+def split_from_lists(
+    samples: Sequence[AgeSample],
+    train_list: Path,
+    test_list: Path,
+    val_list: Path | None = None,
+) -> Split:
+    """Fixed split from list files of one path per line (as published for CACD / LAP).
+
+    Entries are matched against the end of each sample's path, so lists may hold bare file
+    names or paths relative to any folder of the dataset. Samples on no list are left out,
+    since published lists often cover a subset.
+
+    Raises:
+        DatasetError: An entry matching no sample or several, or one sample listed twice
+            (which would leak test images into training); messages name the list and line.
+    """
+    index = _suffix_index(samples)
+    seen: dict[str, str] = {}
+    lists = {"train": train_list, "val": val_list, "test": test_list}
+    parts: dict[str, list[AgeSample]] = {part: [] for part in _PARTS}
+    for part, list_file in lists.items():
+        if list_file is None:
+            continue
+        for number, entry in _read_list(Path(list_file)):
+            where = f"{list_file}:{number}"
+            matches = _match(entry, index)
+            if len(matches) != 1:
+                problem = "matches no sample" if not matches else f"matches {len(matches)} samples"
+                raise DatasetError(f"{where}: {entry!r} {problem}")
+            key = _key(matches[0].path)
+            if key in seen:
+                raise DatasetError(f"{where}: {entry!r} already listed at {seen[key]}")
+            seen[key] = where
+            parts[part].append(matches[0])
+    return Split(**parts)
+
+
+def leave_one_subject_out(samples: Sequence[AgeSample]) -> Iterator[tuple[str, Split]]:
+    """One fold per subject, testing on that subject only (the FG-NET protocol).
+
+    Subjects are visited in sorted order. Validation happens on the call, not on the first
+    fold, so a dataset without subjects fails immediately.
+
+    Raises:
+        DatasetError: If any sample has no subject.
+    """
+    anonymous = [s for s in samples if s.subject is None]
+    if anonymous:
+        raise DatasetError(
+            f"{len(anonymous)} samples have no subject, e.g. {anonymous[0].path}; "
+            "leave-one-subject-out needs a subject for every sample"
+        )
+    subjects = sorted({str(s.subject) for s in samples})
+    return ((subject, _subject_fold(samples, subject)) for subject in subjects)
+
+
+def _subject_fold(samples: Sequence[AgeSample], subject: str) -> Split:
+    """The fold that tests on `subject` and trains on everyone else."""
+    return Split(
+        train=[s for s in samples if s.subject != subject],
+        test=[s for s in samples if s.subject == subject],
+    )
+
+
+def subset_then_random_split(
+    samples: Sequence[AgeSample],
+    keep: Callable[[AgeSample], bool],
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> Split:
+    """Random split of the samples passing `keep` (MORPH II's "partial" protocol).
+
+    Raises:
+        ValueError: Bad fractions.
+        DatasetError: If no sample passes `keep`.
+    """
+    _check_fractions(test_fraction, val_fraction)
+    kept = [s for s in samples if keep(s)]
+    if not kept:
+        raise DatasetError(f"none of the {len(samples)} samples passes the subset filter")
+    return random_split(kept, test_fraction, val_fraction, seed)
+
+
+def morph_partial_filter(sample: AgeSample) -> bool:
+    """Keep Caucasian faces (MORPH race code 'W', or 'white'; case-insensitive).
+
+    The paper's 5,493-image MORPH II subset follows ref. [9], whose exact image list is not
+    published; restricting to Caucasian subjects is the closest reproducible rule, so the
+    resulting subset size differs from 5,493.
+    """
+    return sample.attributes.get("race", "").strip().lower() in {"w", "white"}
+
+
+def _age_bin(sample: AgeSample) -> int:
+    """Integer age, rounded half up (Python's round() would send 24.5 down and 25.5 up)."""
+    return math.floor(sample.age + 0.5)
+
+
+def balanced_test_subset(
+    test: Sequence[AgeSample],
+    per_age: int,
+    seed: int = 0,
+    keep_short_ages: bool = False,
+) -> list[AgeSample]:
+    """The "-LT" test subset: `per_age` images for each integer age, drawn from `test` only.
+
+    Each age is drawn with its own seeded generator, so its images do not change when other
+    ages are added or dropped. Ages with fewer than `per_age` images are dropped, or kept
+    whole when `keep_short_ages` is set. The result is sorted by age, then path.
+
+    Raises:
+        ValueError: If `per_age` < 1.
+    """
+    if per_age < 1:
+        raise ValueError(f"per_age must be >= 1, got {per_age}")
+    groups: dict[int, list[AgeSample]] = defaultdict(list)
+    for sample in _by_path(test):
+        groups[_age_bin(sample)].append(sample)
+    subset: list[AgeSample] = []
+    for age in sorted(groups):
+        group = groups[age]
+        if len(group) >= per_age:
+            subset += _by_path(random.Random(f"{seed}/{age}").sample(group, per_age))
+        elif keep_short_ages:
+            subset += group
+    return subset

@@ -1,0 +1,33 @@
+"""Train and eval presets of Section V-A.
+
+Pixels are normalized as the paper does, (x - 127.5) / 128, which for a [0, 1] tensor is
+``Normalize(mean=127.5/255, std=128/255)``.
+"""
+
+from __future__ import annotations
+
+from torchvision import transforms as T
+
+PIXEL_MEAN = (127.5 / 255,) * 3
+PIXEL_STD = (128 / 255,) * 3
+
+
+def train_transform(input_size: int, augment: bool = True) -> T.Compose:
+    """Resize, horizontal flip, ColorJitter, RandAugment (N=2, M=9), normalize.
+
+    ``augment=False`` keeps only resize + normalize (for ablations and debugging).
+    """
+    steps: list = [T.Resize((input_size, input_size), antialias=True)]
+    if augment:
+        steps += [
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+            T.RandAugment(num_ops=2, magnitude=9),
+        ]
+    steps += [T.ToTensor(), T.Normalize(PIXEL_MEAN, PIXEL_STD)]
+    return T.Compose(steps)
+
+
+def eval_transform(input_size: int) -> T.Compose:
+    """Resize and normalize only: test-time flips happen on the batch (``AgeModel.predict_views``)."""
+    return T.Compose([T.Resize((input_size, input_size), antialias=True), T.ToTensor(), T.Normalize(PIXEL_MEAN, PIXEL_STD)])

@@ -1,0 +1,268 @@
+"""One epoch of training, one pass of inference, freezing, and distributed helpers.
+
+``glae.train`` strings these together into the two stages; nothing here knows about
+run folders or configs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .losses import compute_loss
+from .models.glae import HEAD_NAMES, AgeModel
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; continuing would only waste time."""
+
+
+@dataclass
+class DistributedContext:
+    """Where this process sits in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def init_distributed(preference: str = "auto") -> DistributedContext:
+    """Join the process group torchrun describes in the environment (a no-op without torchrun).
+
+    CUDA ranks use NCCL, one GPU each (``LOCAL_RANK``); CPU ranks use gloo.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(preference)
+    if world_size <= 1:
+        return DistributedContext(device=device)
+    rank = int(os.environ["RANK"])
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(rank=rank, world_size=world_size, device=device)
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.distributed:
+        dist.barrier()
+
+
+def unwrap(model: nn.Module) -> AgeModel:
+    """The model inside a DDP wrapper; saving and inference always go through it."""
+    return getattr(model, "module", model)
+
+
+def _freeze(module: nn.Module, frozen: bool) -> None:
+    module.requires_grad_(not frozen)
+    module.frozen = frozen  # type: ignore[attr-defined]
+
+
+def freeze_for_stage1(model: AgeModel) -> None:
+    """Stage 1 trains the backbone and the vanilla head; the balanced head waits for stage 2.
+
+    Freezing it keeps it out of the optimizer and out of DDP's gradient bookkeeping (a
+    parameter that never receives a gradient stalls DDP).
+    """
+    _freeze(model.backbone, False)
+    _freeze(model.heads["vanilla"], False)
+    _freeze(model.heads["balanced"], True)
+
+
+def freeze_for_stage2(model: AgeModel) -> None:
+    """Stage 2: freeze the backbone and the vanilla head; only the balanced head learns.
+
+    The frozen parts are put in eval mode as well, so the backbone's BatchNorm statistics
+    cannot drift under class-balanced batches; ``set_train_mode`` keeps them there every
+    epoch (the bug classifier-balancing had).
+    """
+    _freeze(model.backbone, True)
+    _freeze(model.heads["vanilla"], True)
+    _freeze(model.heads["balanced"], False)
+    set_train_mode(model)
+
+
+def set_train_mode(model: AgeModel) -> None:
+    """``model.train()`` except for frozen parts, which stay in eval mode."""
+    model.train()
+    for module in (model.backbone, *model.heads.values()):
+        if getattr(module, "frozen", False):
+            module.eval()
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on CUDA when AMP is on; CPU autocast is slower than float32 here."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def to_device(images: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+@dataclass
+class EpochSettings:
+    """What ``train_one_epoch`` needs besides the model, data and optimizer."""
+
+    head: str
+    loss: str
+    sigma: float
+    use_label_std: bool
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    max_steps: int
+    description: str
+    clip_grad_norm: float | None = None
+    show_progress: bool = True
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    settings: EpochSettings,
+    start_step: int = 0,
+    after_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Train ``settings.head`` for up to ``settings.max_steps`` steps, counting from ``start_step``.
+
+    ``after_step(step)`` runs after every optimizer step (the caller checkpoints there).
+    Returns the mean loss and images/s of the steps run in this call.
+
+    Raises:
+        TrainingDiverged: the loss is not finite.
+    """
+    set_train_mode(unwrap(model))
+    total_loss, total_images, steps = 0.0, 0, start_step
+    started = time.perf_counter()
+    progress = tqdm(
+        total=settings.max_steps, initial=start_step, desc=settings.description,
+        disable=not settings.show_progress, dynamic_ncols=True, leave=False,
+    )
+    for images, ages, stds in loader:
+        if steps >= settings.max_steps:
+            break
+        images = to_device(images, settings.device, settings.channels_last)
+        ages = ages.to(settings.device, dtype=torch.float32)
+        sigma: float | Tensor = settings.sigma
+        if settings.use_label_std:
+            stds = stds.to(settings.device, dtype=torch.float32)
+            sigma = torch.where(torch.isfinite(stds) & (stds > 0), stds, torch.full_like(stds, settings.sigma))
+        with autocast(settings.device, settings.amp):
+            outputs = model(images, head=settings.head)
+        loss = compute_loss(settings.loss, {k: v.float() for k, v in outputs.items()}, ages, sigma)
+        if not torch.isfinite(loss):
+            progress.close()
+            raise TrainingDiverged(
+                f"{settings.description}: loss became {loss.item()} at step {steps}; "
+                "lower the learning rate (stageN.lr) or check the labels"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in optimizer.param_groups for p in group["params"]], settings.clip_grad_norm
+            )
+        optimizer.step()
+        scheduler.step()
+        steps += 1
+        total_loss += loss.item() * len(ages)
+        total_images += len(ages)
+        elapsed = time.perf_counter() - started
+        progress.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{total_images / max(elapsed, 1e-9):.1f}")
+        progress.update()
+        if after_step is not None:
+            after_step(steps)
+    progress.close()
+    elapsed = time.perf_counter() - started
+    return {
+        "loss": total_loss / max(total_images, 1),
+        "images_per_s": total_images / max(elapsed, 1e-9),
+        "steps": steps,
+    }
+
+
+@torch.no_grad()
+def predict_views_dataset(
+    model: AgeModel,
+    loader: DataLoader,
+    device: torch.device,
+    heads: tuple[str, ...] = HEAD_NAMES,
+    channels_last: bool = True,
+    amp: bool = False,
+    show_progress: bool = False,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Run every image and its flip through ``heads``.
+
+    Returns ``(views, ages, stds)`` with ``views[head]`` of shape ``[2, N, K+1]`` (CPU
+    float32 probabilities; index 1 = flipped view) and ``stds`` NaN where unknown.
+    """
+    model.eval()
+    collected: dict[str, list[Tensor]] = {head: [] for head in heads}
+    all_ages: list[Tensor] = []
+    all_stds: list[Tensor] = []
+    for images, ages, stds in tqdm(loader, desc="predict", disable=not show_progress, leave=False):
+        with autocast(device, amp):
+            views = model.predict_views(to_device(images, device, channels_last), heads)
+        for head in heads:
+            collected[head].append(views[head].float().cpu())
+        all_ages.append(ages.float())
+        all_stds.append(stds.float())
+    return (
+        {head: torch.cat(parts, dim=1) for head, parts in collected.items()},
+        torch.cat(all_ages),
+        torch.cat(all_stds),
+    )
+
+
+def steps_per_epoch(num_samples_per_rank: int, batch_size: int, cap: int | None) -> int:
+    """Optimizer steps in one epoch: every full batch (the last partial batch is dropped)."""
+    steps = max(num_samples_per_rank // batch_size, 1)
+    return min(steps, cap) if cap else steps
+
+
+__all__ = [
+    "DistributedContext",
+    "EpochSettings",
+    "TrainingDiverged",
+    "barrier",
+    "freeze_for_stage1",
+    "freeze_for_stage2",
+    "init_distributed",
+    "pick_device",
+    "predict_views_dataset",
+    "set_train_mode",
+    "steps_per_epoch",
+    "train_one_epoch",
+    "unwrap",
+]
+

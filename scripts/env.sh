@@ -1,0 +1,13 @@
+# Sourced by the other scripts: create or reuse the virtual environment and install GLAE
+# with its test extras into it. Reinstalls only when pyproject.toml changed.
+VENV=${GLAE_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+if [ ! -f "$VENV/.glae-installed" ] || [ pyproject.toml -nt "$VENV/.glae-installed" ]; then
+  echo "installing GLAE and its dependencies into $VENV (torch comes from the local wheel cache, about 1 minute)"
+  python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  touch "$VENV/.glae-installed"
+fi

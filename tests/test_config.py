@@ -1,0 +1,154 @@
+"""Experiment configuration: defaults, YAML files, --set overrides and the errors users see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from glae.config import TrainConfig, apply_overrides, config_to_dict, dump_config, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_valid_and_follow_the_paper() -> None:
+    config = load_config(None)
+    assert config == TrainConfig()
+    config.validate()
+    assert config.model.head == "glae" and config.loss == "sum"
+    assert config.model.max_age == 100 and config.model.input_size == 224
+    assert config.stage1.sampling == "instance"
+    assert config.stage2.sampling == "class"  # stage 2 is class-balanced
+    assert config.sigma == 1.0
+
+
+def test_yaml_file_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "model:\n  backbone: resnet50\n  max_age: 116\n"
+        "stage1:\n  epochs: 4\n  lr: 0.05\n"
+        "data:\n  path: /nowhere\n  limit: 10\n"
+    )
+    config = load_config(
+        path,
+        [
+            "stage1.epochs=7",  # int, overrides the file
+            "stage2.lr=1e-3",  # float in exponent form
+            "amp=true",  # bool
+            "data.limit=null",  # null
+            "model.embed_dim=64",  # nested int | None
+            "sigma=2",  # an int is accepted for a float field
+            "model.pretrained=/tmp/weights.pth",  # bool | str takes a string
+            "clip_grad_norm=null",
+        ],
+    )
+    assert config.model.backbone == "resnet50" and config.model.max_age == 116
+    assert config.stage1.epochs == 7 and config.stage1.lr == 0.05
+    assert config.stage2.lr == pytest.approx(1e-3)
+    assert config.amp is True
+    assert config.data.limit is None and config.data.path == "/nowhere"
+    assert config.model.embed_dim == 64
+    assert config.sigma == 2.0 and isinstance(config.sigma, float)
+    assert config.model.pretrained == "/tmp/weights.pth"
+    assert config.clip_grad_norm is None
+
+
+def test_partial_section_keeps_the_rest_of_its_defaults(tmp_path: Path) -> None:
+    # Changing one stage-2 setting must not turn stage 2 into an instance-balanced 1-epoch stage.
+    config = load_config(None, ["stage2.lr=0.1", "stage1.batch_size=8"])
+    assert config.stage2.lr == 0.1
+    assert config.stage2.sampling == "class" and config.stage2.epochs == 2
+    assert config.stage1.batch_size == 8 and config.stage1.epochs == 10
+    path = tmp_path / "partial.yaml"
+    path.write_text("stage2:\n  epochs: 5\n  lr: 5e-4\n")  # PyYAML reads 5e-4 as a string
+    config = load_config(path)
+    assert config.stage2.epochs == 5 and config.stage2.sampling == "class"
+    assert config.stage2.lr == pytest.approx(5e-4)
+
+
+def test_dump_and_reload_round_trip(tmp_path: Path) -> None:
+    config = load_config(None, ["stage1.epochs=3", "model.head=gap", "loss=kl"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
+    assert yaml.safe_load(dump_config(config)) == config_to_dict(config)
+
+
+def test_unknown_key_names_it_with_its_section() -> None:
+    with pytest.raises(ValueError, match=r"stage1\.epoch\b"):
+        load_config(None, ["stage1.epoch=3"])
+    with pytest.raises(ValueError, match=r"model\.depth"):
+        load_config(None, ["model.depth=1"])
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) learning_rate"):
+        load_config(None, ["learning_rate=0.1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("stage1.epochs=2.5", r"stage1\.epochs.*integer"),
+        ("stage1.epochs=true", r"stage1\.epochs.*integer"),
+        ("amp=yes please", r"amp.*true/false"),
+        ("sigma=wide", r"sigma.*number"),
+        ("model.backbone=18", r"model\.backbone.*string"),
+        ("stage2.sampling=random", r"stage2\.sampling.*not one of"),
+        ("loss=mse", r"loss.*not one of"),
+        ("data.limit=ten", r"data\.limit"),
+        ("model=resnet18", r"model.*mapping"),
+    ],
+)
+def test_wrong_types_are_rejected(override: str, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        load_config(None, [override])
+
+
+def test_override_syntax_errors() -> None:
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["stage1.epochs"])
+    with pytest.raises(ValueError, match="not a section"):
+        apply_overrides({"seed": 3}, ["seed.value=1"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["loss=base"], ["loss=kl"], ["model.head=gap"], ["model.head=fr", "loss=sum"]],
+)
+def test_loss_head_mismatch_raises(overrides: list[str]) -> None:
+    with pytest.raises(ValueError, match="loss|head"):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides", [["model.head=gap", "loss=base"], ["model.head=fr", "loss=kl"]])
+def test_ablation_combinations_are_accepted(overrides: list[str]) -> None:
+    load_config(None, overrides)
+
+
+def test_other_invalid_values() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        load_config(None, ["stage2.epochs=-1"])
+    with pytest.raises(ValueError, match="max_age"):
+        load_config(None, ["model.max_age=0"])
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(listing)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == TrainConfig()
+
+
+def test_config_folder_is_not_empty() -> None:
+    assert CONFIGS, "no configs/*.yaml found"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)
+    config.validate()
+    assert load_config(path, ["seed=1"]).seed == 1

@@ -1,0 +1,192 @@
+"""Evaluation protocols: determinism, disjointness, exact sizes and round trips."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from glae.data import (
+    AgeSample,
+    DatasetError,
+    Split,
+    balanced_test_subset,
+    leave_one_subject_out,
+    morph_partial_filter,
+    random_split,
+    split_from_field,
+    split_from_lists,
+    subset_then_random_split,
+)
+
+ROOT = Path("/data/set")
+
+
+def _samples(n: int = 50) -> list[AgeSample]:
+    """Records only: protocols never touch the image files."""
+    return [
+        AgeSample(ROOT / f"s{i % 5}" / f"{i:03d}.jpg", age=float(20 + i % 7), subject=f"s{i % 5}")
+        for i in range(n)
+    ]
+
+
+def _paths(samples: list[AgeSample]) -> set[Path]:
+    return {s.path for s in samples}
+
+
+# --- random_split --------------------------------------------------------------------
+
+
+def test_random_split_sizes_disjoint_and_complete() -> None:
+    samples = _samples(50)
+    split = random_split(samples, test_fraction=0.2, val_fraction=0.1, seed=3)
+    assert (len(split.train), len(split.val), len(split.test)) == (35, 5, 10)
+    parts = [_paths(split.train), _paths(split.val), _paths(split.test)]
+    assert set().union(*parts) == _paths(samples)
+    assert sum(len(p) for p in parts) == 50
+
+
+def test_random_split_is_seeded_and_order_independent() -> None:
+    samples = _samples(50)
+    first = random_split(samples, seed=7)
+    assert random_split(list(reversed(samples)), seed=7) == first
+    assert random_split(samples, seed=8).test != first.test
+
+
+@pytest.mark.parametrize(("test", "val"), [(1.0, 0.0), (-0.1, 0.0), (0.5, 0.5), (0.2, 1.0)])
+def test_random_split_rejects_bad_fractions(test: float, val: float) -> None:
+    with pytest.raises(ValueError):
+        random_split(_samples(), test_fraction=test, val_fraction=val)
+
+
+# --- split_from_field ----------------------------------------------------------------
+
+
+def test_split_from_field_maps_valid_to_val() -> None:
+    names = ["train", "valid", "validation", "test", "TRAIN"]
+    samples = [AgeSample(ROOT / f"{i}.jpg", 30, split=name) for i, name in enumerate(names)]
+    split = split_from_field(samples)
+    assert [s.path.name for s in split.train] == ["0.jpg", "4.jpg"]
+    assert [s.path.name for s in split.val] == ["1.jpg", "2.jpg"]
+    assert [s.path.name for s in split.test] == ["3.jpg"]
+
+
+def test_split_from_field_without_split_is_fatal() -> None:
+    with pytest.raises(DatasetError, match="no split field"):
+        split_from_field(_samples(3))
+
+
+# --- split_from_lists ----------------------------------------------------------------
+
+
+def test_split_lists_round_trip(tmp_path: Path) -> None:
+    samples = _samples(20)
+    reference = random_split(samples, test_fraction=0.25, val_fraction=0.25, seed=1)
+    lists = {}
+    for part in ("train", "val", "test"):
+        lists[part] = tmp_path / f"{part}.txt"
+        entries = [s.path.relative_to(ROOT).as_posix() for s in getattr(reference, part)]
+        lists[part].write_text("\n".join(entries) + "\n\n")
+    split = split_from_lists(samples, lists["train"], lists["test"], lists["val"])
+    assert split == reference
+
+
+def test_split_list_unknown_entry_names_file_and_line(tmp_path: Path) -> None:
+    train = tmp_path / "train.txt"
+    train.write_text("s0/000.jpg\ns9/404.jpg\n")
+    test = tmp_path / "test.txt"
+    test.write_text("s1/001.jpg\n")
+    with pytest.raises(DatasetError, match=re.escape(f"{train}:2: 's9/404.jpg' matches no sample")):
+        split_from_lists(_samples(), train, test)
+
+
+def test_split_list_entry_on_two_lists_is_fatal(tmp_path: Path) -> None:
+    train = tmp_path / "train.txt"
+    train.write_text("s0/000.jpg\n")
+    test = tmp_path / "test.txt"
+    test.write_text("000.jpg\n")
+    with pytest.raises(DatasetError, match=re.escape(f"{test}:1: '000.jpg' already listed")):
+        split_from_lists(_samples(), train, test)
+
+
+# --- to_json / from_json -------------------------------------------------------------
+
+
+def test_json_round_trip_uses_relative_paths() -> None:
+    samples = _samples(30)
+    split = random_split(samples, test_fraction=0.2, val_fraction=0.2)
+    saved = split.to_json(ROOT)
+    assert saved["test"][0] == split.test[0].path.relative_to(ROOT).as_posix()
+    assert Split.from_json(saved, samples, ROOT) == split
+
+
+def test_from_json_unknown_path_is_fatal() -> None:
+    with pytest.raises(DatasetError, match="gone.jpg is not in the dataset"):
+        Split.from_json({"train": ["gone.jpg"], "test": []}, _samples(), ROOT)
+
+
+# --- leave-one-subject-out -----------------------------------------------------------
+
+
+def test_loso_one_fold_per_subject() -> None:
+    samples = _samples(50)
+    folds = list(leave_one_subject_out(samples))
+    assert [subject for subject, _ in folds] == ["s0", "s1", "s2", "s3", "s4"]
+    for subject, split in folds:
+        assert {s.subject for s in split.test} == {subject}
+        assert subject not in {s.subject for s in split.train}
+        assert len(split.train) + len(split.test) == len(samples)
+
+
+def test_loso_without_subject_fails_on_call() -> None:
+    samples = [*_samples(4), AgeSample(ROOT / "anon.jpg", 30)]
+    with pytest.raises(DatasetError, match="1 samples have no subject"):
+        leave_one_subject_out(samples)
+
+
+# --- MORPH partial subset ------------------------------------------------------------
+
+
+def test_subset_then_random_split_keeps_only_filtered() -> None:
+    races = ["W", "white", "B", "w ", "H"]
+    samples = [
+        AgeSample(ROOT / f"{i}.jpg", 30, attributes={"race": races[i % 5]}) for i in range(50)
+    ]
+    split = subset_then_random_split(samples, morph_partial_filter, test_fraction=0.2)
+    kept = split.train + split.test
+    assert len(kept) == 30 and len(split.test) == 6
+    assert all(s.attributes["race"].strip().lower() in {"w", "white"} for s in kept)
+
+
+def test_subset_with_nothing_kept_is_fatal() -> None:
+    with pytest.raises(DatasetError, match="none of the 50 samples"):
+        subset_then_random_split(_samples(), morph_partial_filter)
+
+
+# --- balanced "-LT" subset -----------------------------------------------------------
+
+
+def _long_tailed() -> list[AgeSample]:
+    """Age 20: 10 images, 30: 4 images, 40.4 and 39.6 (both bin 40): 3 images, 60: 1."""
+    ages = [20.0] * 10 + [30.0] * 4 + [40.4, 39.6, 40.0] + [60.0]
+    return [AgeSample(ROOT / f"{i:02d}.jpg", age) for i, age in enumerate(ages)]
+
+
+def test_balanced_subset_exactly_n_per_age_from_test_only() -> None:
+    test = _long_tailed()
+    subset = balanced_test_subset(test, per_age=3, seed=2)
+    assert Counter(round(s.age) for s in subset) == {20: 3, 30: 3, 40: 3}
+    assert _paths(subset) <= _paths(test)
+    assert balanced_test_subset(list(reversed(test)), per_age=3, seed=2) == subset
+
+
+def test_balanced_subset_keeps_short_ages_when_asked() -> None:
+    subset = balanced_test_subset(_long_tailed(), per_age=4, keep_short_ages=True)
+    assert Counter(round(s.age) for s in subset) == {20: 4, 30: 4, 40: 3, 60: 1}
+
+
+def test_balanced_subset_rejects_zero_per_age() -> None:
+    with pytest.raises(ValueError, match="per_age"):
+        balanced_test_subset(_long_tailed(), per_age=0)

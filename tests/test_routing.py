@@ -1,0 +1,161 @@
+"""Adaptive Routing (Algorithm 1, Eq. 11) and the evaluation report built on it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from glae.evaluate import available_modes, evaluate_views, routing_usage
+from glae.routing import ROUTING_MODES, route
+
+
+def _kl(p: list[float], q: list[float]) -> float:
+    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+
+
+# Three ages (K = 2). Image 0: the vanilla head is flip-stable, the balanced one is not;
+# image 1: the opposite.
+V0, V0F = [0.2, 0.6, 0.2], [0.2, 0.5, 0.3]  # small disturbance
+B0, B0F = [0.1, 0.1, 0.8], [0.7, 0.2, 0.1]  # large disturbance
+V1, V1F = [0.6, 0.3, 0.1], [0.1, 0.3, 0.6]  # large disturbance
+B1, B1F = [0.3, 0.4, 0.3], [0.3, 0.4, 0.3]  # none
+
+
+def _views() -> dict[str, torch.Tensor]:
+    return {
+        "vanilla": torch.tensor([[V0, V1], [V0F, V1F]], dtype=torch.float64),
+        "balanced": torch.tensor([[B0, B1], [B0F, B1F]], dtype=torch.float64),
+    }
+
+
+def _average(p: list[float], q: list[float]) -> list[float]:
+    return [(a + b) / 2 for a, b in zip(p, q)]
+
+
+def _expectation(p: list[float]) -> float:
+    return sum(k * v for k, v in enumerate(p))
+
+
+def test_hand_built_distributions_have_the_intended_divergences() -> None:
+    assert _kl(V0, V0F) < _kl(B0, B0F)
+    assert _kl(V1, V1F) > _kl(B1, B1F) == 0.0
+
+
+def test_routing_picks_the_flip_stable_head() -> None:
+    result = route(_views(), "routing")
+    assert result.used_balanced.tolist() == [False, True]
+    expected = torch.tensor([_average(V0, V0F), _average(B1, B1F)], dtype=torch.float64)
+    assert torch.allclose(result.probs, expected)
+    # image 0: (0.2, 0.55, 0.25) -> 0.55 + 0.5 = 1.05; image 1: 0.4 + 0.6 = 1.0
+    assert torch.allclose(result.ages, torch.tensor([1.05, 1.0], dtype=torch.float64))
+    assert torch.allclose(result.ages, torch.tensor([_expectation(row) for row in expected.tolist()], dtype=torch.float64))
+
+
+def test_bigger_picks_the_opposite_head() -> None:
+    result = route(_views(), "bigger")
+    assert result.used_balanced.tolist() == [True, False]
+    expected = torch.tensor([_average(B0, B0F), _average(V1, V1F)], dtype=torch.float64)
+    assert torch.allclose(result.probs, expected)
+    # image 0: (0.4, 0.15, 0.45) -> 1.05; image 1: (0.35, 0.3, 0.35) -> 1.0
+    assert torch.allclose(result.ages, torch.tensor([1.05, 1.0], dtype=torch.float64))
+
+
+def test_equal_divergences_go_to_the_balanced_head() -> None:
+    # Algorithm 1: vanilla only if Upsilon_1 < Upsilon_2 strictly
+    same = torch.tensor([[[0.5, 0.5, 0.0]], [[0.5, 0.5, 0.0]]])
+    views = {"vanilla": same, "balanced": same.flip(-1)}
+    assert route(views, "routing").used_balanced.tolist() == [True]
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "balanced"])
+def test_fixed_modes_always_use_one_head(mode: str) -> None:
+    views = _views()
+    result = route(views, mode)  # type: ignore[arg-type]
+    assert result.used_balanced.tolist() == [mode == "balanced"] * 2
+    assert torch.allclose(result.probs, views[mode].mean(0))
+    assert torch.allclose(result.ages, (views[mode].mean(0) * torch.arange(3)).sum(-1))
+
+
+def test_vanilla_mode_needs_no_balanced_head() -> None:
+    views = {"vanilla": _views()["vanilla"]}
+    result = route(views, "vanilla")
+    assert result.used_balanced.tolist() == [False, False]
+    with pytest.raises(KeyError):
+        route(views, "routing")
+
+
+def test_unknown_mode_raises() -> None:
+    with pytest.raises(ValueError, match="unknown routing mode 'smallest'"):
+        route(_views(), "smallest")  # type: ignore[arg-type]
+
+
+def _random_views(n: int, classes: int, heads: tuple[str, ...], seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {head: torch.randn(2, n, classes, generator=generator).mul(3).softmax(-1) for head in heads}
+
+
+def test_evaluate_views_report_with_both_heads() -> None:
+    views = _random_views(30, 101, ("vanilla", "balanced"))
+    ages = torch.tensor([float(5 + 3 * i) for i in range(30)])  # 5..92: all three groups
+    stds = torch.full((30,), float("nan"))
+    report = evaluate_views(views, ages, stds)
+    text = json.dumps(report)  # JSON-serializable
+    assert json.loads(text)["mode"] == "routing"
+    for key in ("mae", "cmae", "aar", "groups", "routing", "n_images", "modes"):
+        assert key in report, key
+    assert report["n_images"] == 30
+    assert report["epsilon_error"] is None  # stds unknown
+    assert set(report["modes"]) == set(ROUTING_MODES)
+    routed = route(views, "routing")
+    assert report["mae"] == pytest.approx(float((routed.ages - ages).abs().mean()), abs=1e-5)
+    assert report["mae"] == report["modes"]["routing"]["mae"]
+    vanilla_mae = float((route(views, "vanilla").ages - ages).abs().mean())
+    assert report["modes"]["vanilla"]["mae"] == pytest.approx(vanilla_mae, abs=1e-5)
+
+    usage = report["routing"]
+    share = float(routed.used_balanced.float().mean())
+    assert usage["overall"]["balanced"] == pytest.approx(share)
+    assert usage["overall"]["vanilla"] + usage["overall"]["balanced"] == pytest.approx(1.0)
+    assert sum(group["n"] for group in usage["groups"].values()) == 30
+    for group in usage["groups"].values():
+        assert group["n"] > 0
+        assert group["vanilla"] + group["balanced"] == pytest.approx(1.0)
+
+
+def test_evaluate_views_other_mode_and_known_stds() -> None:
+    views = _random_views(6, 11, ("vanilla", "balanced"), seed=3)
+    ages = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    report = evaluate_views(views, ages, torch.full((6,), 2.0), mode="bigger")
+    assert report["mode"] == "bigger"
+    assert report["mae"] == report["modes"]["bigger"]["mae"]
+    assert report["epsilon_error"] is not None
+    # routing usage always describes Adaptive Routing, whatever mode is reported
+    assert report["routing"]["overall"]["balanced"] == pytest.approx(
+        float(route(views, "routing").used_balanced.float().mean())
+    )
+    json.dumps(report)
+
+
+def test_evaluate_views_without_balanced_head() -> None:
+    views = _random_views(4, 11, ("vanilla",))
+    assert available_modes(views) == ("vanilla",)
+    assert available_modes(_random_views(4, 11, ("vanilla", "balanced"))) == ROUTING_MODES
+    ages = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    stds = torch.full((4,), float("nan"))
+    report = evaluate_views(views, ages, stds, mode="vanilla")
+    assert report["routing"] is None
+    assert set(report["modes"]) == {"vanilla"}
+    json.dumps(report)
+    with pytest.raises(ValueError, match="balanced head"):
+        evaluate_views(views, ages, stds, mode="routing")
+
+
+def test_routing_usage_empty_group_is_none() -> None:
+    usage = routing_usage(torch.tensor([10.0, 20.0, 30.0]), torch.tensor([True, False, True]))
+    assert usage["overall"]["balanced"] == pytest.approx(2 / 3)
+    assert usage["groups"]["0-17"] == {"n": 1, "vanilla": 0.0, "balanced": 1.0}
+    assert usage["groups"]["18-65"]["balanced"] == pytest.approx(0.5)
+    assert usage["groups"]["66+"] == {"n": 0, "vanilla": None, "balanced": None}

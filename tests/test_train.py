@@ -1,0 +1,138 @@
+"""The two-stage pipeline end to end on real UTKFace images: train, resume, DDP, eval, reports."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from glae.checkpoint import load_model, load_training_state
+from glae.cli import main
+
+pytestmark = pytest.mark.slow
+
+REPORT_KEYS = {"mae", "cmae", "aar", "groups", "routing", "n_images"}
+
+
+def glae_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "glae", *args]
+
+
+def test_train_both_stages_then_eval_with_routing(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *overrides()]) == 0
+    final = run / "model.safetensors"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"final model: {final}"
+    for name in ("config.yaml", "split.json", "stage1.safetensors", "metrics.jsonl", "test_metrics.json", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").iterdir())
+
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in history] == [(1, 1), (1, 2), (2, 1)]
+    assert all(math.isfinite(r["train_loss"]) for r in history)
+    assert set(history[-1]["val"]) == {"vanilla", "balanced", "routing", "bigger"}
+
+    split = json.loads((run / "split.json").read_text())
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (40, 8, 16)
+    assert not set(split["train"]) & set(split["test"])
+
+    report = json.loads((run / "test_metrics.json").read_text())
+    assert REPORT_KEYS <= set(report) and report["n_images"] == 16
+    assert all(math.isfinite(report["modes"][m]["mae"]) for m in ("vanilla", "balanced", "routing", "bigger"))
+    usage = report["routing"]["overall"]
+    assert usage["vanilla"] + usage["balanced"] == pytest.approx(1.0)
+    for name in ("report.md", "report.json", "per_age.png", "routing.png"):
+        assert (run / "report" / name).stat().st_size > 0
+
+    model, info = load_model(final)
+    assert info["balanced_trained"] and info["stages"] == [1, 2]
+    stage1, _ = load_model(run / "stage1.safetensors")
+    for name, tensor in stage1.state_dict().items():
+        if not name.startswith("heads.balanced"):
+            assert torch.equal(tensor, model.state_dict()[name]), f"stage 2 changed {name}"
+
+    out = tmp_path / "eval"
+    code = main([
+        "eval", "--checkpoint", str(final), "--data", str(utkface), "--format", "utkface",
+        "--split", str(run / "split.json"), "--part", "test", "--workers", "0",
+        "--json", str(out / "eval.json"), "--report", str(out / "report"),
+    ])
+    assert code == 0
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert REPORT_KEYS <= set(evaluated) and evaluated["mode"] == "routing"
+    assert evaluated["mae"] == pytest.approx(report["mae"], abs=1e-4)
+    for name in ("report.md", "per_age.png", "routing.png"):
+        assert (out / "report" / name).is_file()
+
+
+def test_kill_9_then_resume_matches_uninterrupted_run(utkface: Path, tmp_path: Path, overrides) -> None:
+    args = ["train", "--data", str(utkface), "--no-progress", *overrides("stage1.epochs=3")]
+    reference = tmp_path / "reference"
+    subprocess.run(glae_command(*args, "--out", str(reference)), check=True, capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(glae_command(*args, "--out", str(interrupted)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = interrupted / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    state = load_training_state(checkpoint)  # the file a kill -9 left is complete
+    assert (state["stage"], state["epoch"], state["step"]) < (2, 1, 0)
+    assert not (interrupted / "model.safetensors").exists()
+
+    resumed = subprocess.run(glae_command(*args, "--out", str(interrupted)), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    expected = json.loads((reference / "test_metrics.json").read_text())
+    actual = json.loads((interrupted / "test_metrics.json").read_text())
+    for mode in ("vanilla", "balanced", "routing"):
+        assert actual["modes"][mode]["mae"] == pytest.approx(expected["modes"][mode]["mae"], abs=1e-5)
+        assert actual["modes"][mode]["cmae"] == pytest.approx(expected["modes"][mode]["cmae"], abs=1e-5)
+    history = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in history] == [(1, 1), (1, 2), (1, 3), (2, 1)]
+
+
+def test_rerunning_with_other_settings_is_refused(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--data", str(utkface), "--out", str(run), "--no-progress"]
+    assert main([*args, *overrides("stage1.epochs=1", "stage2.epochs=0")]) == 0
+    assert main([*args, *overrides("stage1.epochs=2", "stage2.epochs=0")]) == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_a_clear_message(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
+    code = main([
+        "train", "--data", str(utkface), "--out", str(tmp_path / "run"), "--no-progress",
+        *overrides("stage1.lr=1e12", "clip_grad_norm=null", "stage2.epochs=0"),
+    ])
+    assert code == 3
+    assert "loss became" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_gloo(utkface: Path, tmp_path: Path, overrides) -> None:
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+        "-m", "glae", "train", "--data", str(utkface), "--out", str(run), "--no-progress",
+        *overrides("stage1.epochs=1"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in history] == [(1, 1), (2, 1)]
+    report = json.loads((run / "test_metrics.json").read_text())
+    assert math.isfinite(report["mae"]) and report["routing"] is not None
+    model, info = load_model(run / "model.safetensors")
+    assert info["balanced_trained"]
