@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .fileio import atomic_write
 from .models.glae import AgeModel, ModelConfig
 
 METADATA_KEY = "glae"
@@ -36,32 +37,6 @@ METADATA_KEY = "glae"
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or not a GLAE file; the message names it."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(temp_path)`` then move the finished file onto ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temp)
-        with open(temp, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda temp: Path(temp).write_text(text))
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] | None = None, half: bool = False) -> None:

@@ -8,7 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError, atomic_write_text
+from .checkpoint import CheckpointError
+from .fileio import atomic_write_text
 from .data import DATASET_FORMATS, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged

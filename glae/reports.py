@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from .fileio import atomic_write_bytes
 
 MISSING = "–"
 VANILLA_COLOR = "tab:blue"
@@ -158,29 +158,11 @@ def markdown_report(report: dict) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling and :func:`os.replace`.
-
-    The temporary file lives in the same folder so the rename stays on one file
-    system and is atomic; it is removed if writing fails.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _save_figure(figure: Figure, path: Path) -> None:
     """Render ``figure`` to PNG with the Agg canvas and write it atomically."""
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
-    _write_atomic(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _as_float(value: float | None) -> float:
@@ -285,8 +267,8 @@ def write_reports(report: dict, out_dir: Path) -> list[Path]:
     markdown_path = out_dir / "report.md"
     json_path = out_dir / "report.json"
     per_age_path = out_dir / "per_age.png"
-    _write_atomic(markdown_path, markdown_report(report).encode("utf-8"))
-    _write_atomic(json_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(markdown_path, markdown_report(report).encode("utf-8"))
+    atomic_write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     plot_per_age(report, per_age_path)
     written = [markdown_path, json_path, per_age_path]
     if report.get("routing") is not None:

@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from .checkpoint import (
-    atomic_write_text,
     load_model,
     load_training_state,
     save_model,
@@ -57,6 +56,7 @@ from .engine import (
     unwrap,
 )
 from .evaluate import evaluate_views
+from .fileio import atomic_write_text
 from .models import AgeModel
 from .reports import write_reports
 

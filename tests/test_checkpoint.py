@@ -11,14 +11,13 @@ from safetensors.torch import save_file
 
 from glae.checkpoint import (
     CheckpointError,
-    atomic_write,
-    atomic_write_text,
     load_model,
     load_training_state,
     read_model_metadata,
     save_model,
     save_training_state,
 )
+from glae.fileio import atomic_write, atomic_write_text
 from glae.models.glae import AgeModel, ModelConfig
 
 torch.set_num_threads(1)
@@ -200,3 +199,12 @@ def test_failed_save_keeps_previous_model(tmp_path: Path, model: AgeModel) -> No
         save_model(path, model, info={"bad": object()})  # not JSON-serializable
     assert load_model(path)[1] == {"version": 1}
     assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "config.yaml", "a: 1")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o644

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from glae import reports
+from glae import fileio
 from glae.reports import markdown_report, plot_per_age, plot_routing_usage, write_reports
 
 AGES = list(range(1, 31))
@@ -158,7 +158,7 @@ def test_interrupted_write_keeps_previous_file(
     def fail(_fd: int) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(reports.os, "fsync", fail)
+    monkeypatch.setattr(fileio.os, "fsync", fail)
     with pytest.raises(OSError, match="disk full"):
         write_reports(report, tmp_path)
     assert target.read_text(encoding="utf-8") == "previous"

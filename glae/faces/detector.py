@@ -1,0 +1,58 @@
+"""The face detector interface: what any detector must return, so another can be plugged in.
+
+Alignment, ``glae align`` and ``glae predict`` only ever see ``DetectedFace`` records from
+a ``FaceDetector``; MTCNN (``glae.faces.mtcnn``) is the default because the paper aligns
+its faces with it, but any object with a matching ``detect`` method works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face in image pixel coordinates (continuous: pixel ``i`` spans ``[i, i + 1]``).
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)``; may reach outside the image for faces cut by its edge.
+        landmarks: ``[5, 2]`` float array of (x, y) in ``LANDMARK_NAMES`` order; "left" is
+            the image's left (the subject's right eye), as MTCNN reports them.
+        score: detector confidence in ``[0, 1]``.
+    """
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    score: float
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, rounded to 0.1 px: finer digits would only be noise."""
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+            "score": round(float(self.score), 4),
+        }
+
+
+class FaceDetector(Protocol):
+    """Anything that finds faces with five landmarks in an upright RGB image."""
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        """All faces found, largest first."""
+        ...
+
+
+def largest_first(faces: list[DetectedFace]) -> list[DetectedFace]:
+    """The order every detector returns: the main subject of a photo comes first."""
+    return sorted(faces, key=lambda face: face.area, reverse=True)
