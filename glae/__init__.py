@@ -1,9 +1,24 @@
 """GLAE: general and long-tailed facial age estimation.
 
-An image goes: ``glae.data.images.read_rgb`` (decode) -> ``glae.data.transforms``
-(resize, normalize) -> ``glae.models.AgeModel`` (backbone, Feature Rearrangement,
-Pixel-level Auxiliary heads) -> ``glae.routing.route`` (Adaptive Routing between the
-vanilla and balanced head) -> ``glae.losses.expected_age`` (the predicted age).
+An image goes: ``glae.data.images.read_rgb`` (decode) -> ``glae.faces`` (detect, align)
+-> ``glae.data.transforms`` (resize, normalize) -> ``glae.models.AgeModel`` (backbone,
+Feature Rearrangement, Pixel-level Auxiliary heads) -> ``glae.routing.route`` (Adaptive
+Routing between the vanilla and balanced head) -> ``glae.losses.expected_age`` (the
+predicted age). ``glae.AgeEstimator`` runs that whole path on photos.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``glae.AgeEstimator`` imports torch only when used, so ``import glae`` stays light."""
+    if name == "AgeEstimator":
+        from .predict import AgeEstimator
+
+        return AgeEstimator
+    raise AttributeError(f"module 'glae' has no attribute {name!r}")
+
+
+__all__ = ["AgeEstimator", "__version__"]

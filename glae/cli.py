@@ -13,10 +13,11 @@ from .fileio import atomic_write_text
 from .data import DATASET_FORMATS, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
+from .export import MissingExtraError
 from .models import BackboneError
 from .routing import ROUTING_MODES
 
-USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageReadError, ValueError, FileNotFoundError)
+USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageReadError, MissingExtraError, ValueError, FileNotFoundError)
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -47,6 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--workers", type=int, default=2)
     evaluate.add_argument("--device", default="auto")
+
+    align = commands.add_parser("align", help="detect and align every face of a dataset into a folder of the same format")
+    align.add_argument("source", metavar="SRC", help="dataset folder or manifest file")
+    align.add_argument("destination", metavar="DST", help="output folder; rerunning skips crops already there")
+    align.add_argument("--format", choices=sorted(DATASET_FORMATS), default="utkface", help="dataset layout (default: utkface)")
+    align.add_argument("--workers", type=int, default=2, help="detection processes (0: this process)")
+    align.add_argument("--size", type=int, default=224, help="aligned crop side in pixels")
+    align.add_argument("--margin", type=float, default=0.0, help="context added around UTKFace's framing, as a fraction of it")
+    align.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    predict = commands.add_parser("predict", help="ages of the faces in photos")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
+    predict.add_argument("--model", help="model file (.safetensors); default: the model shipped with GLAE")
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON: [{file, faces: [{box, age, ...}], error}]")
+    output.add_argument("--csv", action="store_true", help="print CSV, one row per face")
+    predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies with boxes, landmarks and ages here")
+    predict.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--device", default="auto")
+
+    export = commands.add_parser("export", help="export a model to ONNX, both heads and routing in the graph")
+    export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
+    export.add_argument("--model", help="model file (.safetensors); default: the model shipped with GLAE")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (lower it for older runtimes)")
     return parser
 
 
@@ -109,7 +135,48 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "eval": run_eval}
+def run_align(args: argparse.Namespace) -> int:
+    from .faces.dataset import REPORT_NAME, align_dataset
+
+    report = align_dataset(
+        args.source, args.destination, args.format, args.workers, args.size, args.margin, show_progress=not args.no_progress
+    )
+    counts = report["counts"]
+    print(
+        f"aligned {counts['aligned']} ({counts['several_faces']} with several faces, largest kept), "
+        f"{counts['already_aligned']} already aligned, {counts['no_face']} without a face, "
+        f"{counts['unreadable']} unreadable, {counts['not_in_dataset']} not in the dataset; "
+        f"report: {Path(args.destination) / REPORT_NAME}"
+    )
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .predict import AgeEstimator, expand_image_paths
+    from .predict_report import annotate_all, summary, to_csv, to_json, to_table
+
+    estimator = AgeEstimator.load(args.model, device=args.device, batch_size=args.batch_size)
+    predictions = estimator.predict(expand_image_paths(args.paths), aligned=args.aligned)
+    text = to_json(predictions) if args.json else to_csv(predictions) if args.csv else to_table(predictions)
+    print(text.rstrip("\n"))
+    if args.annotate:
+        annotate_all(predictions, args.annotate)
+    print(summary(predictions), file=sys.stderr)
+    return 0 if any(prediction.error is None for prediction in predictions) else 1
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .export import export_onnx
+    from .predict import default_model_path
+
+    model, info = load_model(args.model or default_model_path())
+    mode = export_onnx(model, args.onnx, info, args.opset)
+    print(f"ONNX model ({mode} mode): {args.onnx}")
+    return 0
+
+
+COMMANDS = {"train": run_train, "eval": run_eval, "align": run_align, "predict": run_predict, "export": run_export}
 
 
 def main(argv: list[str] | None = None) -> int:

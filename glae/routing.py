@@ -45,20 +45,21 @@ def route(views: dict[str, Tensor], mode: RoutingMode = "routing") -> RoutedPred
             Υ (Table IX's control row: vanilla if Υ1 > Υ2); ``vanilla`` / ``balanced`` always
             use one head.
     """
+    if mode not in ROUTING_MODES:
+        raise ValueError(f"unknown routing mode {mode!r}; choose one of {ROUTING_MODES}")
     vanilla = views["vanilla"]
-    batch = vanilla.shape[1]
     if mode == "vanilla":
-        used_balanced = torch.zeros(batch, dtype=torch.bool, device=vanilla.device)
-    elif mode == "balanced":
-        used_balanced = torch.ones(batch, dtype=torch.bool, device=vanilla.device)
-    elif mode in ("routing", "bigger"):
-        balanced = views["balanced"]
+        return _prediction(vanilla.mean(0), vanilla.new_zeros(vanilla.shape[1], dtype=torch.bool))
+    balanced = views["balanced"]
+    if mode == "balanced":
+        used_balanced = balanced.new_ones(balanced.shape[1], dtype=torch.bool)
+    else:
         upsilon_vanilla = flip_kl(vanilla[0], vanilla[1])
         upsilon_balanced = flip_kl(balanced[0], balanced[1])
         used_balanced = upsilon_vanilla >= upsilon_balanced if mode == "routing" else upsilon_vanilla <= upsilon_balanced
-    else:
-        raise ValueError(f"unknown routing mode {mode!r}; choose one of {ROUTING_MODES}")
-    chosen = vanilla.mean(0)
-    if used_balanced.any():
-        chosen = torch.where(used_balanced[:, None], views["balanced"].mean(0), chosen)
-    return RoutedPrediction(probs=chosen, ages=expected_age(chosen), used_balanced=used_balanced)
+    # A per-element select with no data-dependent branch, so the choice traces into an ONNX graph.
+    return _prediction(torch.where(used_balanced[:, None], balanced.mean(0), vanilla.mean(0)), used_balanced)
+
+
+def _prediction(probs: Tensor, used_balanced: Tensor) -> RoutedPrediction:
+    return RoutedPrediction(probs=probs, ages=expected_age(probs), used_balanced=used_balanced)

@@ -56,3 +56,18 @@ def overrides():
 def _single_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     """Subprocesses inherit a fixed thread count, so their float results are reproducible."""
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """One MTCNN for the whole session: loading its three nets once keeps face tests fast."""
+    from glae.faces.mtcnn import MTCNNDetector
+
+    return MTCNNDetector()
+
+
+@pytest.fixture(scope="session")
+def utk_crops(utkface: Path) -> list[Path]:
+    """Ten UTKFace crops spread over the sorted folder (ages, genders, races vary along it)."""
+    files = sorted(utkface.glob("*.jpg.chip.jpg"))
+    return files[50 :: len(files) // 10][:10]

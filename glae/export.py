@@ -1,0 +1,114 @@
+"""Export a trained model to ONNX, Adaptive Routing included, for runtimes without PyTorch.
+
+The graph takes what ``glae.data.transforms.eval_transform`` produces, normalized images
+``[B, 3, S, S]`` with a dynamic batch ``B``, and does everything after it: the flip, one
+backbone pass over image and flip, both heads, the per-image head choice (Eq. 11) and the
+expected age (Eq. 3). It is traced from ``AgeModel.predict_views`` and ``route`` themselves,
+so the file computes exactly what ``glae eval`` does, not a re-implementation of it.
+
+The preprocessing a runtime must reproduce (input size, pixel normalization) and the
+model's configuration travel in the file's ``metadata_props``; ``glae.onnx_runtime`` reads
+them back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data.transforms import PIXEL_MEAN, PIXEL_STD
+from .fileio import atomic_write
+from .models.glae import HEAD_NAMES, AgeModel
+from .routing import RoutingMode, route
+
+INPUT_NAME = "images"
+ROUTED_OUTPUTS = ("age", "probs", "used_balanced")
+"""Outputs of every exported graph; ``vanilla_probs`` always follows, ``balanced_probs`` too
+when the model has a trained balanced head."""
+
+METADATA_PREFIX = "glae."
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency of ONNX export or inference is not installed; the message says how."""
+
+
+def routing_mode(info: dict[str, Any]) -> RoutingMode:
+    """The head choice a model file supports: routing needs a balanced head trained in stage 2."""
+    return "routing" if info.get("balanced_trained") else "vanilla"
+
+
+class RoutedAgeModel(nn.Module):
+    """``AgeModel`` + ``route`` as one module, so the whole prediction is one traceable graph.
+
+    ``forward`` maps normalized images ``[B, 3, S, S]`` to ``(age [B], probs [B, K+1],
+    used_balanced [B] bool, vanilla_probs [B, K+1][, balanced_probs [B, K+1]])``: the routed
+    age and distribution, which images went to the balanced head, and each head's
+    flip-averaged distribution. In ``vanilla`` mode the balanced head is never run (it was
+    not trained), so ``balanced_probs`` is absent.
+    """
+
+    def __init__(self, model: AgeModel, mode: RoutingMode) -> None:
+        super().__init__()
+        self.model = model
+        self.mode = mode
+        self.heads = ("vanilla",) if mode == "vanilla" else HEAD_NAMES
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        views = self.model.predict_views(images, self.heads)
+        routed = route(views, self.mode)
+        per_head = tuple(views[head].mean(0) for head in self.heads)
+        return (routed.ages, routed.probs, routed.used_balanced, *per_head)
+
+
+def onnx_metadata(model: AgeModel, mode: RoutingMode, info: dict[str, Any]) -> dict[str, str]:
+    """String key/values for ``metadata_props``: enough to preprocess and interpret outputs."""
+    config = model.config
+    values = {
+        "model": config.to_dict(),
+        "info": info,
+        "routing_mode": mode,
+        "input_size": config.input_size,
+        "max_age": config.max_age,
+        # eval_transform: resize to S x S, RGB scaled to [0, 1], then (x - mean) / std per channel.
+        "pixel_mean": list(PIXEL_MEAN),
+        "pixel_std": list(PIXEL_STD),
+    }
+    return {METADATA_PREFIX + key: json.dumps(value) for key, value in values.items()}
+
+
+def export_onnx(model: AgeModel, path: str | os.PathLike, info: dict[str, Any], opset: int = 17) -> RoutingMode:
+    """Write ``model`` with routing and metadata to ``path``; returns the routing mode used.
+
+    The legacy TorchScript exporter (``dynamo=False``) is used: it needs only ``onnx``,
+    whereas the dynamo exporter would add ``onnxscript``, and it traces this graph cleanly.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise MissingExtraError("ONNX export needs the onnx package: pip install 'glae[onnx]'") from None
+    mode = routing_mode(info)
+    routed = RoutedAgeModel(model, mode).eval()
+    output_names = [*ROUTED_OUTPUTS, *(f"{head}_probs" for head in routed.heads)]
+    size = model.config.input_size
+    example = torch.zeros(2, 3, size, size, device=next(model.parameters()).device)
+    batch_axis = {name: {0: "batch"} for name in (INPUT_NAME, *output_names)}
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        # flip_kl's shape checks become constants of the trace, which is what they should be.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"glae\.losses")
+        traced = os.path.join(folder, "graph.onnx")
+        torch.onnx.export(
+            routed, (example,), traced, input_names=[INPUT_NAME], output_names=output_names,
+            opset_version=opset, dynamic_axes=batch_axis, dynamo=False,
+        )
+        graph = onnx.load(traced)
+    for key, value in onnx_metadata(model, mode, info).items():
+        graph.metadata_props.add(key=key, value=value)
+    atomic_write(path, lambda temp: onnx.save(graph, temp))
+    return mode

@@ -1,0 +1,195 @@
+"""``glae align``: align every image of a dataset into a folder that loads in the same format.
+
+Each crop keeps its path relative to the dataset folder (UTKFace names, AFAD folders,
+the image paths a CSV names), and the dataset's CSV files are copied beside the crops,
+so ``load_dataset(DST, format)`` reads the aligned copy exactly as it read the original.
+This holds for CSVs whose image paths are relative; an image outside the dataset folder
+is reported instead of aligned.
+
+Resumable: a crop is written to a temporary file and renamed, so it is either complete
+or absent, and a crop that exists is never redone. Problems never stop the run; each is
+listed in ``DST/align_report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..checkpoint import atomic_write_text
+from ..data.datasets import load_dataset
+from ..data.images import ImageReadError, read_rgb
+from .align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face
+from .detector import FaceDetector
+
+REPORT_NAME = "align_report.json"
+
+
+@dataclass(frozen=True)
+class AlignResult:
+    """What happened to one image: status is "aligned", "several_faces" (largest kept), "no_face" or "unreadable"."""
+
+    source: Path
+    status: str
+    detail: str | None = None
+
+
+class Aligner:
+    """Detect, align and write one image; a picklable job for worker processes."""
+
+    def __init__(self, detector: FaceDetector, size: int = ALIGNED_SIZE, margin: float = DEFAULT_MARGIN) -> None:
+        self.detector = detector
+        self.size = size
+        self.margin = margin
+
+    def __call__(self, task: tuple[Path, Path]) -> AlignResult:
+        source, target = task
+        try:
+            image = read_rgb(source)
+        except ImageReadError as error:
+            return AlignResult(source, "unreadable", str(error))
+        faces = self.detector.detect(image)
+        if not faces:
+            return AlignResult(source, "no_face")
+        _save_atomically(align_face(image, faces[0].landmarks, self.size, self.margin), target)
+        if len(faces) > 1:
+            return AlignResult(source, "several_faces", f"{len(faces)} faces; aligned the largest")
+        return AlignResult(source, "aligned")
+
+
+def _save_atomically(image: Image.Image, target: Path) -> None:
+    """Write beside ``target`` then rename, so an interrupted run never leaves half a crop."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        image.save(temp, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+_WORKER_ALIGNER: Aligner | None = None
+
+
+def _start_worker(size: int, margin: float) -> None:
+    """Each worker builds its own detector once; one thread each, the processes give the parallelism."""
+    global _WORKER_ALIGNER
+    from .mtcnn import MTCNNDetector
+
+    torch.set_num_threads(1)
+    _WORKER_ALIGNER = Aligner(MTCNNDetector(), size, margin)
+
+
+def _align_in_worker(task: tuple[Path, Path]) -> AlignResult:
+    assert _WORKER_ALIGNER is not None, "worker not initialized"
+    return _WORKER_ALIGNER(task)
+
+
+def align_dataset(
+    source: str | Path,
+    destination: str | Path,
+    format: str,
+    workers: int = 2,
+    size: int = ALIGNED_SIZE,
+    margin: float = DEFAULT_MARGIN,
+    detector: FaceDetector | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Align a dataset into ``destination``; returns (and writes) the report.
+
+    Args:
+        workers: processes for detection; 0 runs in this process (with ``detector`` when
+            given, so tests and callers can plug in another detector).
+    """
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    index = load_dataset(source, format)
+    base = index.root if index.root.is_dir() else index.root.parent
+    destination = Path(destination).absolute()
+    problems = [{"file": _relative(s.path, base), "problem": f"not in the dataset: {s.reason}"} for s in index.skipped]
+    tasks, done = [], 0
+    for path in dict.fromkeys(sample.path for sample in index.samples):
+        try:
+            target = destination / path.relative_to(base)
+        except ValueError:
+            problems.append({"file": str(path), "problem": f"outside the dataset folder {base}; not aligned"})
+            continue
+        if target.exists():
+            done += 1
+        else:
+            tasks.append((path, target))
+    results = _run(tasks, workers, size, margin, detector, show_progress)
+    counts = Counter(result.status for result in results)
+    problems += [
+        {"file": _relative(r.source, base), "problem": r.status.replace("_", " ") + (f": {r.detail}" if r.detail else "")}
+        for r in sorted(results, key=lambda result: result.source)
+        if r.status != "aligned"
+    ]
+    _copy_manifests(index.root, destination)
+    report = {
+        "source": str(index.root),
+        "format": format,
+        "size": size,
+        "margin": margin,
+        "counts": {
+            "images": len(index.samples) + len(index.skipped),
+            "aligned": counts["aligned"] + counts["several_faces"],
+            "already_aligned": done,
+            "several_faces": counts["several_faces"],
+            "no_face": counts["no_face"],
+            "unreadable": counts["unreadable"],
+            "not_in_dataset": len(index.skipped),
+        },
+        "problems": problems,
+    }
+    atomic_write_text(destination / REPORT_NAME, json.dumps(report, indent=2))
+    return report
+
+
+def _run(
+    tasks: list[tuple[Path, Path]],
+    workers: int,
+    size: int,
+    margin: float,
+    detector: FaceDetector | None,
+    show_progress: bool,
+) -> list[AlignResult]:
+    progress = {"total": len(tasks), "desc": "align", "unit": "img", "disable": not show_progress}
+    if workers == 0 or not tasks:
+        if detector is None:
+            from .mtcnn import MTCNNDetector
+
+            detector = MTCNNDetector()
+        aligner = Aligner(detector, size, margin)
+        return [aligner(task) for task in tqdm(tasks, **progress)]
+    # spawn: a forked copy of a process that already ran torch threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_start_worker, initargs=(size, margin)) as pool:
+        return list(tqdm(pool.imap_unordered(_align_in_worker, tasks, chunksize=4), **progress))
+
+
+def _copy_manifests(root: Path, destination: Path) -> None:
+    """CSV formats: the label files go beside the crops, whose relative paths they name."""
+    manifests = [root] if root.is_file() else sorted(root.glob("*.csv"))
+    destination.mkdir(parents=True, exist_ok=True)
+    for manifest in manifests:
+        shutil.copy2(manifest, destination / manifest.name)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+

@@ -1,0 +1,118 @@
+"""One small interface over the two ways to run a model: PyTorch or an exported ONNX file.
+
+A predictor turns normalized images (``glae.data.transforms.eval_transform`` at
+``input_size``) into routed ages; everything before (reading, aligning, resizing) and after
+(reporting) is the same for both backends, so the caller holds a ``RoutedPredictor`` and
+never asks which one it has. ``load_routed_predictor`` picks the backend from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from .checkpoint import CheckpointError, load_model
+from .export import INPUT_NAME, METADATA_PREFIX, ROUTED_OUTPUTS, MissingExtraError, RoutedAgeModel, routing_mode
+from .models.glae import AgeModel, ModelConfig
+from .routing import RoutingMode
+
+
+class RoutedPredictor(Protocol):
+    """What a caller needs from a model: its input size, its age range, and routed predictions."""
+
+    @property
+    def input_size(self) -> int: ...
+
+    @property
+    def max_age(self) -> int: ...
+
+    def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalized ``[B, 3, S, S]`` -> ``(ages [B], probs [B, K+1], used_balanced [B] bool)``, on the CPU."""
+        ...
+
+
+class TorchRoutedPredictor:
+    """The PyTorch backend: ``RoutedAgeModel`` on the model's device, results moved to the CPU."""
+
+    def __init__(self, model: AgeModel, mode: RoutingMode) -> None:
+        self.routed = RoutedAgeModel(model, mode).eval()
+        self.config = model.config
+        self.mode = mode
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "TorchRoutedPredictor":
+        """A ``.safetensors`` model file, routed when its balanced head was trained."""
+        model, info = load_model(path, device)
+        return cls(model, routing_mode(info))
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @property
+    def max_age(self) -> int:
+        return self.config.max_age
+
+    def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        device = next(self.routed.parameters()).device
+        ages, probs, used_balanced = self.routed(images.to(device))[: len(ROUTED_OUTPUTS)]
+        return ages.cpu(), probs.cpu(), used_balanced.cpu()
+
+
+class OnnxAgeModel:
+    """The ONNX backend: a file written by ``glae export``, run by onnxruntime on the CPU.
+
+    Everything needed to use the file comes from the file: ``config`` (the ``ModelConfig``),
+    ``info`` (training facts), ``mode`` (the routing baked into the graph) and ``metadata``
+    (all ``glae.*`` entries, pixel normalization included).
+    """
+
+    def __init__(self, session: Any, metadata: dict[str, Any]) -> None:
+        self.session = session
+        self.metadata = metadata
+        self.config = ModelConfig.from_dict(metadata["model"])
+        self.info: dict[str, Any] = metadata["info"]
+        self.mode: RoutingMode = metadata["routing_mode"]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "OnnxAgeModel":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise MissingExtraError("running an ONNX model needs onnxruntime: pip install 'glae[onnx]'") from None
+        if not Path(path).is_file():
+            raise CheckpointError(f"ONNX model {path} does not exist")
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own untyped errors for bad files
+            raise CheckpointError(f"{path} is not a readable ONNX model ({error})") from None
+        stored = session.get_modelmeta().custom_metadata_map
+        metadata = {key[len(METADATA_PREFIX):]: json.loads(value) for key, value in stored.items() if key.startswith(METADATA_PREFIX)}
+        if "model" not in metadata:
+            raise CheckpointError(f"{path} is an ONNX model but not one written by glae export (no '{METADATA_PREFIX}model' metadata)")
+        return cls(session, metadata)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @property
+    def max_age(self) -> int:
+        return self.config.max_age
+
+    def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        feed = {INPUT_NAME: images.detach().cpu().float().contiguous().numpy()}
+        ages, probs, used_balanced = self.session.run(list(ROUTED_OUTPUTS), feed)
+        return torch.from_numpy(ages), torch.from_numpy(probs), torch.from_numpy(used_balanced)
+
+
+def load_routed_predictor(path: str | os.PathLike, device: str | torch.device = "cpu") -> RoutedPredictor:
+    """``.onnx`` files run on onnxruntime (CPU, ``device`` unused); model files on PyTorch."""
+    if Path(path).suffix.lower() == ".onnx":
+        return OnnxAgeModel.load(path)
+    return TorchRoutedPredictor.load(path, device)

@@ -1,0 +1,257 @@
+"""AgeEstimator: photos in, one age per face out.
+
+The path of one photo, top to bottom: ``read_rgb`` (decode upright RGB) -> MTCNN
+(``glae.faces``: boxes and five landmarks) -> five-point alignment onto the training
+framing -> ``eval_transform`` -> ``AgeModel.predict_views`` (image and flip, both heads)
+-> ``route`` (Adaptive Routing) -> expectation and a 90% interval of the chosen head's
+distribution. Faces of many photos are batched together; a photo that cannot be read
+gets an error of its own and never stops the others.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .checkpoint import CheckpointError, load_model
+from .data.datasets import IMAGE_EXTENSIONS
+from .data.images import read_rgb
+from .data.transforms import eval_transform
+from .engine import pick_device
+from .faces.align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face
+from .faces.detector import DetectedFace, FaceDetector
+from .models.glae import AgeModel
+from .routing import route
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+HeadName = Literal["vanilla", "balanced"]
+INTERVAL_QUANTILES = (0.05, 0.95)
+
+
+def default_model_path() -> Path:
+    """Where the model shipped inside the package lives (``glae/weights/``)."""
+    return Path(__file__).parent / "weights" / "glae_utkface.safetensors"
+
+
+@dataclass(frozen=True)
+class FaceAge:
+    """The age of one face.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` in the upright photo's pixels (the whole image with ``aligned``).
+        landmarks: five ``(x, y)`` points (eyes, nose, mouth corners), None with ``aligned``.
+        score: detector confidence, None with ``aligned``.
+        age: expectation of the predicted distribution (Eq. 3), in years.
+        interval_90: ``(low, high)``, the 5% and 95% quantiles of that distribution.
+        head: the head Adaptive Routing chose ("vanilla" for a model without a balanced head).
+        distribution: ``P(age = k)`` for ``k = 0..K``.
+    """
+
+    box: tuple[float, float, float, float]
+    landmarks: tuple[tuple[float, float], ...] | None
+    score: float | None
+    age: float
+    interval_90: tuple[float, float]
+    head: HeadName
+    distribution: tuple[float, ...] = field(repr=False)
+
+    def to_dict(self, distribution: bool = False) -> dict[str, Any]:
+        """JSON-safe record; the K+1 probabilities only on request, they dwarf the rest."""
+        record: dict[str, Any] = {
+            "box": [round(v, 1) for v in self.box],
+            "landmarks": None if self.landmarks is None else [[round(x, 1), round(y, 1)] for x, y in self.landmarks],
+            "score": None if self.score is None else round(self.score, 4),
+            "age": round(self.age, 2),
+            "interval_90": [round(v, 2) for v in self.interval_90],
+            "head": self.head,
+        }
+        if distribution:
+            record["distribution"] = [round(p, 6) for p in self.distribution]
+        return record
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """All faces of one input; ``error`` says why there are none when the input was unusable."""
+
+    file: str | None
+    faces: list[FaceAge]
+    error: str | None = None
+
+    def to_dict(self, distribution: bool = False) -> dict[str, Any]:
+        return {"file": self.file, "faces": [face.to_dict(distribution) for face in self.faces], "error": self.error}
+
+
+@dataclass
+class _Prepared:
+    """An input read and aligned, waiting for its crops to go through the model."""
+
+    file: str | None
+    faces: list[DetectedFace | None]
+    crops: list[Image.Image]
+    size: tuple[int, int]
+    error: str | None = None
+
+
+def quantile_interval(probs: Tensor, low: float, high: float) -> Tensor:
+    """``[B, 2]`` quantiles of ``[B, K+1]`` distributions over ages, each age a 1-year bin.
+
+    The CDF is interpolated linearly inside the bin of age ``k`` (``[k - 0.5, k + 0.5]``),
+    so the bounds are not rounded to whole years.
+    """
+    cdf = probs.cumsum(-1)
+    levels = torch.tensor([low, high], dtype=probs.dtype).expand(len(probs), 2).contiguous()
+    index = torch.searchsorted(cdf, levels).clamp(max=probs.shape[-1] - 1)
+    mass = probs.gather(1, index).clamp(min=1e-12)
+    below = cdf.gather(1, index) - probs.gather(1, index)
+    return (index - 0.5 + (levels - below) / mass).clamp(0, probs.shape[-1] - 1)
+
+
+def expand_image_paths(patterns: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files, folders (searched recursively for images) and globs -> paths, in argument order.
+
+    An argument that matches nothing is kept as it is, so it is reported as "file not
+    found" instead of vanishing.
+    """
+    paths: list[Path] = []
+    for pattern in map(str, patterns):
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        for match in map(Path, matches or [pattern]):
+            if match.is_dir():
+                paths += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            else:
+                paths.append(match)
+    return paths
+
+
+class AgeEstimator:
+    """A trained GLAE model plus a face detector: ``predict`` takes photos, returns ages.
+
+    Args:
+        model: the network (``glae.checkpoint.load_model``).
+        info: the model file's training facts; ``balanced_trained`` turns on Adaptive
+            Routing between the two heads, otherwise only the vanilla head is used.
+        detector: any ``FaceDetector``; MTCNN is built on first use when None, so a caller
+            with aligned crops needs no detector weights.
+        device: "auto" (CUDA when available), "cpu", "cuda:1"...
+        batch_size: faces per forward pass (each also runs flipped).
+        margin: alignment margin (``glae.faces.align.reference_points``).
+    """
+
+    def __init__(
+        self,
+        model: AgeModel,
+        info: dict[str, Any] | None = None,
+        detector: FaceDetector | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+        margin: float = DEFAULT_MARGIN,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.mode = "routing" if (info or {}).get("balanced_trained") else "vanilla"
+        self.heads = ("vanilla", "balanced") if self.mode == "routing" else ("vanilla",)
+        self.transform = eval_transform(model.config.input_size)
+        self.batch_size = batch_size
+        self.margin = margin
+        self._detector = detector
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, **options: Any) -> "AgeEstimator":
+        """Load a ``.safetensors`` model file once; None means the model shipped with GLAE.
+
+        ``options`` go to the constructor (``detector``, ``device``, ``batch_size``, ``margin``).
+        """
+        if path is None:
+            path = default_model_path()
+            if not path.is_file():
+                raise CheckpointError(f"no default model shipped (looked for {path}); pass a model file (--model)")
+        device = options.pop("device", "auto")
+        model, info = load_model(path, pick_device(device))
+        return cls(model, info, device=device, **options)
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            from .faces.mtcnn import MTCNNDetector
+
+            self._detector = MTCNNDetector()
+        return self._detector
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], aligned: bool = False) -> list[ImagePrediction]:
+        """One ``ImagePrediction`` per input (a path, PIL image, uint8 array, or a list of them).
+
+        Args:
+            aligned: inputs are already aligned face crops: no detection, one face each.
+        """
+        batch = list(images) if isinstance(images, (list, tuple)) else [images]
+        return list(self.iter_predict(batch, aligned))
+
+    def iter_predict(self, images: Iterable[ImageInput], aligned: bool = False) -> Iterator[ImagePrediction]:
+        """Like ``predict`` but lazy, in input order: memory stays bounded on any number of photos."""
+        pending: list[_Prepared] = []
+        for source in images:
+            pending.append(self._prepare(source, aligned))
+            if sum(len(item.crops) for item in pending) >= self.batch_size:
+                yield from self._finish(pending)
+                pending = []
+        yield from self._finish(pending)
+
+    def _prepare(self, source: ImageInput, aligned: bool) -> _Prepared:
+        file = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+        try:
+            image = read_rgb(source)
+            if aligned:
+                return _Prepared(file, [None], [image], image.size)
+            faces = self.detector.detect(image)
+            crops = [align_face(image, face.landmarks, ALIGNED_SIZE, self.margin) for face in faces]
+        except (ValueError, OSError) as error:  # ImageReadError is a ValueError
+            return _Prepared(file, [], [], (0, 0), str(error))
+        return _Prepared(file, list(faces), crops, image.size)
+
+    def _finish(self, pending: list[_Prepared]) -> Iterator[ImagePrediction]:
+        crops = [crop for item in pending for crop in item.crops]
+        estimates = iter(self._estimate(crops)) if crops else iter(())
+        for item in pending:
+            faces = [_face_age(face, item.size, *next(estimates)) for face in item.faces]
+            yield ImagePrediction(item.file, faces, item.error)
+
+    @torch.no_grad()
+    def _estimate(self, crops: list[Image.Image]) -> list[tuple[float, tuple[float, float], HeadName, Tensor]]:
+        """Age, interval, head and distribution of each aligned crop, ``batch_size`` at a time."""
+        results = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = torch.stack([self.transform(crop) for crop in crops[start : start + self.batch_size]])
+            routed = route(self.model.predict_views(batch.to(self.device), self.heads), self.mode)
+            intervals = quantile_interval(routed.probs.cpu().double(), *INTERVAL_QUANTILES)
+            for age, interval, balanced, probs in zip(routed.ages.cpu(), intervals, routed.used_balanced.cpu(), routed.probs.cpu()):
+                head: HeadName = "balanced" if bool(balanced) else "vanilla"
+                results.append((float(age), (float(interval[0]), float(interval[1])), head, probs))
+        return results
+
+
+def _face_age(
+    face: DetectedFace | None, size: tuple[int, int], age: float, interval: tuple[float, float], head: HeadName, probs: Tensor
+) -> FaceAge:
+    """Join a detection (None: the whole aligned image) with its estimate."""
+    if face is None:
+        box, landmarks, score = (0.0, 0.0, float(size[0]), float(size[1])), None, None
+    else:
+        box = face.box
+        landmarks = tuple((float(x), float(y)) for x, y in face.landmarks)
+        score = face.score
+    return FaceAge(box, landmarks, score, age, interval, head, tuple(float(p) for p in probs))
+
+
+__all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "expand_image_paths", "quantile_interval"]

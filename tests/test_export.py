@@ -1,0 +1,127 @@
+"""ONNX export: onnxruntime reproduces PyTorch's routed prediction on real crops, from the file alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from glae.checkpoint import save_model
+from glae.cli import main
+from glae.data.images import read_rgb
+from glae.data.transforms import PIXEL_MEAN, PIXEL_STD, eval_transform
+from glae.export import ROUTED_OUTPUTS
+from glae.models.glae import AgeModel, ModelConfig
+from glae.onnx_runtime import OnnxAgeModel, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
+from glae.routing import route
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+CONFIG = ModelConfig(backbone="resnet18", head="glae", max_age=116, input_size=64)
+# With this seed the two independently initialized heads split the 8 crops below 4 / 4
+# between them, each flip divergence at least 4% away from the other head's, far beyond
+# float32 noise: the test covers both branches of the routing inside the graph.
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def routed_model() -> AgeModel:
+    torch.manual_seed(SEED)
+    return AgeModel(CONFIG).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(routed_model: AgeModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(model file, ONNX file)``, the ONNX one written by ``glae export``."""
+    folder = tmp_path_factory.mktemp("export")
+    checkpoint, onnx_file = folder / "model.safetensors", folder / "model.onnx"
+    save_model(checkpoint, routed_model, info={"balanced_trained": True})
+    assert main(["export", "--onnx", str(onnx_file), "--model", str(checkpoint)]) == 0
+    return checkpoint, onnx_file
+
+
+@pytest.fixture(scope="module")
+def crops(utkface: Path) -> torch.Tensor:
+    """The first 8 real UTKFace crops, preprocessed as ``glae eval`` does: ``[8, 3, 64, 64]``."""
+    transform = eval_transform(CONFIG.input_size)
+    return torch.stack([transform(read_rgb(path)) for path in sorted(utkface.glob("*.jpg"))[:8]])
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_onnxruntime_matches_pytorch_on_real_crops(
+    routed_model: AgeModel, exported: tuple[Path, Path], crops: torch.Tensor, batch_size: int
+) -> None:
+    onnx_model = OnnxAgeModel.load(exported[1])
+    used = []
+    for batch in crops.split(batch_size):  # batch size 5 also runs a last batch of 3
+        expected = route(routed_model.predict_views(batch), "routing")
+        ages, probs, used_balanced = onnx_model.predict_routed(batch)
+        assert ages.shape == (len(batch),) and probs.shape == (len(batch), CONFIG.num_classes)
+        torch.testing.assert_close(ages, expected.ages, atol=1e-4, rtol=0)
+        torch.testing.assert_close(probs, expected.probs, atol=1e-4, rtol=0)
+        assert used_balanced.dtype == torch.bool
+        assert torch.equal(used_balanced, expected.used_balanced)
+        used += used_balanced.tolist()
+    assert 0 < sum(used) < len(used), "both heads must be chosen for some crops"
+
+
+def test_graph_outputs_each_heads_flip_averaged_distribution(
+    routed_model: AgeModel, exported: tuple[Path, Path], crops: torch.Tensor
+) -> None:
+    session = OnnxAgeModel.load(exported[1]).session
+    names = [output.name for output in session.get_outputs()]
+    assert names == [*ROUTED_OUTPUTS, "vanilla_probs", "balanced_probs"]
+    vanilla_probs, balanced_probs = session.run(["vanilla_probs", "balanced_probs"], {"images": crops.numpy()})
+    views = routed_model.predict_views(crops)
+    torch.testing.assert_close(torch.from_numpy(vanilla_probs), views["vanilla"].mean(0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(balanced_probs), views["balanced"].mean(0), atol=1e-4, rtol=0)
+
+
+def test_torch_predictor_is_exactly_route(routed_model: AgeModel, crops: torch.Tensor) -> None:
+    expected = route(routed_model.predict_views(crops), "routing")
+    ages, probs, used_balanced = TorchRoutedPredictor(routed_model, "routing").predict_routed(crops)
+    assert torch.equal(ages, expected.ages) and torch.equal(probs, expected.probs)
+    assert torch.equal(used_balanced, expected.used_balanced)
+
+
+def test_metadata_round_trip(routed_model: AgeModel, exported: tuple[Path, Path]) -> None:
+    onnx_model = OnnxAgeModel.load(exported[1])
+    assert onnx_model.config == routed_model.config
+    assert onnx_model.info == {"balanced_trained": True}
+    assert onnx_model.mode == "routing"
+    assert (onnx_model.input_size, onnx_model.max_age) == (64, 116)
+    assert onnx_model.metadata["pixel_mean"] == list(PIXEL_MEAN)
+    assert onnx_model.metadata["pixel_std"] == list(PIXEL_STD)
+
+
+def test_load_routed_predictor_picks_the_backend_from_the_file(exported: tuple[Path, Path]) -> None:
+    checkpoint, onnx_file = exported
+    predictors: list[RoutedPredictor] = [load_routed_predictor(checkpoint), load_routed_predictor(onnx_file)]
+    assert [type(p) for p in predictors] == [TorchRoutedPredictor, OnnxAgeModel]
+    assert predictors[0].mode == predictors[1].mode == "routing"  # type: ignore[attr-defined]
+
+
+def test_model_without_balanced_head_exports_vanilla(tmp_path: Path, crops: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = AgeModel(CONFIG).eval()
+    checkpoint, onnx_file = tmp_path / "stage1.safetensors", tmp_path / "stage1.onnx"
+    save_model(checkpoint, model, info={"balanced_trained": False})
+    assert main(["export", "--onnx", str(onnx_file), "--model", str(checkpoint)]) == 0
+    onnx_model = OnnxAgeModel.load(onnx_file)
+    assert onnx_model.mode == "vanilla"
+    assert [output.name for output in onnx_model.session.get_outputs()] == [*ROUTED_OUTPUTS, "vanilla_probs"]
+    expected = route(model.predict_views(crops, ("vanilla",)), "vanilla")
+    ages, probs, used_balanced = onnx_model.predict_routed(crops)
+    torch.testing.assert_close(ages, expected.ages, atol=1e-4, rtol=0)
+    torch.testing.assert_close(probs, expected.probs, atol=1e-4, rtol=0)
+    assert not used_balanced.any()
+
+
+def test_not_a_glae_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.safetensors"
+    assert main(["export", "--onnx", str(tmp_path / "out.onnx"), "--model", str(missing)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="does not exist"):
+        OnnxAgeModel.load(tmp_path / "out.onnx")

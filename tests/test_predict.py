@@ -1,0 +1,190 @@
+"""AgeEstimator and ``glae predict`` on real UTKFace crops and every kind of awkward input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glae.checkpoint import CheckpointError, save_model
+from glae.cli import main
+from glae.data.images import read_rgb
+from glae.models.glae import AgeModel, ModelConfig
+from glae.predict import AgeEstimator, FaceAge, ImagePrediction, default_model_path, quantile_interval
+
+MAX_AGE = 116
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ResNet-18 at 64 px with both heads, saved as a real model file."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(path, AgeModel(ModelConfig(backbone="resnet18", max_age=MAX_AGE, input_size=64)), {"balanced_trained": True})
+    return path
+
+
+@pytest.fixture(scope="module")
+def estimator(model_file: Path, detector) -> AgeEstimator:
+    return AgeEstimator.load(model_file, device="cpu", detector=detector, batch_size=4)
+
+
+def _check_face(face: FaceAge) -> None:
+    assert 0 <= face.interval_90[0] <= face.age <= face.interval_90[1] <= MAX_AGE
+    assert face.head in ("vanilla", "balanced")
+    assert len(face.distribution) == MAX_AGE + 1 and abs(sum(face.distribution) - 1) < 1e-4
+    assert face.landmarks is not None and len(face.landmarks) == 5
+
+
+def test_path_pil_array_and_list(estimator: AgeEstimator, utk_crops: list[Path]) -> None:
+    image = read_rgb(utk_crops[0])
+    results = estimator.predict([utk_crops[0], image, np.asarray(image)])
+    assert [r.file for r in results] == [str(utk_crops[0]), None, None]
+    for result in results:
+        assert isinstance(result, ImagePrediction) and result.error is None and len(result.faces) == 1
+        _check_face(result.faces[0])
+    assert results[0].faces[0].age == pytest.approx(results[1].faces[0].age, abs=1e-4)
+    (single,) = estimator.predict(str(utk_crops[0]))
+    assert single.faces[0].age == pytest.approx(results[0].faces[0].age, abs=1e-4)
+
+
+def test_a_batch_survives_broken_files(estimator: AgeEstimator, utk_crops: list[Path], tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(utk_crops[1].read_bytes()[:300])
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    results = estimator.predict([utk_crops[1], corrupt, empty, text, noise, utk_crops[2]])
+    assert [len(r.faces) for r in results] == [1, 0, 0, 0, 0, 1]
+    assert results[0].error is None and results[5].error is None
+    assert "corrupt or truncated" in results[1].error
+    assert "empty file" in results[2].error
+    assert "not a readable image" in results[3].error
+    assert results[4].error is None  # no face is a result, not an error
+
+
+def _bomb_png(path: Path, side: int = 8_000) -> None:
+    """A valid PNG header claiming 64 megapixels (over GLAE's limit, under PIL's): caught before decoding."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_awkward_formats(estimator: AgeEstimator, utk_crops: list[Path], tmp_path: Path) -> None:
+    face = read_rgb(utk_crops[3])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, "rotate 90 CW to display"
+    face.rotate(90, expand=True).save(tmp_path / "exif.jpg", exif=exif)
+    face.convert("L").save(tmp_path / "gray.png")
+    face.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    rgba = face.convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(tmp_path / "rgba.png")
+    gray16 = (np.asarray(face.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
+    _bomb_png(tmp_path / "bomb.png")
+    names = ["exif.jpg", "gray.png", "cmyk.jpg", "rgba.png", "gray16.png"]
+    results = estimator.predict([tmp_path / name for name in [*names, "bomb.png"]])
+    for name, result in zip(names, results):
+        assert result.error is None and len(result.faces) == 1, (name, result.error)
+        _check_face(result.faces[0])
+    assert "exceeds the limit" in results[-1].error
+
+
+def test_aligned_inputs_skip_detection(estimator: AgeEstimator, utk_crops: list[Path]) -> None:
+    (result,) = estimator.predict(utk_crops[0], aligned=True)
+    (face,) = result.faces
+    assert face.box == (0.0, 0.0, 200.0, 200.0) and face.landmarks is None and face.score is None
+
+
+def test_quantile_interval_by_hand() -> None:
+    one_hot = torch.zeros(1, 11, dtype=torch.float64)
+    one_hot[0, 3] = 1.0
+    assert torch.allclose(quantile_interval(one_hot, 0.05, 0.95), torch.tensor([[2.55, 3.45]], dtype=torch.float64))
+    uniform = torch.full((1, 10), 0.1, dtype=torch.float64)  # ages 0..9, CDF linear on [-0.5, 9.5] clamped at 0
+    assert torch.allclose(quantile_interval(uniform, 0.05, 0.95), torch.tensor([[0.0, 9.0]], dtype=torch.float64))
+
+
+def test_missing_default_model_is_explained() -> None:
+    if default_model_path().is_file():
+        pytest.skip("a default model is shipped")
+    with pytest.raises(CheckpointError, match="no default model shipped"):
+        AgeEstimator.load()
+
+
+def test_import_glae_stays_light() -> None:
+    code = "import glae, sys; assert 'torch' not in sys.modules; print(glae.AgeEstimator.__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "AgeEstimator", result.stderr
+
+
+@pytest.fixture()
+def photo_folder(utk_crops: list[Path], tmp_path: Path) -> Path:
+    """Two real crops and one corrupt file in a folder, the way a user's photos arrive."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in utk_crops[4:6]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    return folder
+
+
+def _predict_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["predict", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_json(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _predict_cli(capsys, str(photo_folder), "--model", str(model_file), "--device", "cpu", "--json")
+    assert code == 0
+    records = json.loads(out)
+    by_name = {Path(r["file"]).name: r for r in records}
+    broken = by_name.pop("broken.jpg")
+    assert broken["faces"] == [] and "corrupt" in broken["error"]
+    assert len(by_name) == 2
+    for record in by_name.values():
+        (face,) = record["faces"]
+        assert record["error"] is None and len(face["box"]) == 4 and len(face["landmarks"]) == 5
+        assert face["interval_90"][0] <= face["age"] <= face["interval_90"][1] and face["head"] in ("vanilla", "balanced")
+    assert "3 file(s): 2 face(s) in 2, 0 without a face, 1 skipped" in err
+
+
+def test_cli_csv_and_annotate(photo_folder: Path, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pattern = str(photo_folder / "*.jpg.chip.jpg")
+    annotated = tmp_path / "annotated"
+    code, out, _ = _predict_cli(capsys, pattern, "--model", str(model_file), "--device", "cpu", "--csv", "--annotate", str(annotated))
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 2 and all(float(r["low_90"]) <= float(r["age"]) <= float(r["high_90"]) for r in rows)
+    written = sorted(annotated.iterdir())
+    assert len(written) == 2 and all(Image.open(p).size == (200, 200) for p in written)
+
+
+def test_cli_table_aligned(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _predict_cli(capsys, str(photo_folder), "--model", str(model_file), "--device", "cpu", "--aligned")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["file", "face", "age"]
+    assert sum("error:" in line for line in lines) == 1
+    assert sum(line.endswith("0,0,200,200") for line in lines) == 2
+
+
+def test_cli_fails_only_when_nothing_worked(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _predict_cli(capsys, str(photo_folder / "broken.jpg"), str(photo_folder / "missing.jpg"), "--model", str(model_file))
+    assert code == 1 and "2 skipped" in err and "file not found" in err
