@@ -7,7 +7,7 @@ input size and batch:
   infer/single    inference images/s, one view, vanilla head
   infer/flip      inference images/s, image + flip in one batch, vanilla head (flip-TTA)
   infer/routing   inference images/s, image + flip, both heads, Adaptive Routing
-  predict/raw     the raw forward of the routed model on preprocessed tensors
+  predict/raw     the routed model (predictor.predict_routed) on preprocessed tensors
   predict/e2e     `AgeEstimator.predict(files, aligned=True)`: file -> decoded -> result
 Prints images/s, peak RSS, and the ratios the targets are stated in:
   GLAE head cost   = 1 - train/glae / train/gap          (target <= 10%)
@@ -92,7 +92,7 @@ def predict_speed(args: argparse.Namespace, kind: str) -> float:
     files = sorted(Path(args.data).glob("*.jpg"))[: args.batch * args.steps]
     if kind == "raw":
         images = _batch(args)
-        return args.steps * args.batch / _timed(lambda: route(estimator.model.predict_views(images), "routing"), args.steps)
+        return args.steps * args.batch / _timed(lambda: estimator.predictor.predict_routed(images), args.steps)
     estimator.predict(files[: args.batch], aligned=True)  # warm-up
     started = time.perf_counter()
     estimator.predict(files, aligned=True)

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .fileio import atomic_write_text
 from .data import DATASET_FORMATS, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
 from .export import MissingExtraError
+from .fileio import atomic_write_text
 from .models import BackboneError
 from .routing import ROUTING_MODES
 
@@ -38,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
     evaluate = commands.add_parser("eval", help="evaluate a model on a dataset (flip TTA, routing, reports)")
-    evaluate.add_argument("--checkpoint", required=True, help="model file (.safetensors) written by glae train")
+    evaluate.add_argument("--checkpoint", help="model file (.safetensors) written by glae train; default: the shipped model")
     _add_data_arguments(evaluate, required=True)
     evaluate.add_argument("--mode", choices=ROUTING_MODES, default=None, help="head choice for the top-level numbers (default: routing when the model has a balanced head)")
     evaluate.add_argument("--split", type=Path, help="a run's split.json: evaluate only one part of it (see --part)")
     evaluate.add_argument("--part", choices=("train", "val", "test"), default="test")
+    evaluate.add_argument("--lt", type=int, metavar="N", help="evaluate the balanced long-tail subset instead: N images per age (ages with fewer are dropped)")
+    evaluate.add_argument("--lt-seed", type=int, default=0)
     evaluate.add_argument("--json", type=Path, help="write the report as JSON here")
     evaluate.add_argument("--report", type=Path, help="write Markdown + PNG reports into this folder")
     evaluate.add_argument("--batch-size", type=int, default=64)
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="ages of the faces in photos")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
-    predict.add_argument("--model", help="model file (.safetensors); default: the model shipped with GLAE")
+    predict.add_argument("--model", help="model file (.safetensors) or ONNX export (.onnx); default: the model shipped with GLAE")
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON: [{file, faces: [{box, age, ...}], error}]")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per face")
@@ -94,36 +96,31 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.data import DataLoader
-
     from .checkpoint import load_model
-    from .data import Split, load_dataset
-    from .data.images import AgeImageDataset
-    from .data.transforms import eval_transform
-    from .engine import pick_device, predict_views_dataset
-    from .evaluate import evaluate_views
+    from .data import Split, balanced_test_subset, load_dataset
+    from .engine import pick_device
+    from .evaluate import evaluate_samples
+    from .predict import resolve_model_path
     from .reports import markdown_report, write_reports
+    from .routing import routing_mode
 
     device = pick_device(args.device)
-    model, info = load_model(args.checkpoint, device)
-    heads = ("vanilla", "balanced") if info.get("balanced_trained") else ("vanilla",)
-    mode = args.mode or ("routing" if "balanced" in heads else "vanilla")
+    checkpoint = resolve_model_path(args.checkpoint)
+    model, info = load_model(checkpoint, device)
     index = load_dataset(args.data, args.format or "utkface")
     logging.getLogger(__name__).info(index.summary())
     samples = index.samples
     if args.split is not None:
         samples = getattr(Split.from_json(json.loads(args.split.read_text()), samples, index.root), args.part)
-    loader = DataLoader(
-        AgeImageDataset(samples, eval_transform(model.config.input_size)),
-        batch_size=args.batch_size, num_workers=args.workers,
+    if args.lt is not None:
+        samples = balanced_test_subset(samples, args.lt, seed=args.lt_seed)
+    if not samples:
+        raise ValueError("nothing to evaluate: the selected part (or its -LT subset) is empty")
+    mode = args.mode or routing_mode(info)
+    report = evaluate_samples(
+        model, samples, mode, device, args.batch_size, args.workers, channels_last=device.type == "cpu", show_progress=True
     )
-    channels_last = device.type == "cpu"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    views, ages, stds = predict_views_dataset(model, loader, device, heads, channels_last, show_progress=True)
-    report = evaluate_views(views, ages, stds, mode)
-    report["checkpoint"] = str(args.checkpoint)
+    report["checkpoint"] = str(checkpoint)
     report["data"] = str(args.data)
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2))
@@ -168,9 +165,9 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .export import export_onnx
-    from .predict import default_model_path
+    from .predict import resolve_model_path
 
-    model, info = load_model(args.model or default_model_path())
+    model, info = load_model(resolve_model_path(args.model))
     mode = export_onnx(model, args.onnx, info, args.opset)
     print(f"ONNX model ({mode} mode): {args.onnx}")
     return 0

@@ -7,8 +7,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torch.utils.data import DataLoader
+
+from .data.datasets import AgeSample
+from .data.images import AgeImageDataset
+from .data.transforms import eval_transform
+from .engine import predict_views_dataset
 from .metrics import AGE_GROUPS, summarize
-from .routing import ROUTING_MODES, RoutingMode, route
+from .models.glae import AgeModel
+from .routing import ROUTING_MODES, RoutingMode, heads_for, route
 
 
 def available_modes(views: dict[str, Tensor]) -> tuple[RoutingMode, ...]:
@@ -53,3 +60,23 @@ def evaluate_views(views: dict[str, Tensor], ages: Tensor, stds: Tensor, mode: R
     report["routing"] = routing_usage(ages, routed["routing"].used_balanced) if "routing" in routed else None
     report["modes"] = per_mode
     return report
+
+
+def evaluate_samples(
+    model: AgeModel,
+    samples: list[AgeSample],
+    mode: RoutingMode,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    channels_last: bool = True,
+    amp: bool = False,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """One flip-TTA pass of ``model`` over ``samples`` (the heads ``mode`` needs), then the report."""
+    loader = DataLoader(
+        AgeImageDataset(samples, eval_transform(model.config.input_size)),
+        batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
+    )
+    views, ages, stds = predict_views_dataset(model, loader, device, heads_for(mode), channels_last, amp, show_progress)
+    return evaluate_views(views, ages, stds, mode)

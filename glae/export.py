@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from .data.transforms import PIXEL_MEAN, PIXEL_STD
 from .fileio import atomic_write
-from .models.glae import HEAD_NAMES, AgeModel
-from .routing import RoutingMode, route
+from .models.glae import AgeModel
+from .routing import RoutingMode, heads_for, route, routing_mode
 
 INPUT_NAME = "images"
 ROUTED_OUTPUTS = ("age", "probs", "used_balanced")
@@ -37,11 +37,6 @@ METADATA_PREFIX = "glae."
 
 class MissingExtraError(ImportError):
     """An optional dependency of ONNX export or inference is not installed; the message says how."""
-
-
-def routing_mode(info: dict[str, Any]) -> RoutingMode:
-    """The head choice a model file supports: routing needs a balanced head trained in stage 2."""
-    return "routing" if info.get("balanced_trained") else "vanilla"
 
 
 class RoutedAgeModel(nn.Module):
@@ -58,7 +53,7 @@ class RoutedAgeModel(nn.Module):
         super().__init__()
         self.model = model
         self.mode = mode
-        self.heads = ("vanilla",) if mode == "vanilla" else HEAD_NAMES
+        self.heads = heads_for(mode)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         views = self.model.predict_views(images, self.heads)

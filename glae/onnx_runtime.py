@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from .checkpoint import CheckpointError, load_model
-from .export import INPUT_NAME, METADATA_PREFIX, ROUTED_OUTPUTS, MissingExtraError, RoutedAgeModel, routing_mode
+from .export import INPUT_NAME, METADATA_PREFIX, ROUTED_OUTPUTS, MissingExtraError, RoutedAgeModel
 from .models.glae import AgeModel, ModelConfig
-from .routing import RoutingMode
+from .routing import RoutingMode, routing_mode
 
 
 class RoutedPredictor(Protocol):

@@ -2,8 +2,9 @@
 
 The path of one photo, top to bottom: ``read_rgb`` (decode upright RGB) -> MTCNN
 (``glae.faces``: boxes and five landmarks) -> five-point alignment onto the training
-framing -> ``eval_transform`` -> ``AgeModel.predict_views`` (image and flip, both heads)
--> ``route`` (Adaptive Routing) -> expectation and a 90% interval of the chosen head's
+framing -> ``eval_transform`` -> a ``RoutedPredictor`` (``AgeModel.predict_views`` on the
+image and its flip through both heads, then ``route``: Adaptive Routing, in PyTorch or in
+an exported ONNX graph) -> expectation and a 90% interval of the chosen head's
 distribution. Faces of many photos are batched together; a photo that cannot be read
 gets an error of its own and never stops the others.
 """
@@ -22,15 +23,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError
 from .data.datasets import IMAGE_EXTENSIONS
 from .data.images import read_rgb
 from .data.transforms import eval_transform
 from .engine import pick_device
 from .faces.align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face
 from .faces.detector import DetectedFace, FaceDetector
-from .models.glae import AgeModel
-from .routing import route
+from .onnx_runtime import RoutedPredictor, load_routed_predictor
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 HeadName = Literal["vanilla", "balanced"]
@@ -40,6 +40,16 @@ INTERVAL_QUANTILES = (0.05, 0.95)
 def default_model_path() -> Path:
     """Where the model shipped inside the package lives (``glae/weights/``)."""
     return Path(__file__).parent / "weights" / "glae_utkface.safetensors"
+
+
+def resolve_model_path(path: str | os.PathLike | None) -> Path:
+    """``path``, or the shipped model when None (a clear error when it is missing)."""
+    if path is not None:
+        return Path(path)
+    shipped = default_model_path()
+    if not shipped.is_file():
+        raise CheckpointError(f"no default model shipped (looked for {shipped}); pass a model file (--model)")
+    return shipped
 
 
 @dataclass(frozen=True)
@@ -137,49 +147,38 @@ class AgeEstimator:
     """A trained GLAE model plus a face detector: ``predict`` takes photos, returns ages.
 
     Args:
-        model: the network (``glae.checkpoint.load_model``).
-        info: the model file's training facts; ``balanced_trained`` turns on Adaptive
-            Routing between the two heads, otherwise only the vanilla head is used.
+        predictor: the model behind ``glae.onnx_runtime.RoutedPredictor`` (a PyTorch model
+            file or an ONNX export); it routes between the two heads when the balanced head
+            was trained, otherwise it uses the vanilla head alone.
         detector: any ``FaceDetector``; MTCNN is built on first use when None, so a caller
             with aligned crops needs no detector weights.
-        device: "auto" (CUDA when available), "cpu", "cuda:1"...
         batch_size: faces per forward pass (each also runs flipped).
         margin: alignment margin (``glae.faces.align.reference_points``).
     """
 
     def __init__(
         self,
-        model: AgeModel,
-        info: dict[str, Any] | None = None,
+        predictor: RoutedPredictor,
         detector: FaceDetector | None = None,
-        device: str = "auto",
         batch_size: int = 32,
         margin: float = DEFAULT_MARGIN,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
-        self.mode = "routing" if (info or {}).get("balanced_trained") else "vanilla"
-        self.heads = ("vanilla", "balanced") if self.mode == "routing" else ("vanilla",)
-        self.transform = eval_transform(model.config.input_size)
+        self.predictor = predictor
+        self.transform = eval_transform(predictor.input_size)
         self.batch_size = batch_size
         self.margin = margin
         self._detector = detector
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, **options: Any) -> "AgeEstimator":
-        """Load a ``.safetensors`` model file once; None means the model shipped with GLAE.
+    def load(cls, path: str | os.PathLike | None = None, device: str = "auto", **options: Any) -> "AgeEstimator":
+        """Load a model once: a ``.safetensors`` file, an ``.onnx`` export, or None for the shipped model.
 
-        ``options`` go to the constructor (``detector``, ``device``, ``batch_size``, ``margin``).
+        ``device`` is "auto" (CUDA when available), "cpu", "cuda:1"... (ONNX runs on the CPU);
+        ``options`` go to the constructor (``detector``, ``batch_size``, ``margin``).
         """
-        if path is None:
-            path = default_model_path()
-            if not path.is_file():
-                raise CheckpointError(f"no default model shipped (looked for {path}); pass a model file (--model)")
-        device = options.pop("device", "auto")
-        model, info = load_model(path, pick_device(device))
-        return cls(model, info, device=device, **options)
+        return cls(load_routed_predictor(resolve_model_path(path), pick_device(device)), **options)
 
     @property
     def detector(self) -> FaceDetector:
@@ -200,21 +199,25 @@ class AgeEstimator:
 
     def iter_predict(self, images: Iterable[ImageInput], aligned: bool = False) -> Iterator[ImagePrediction]:
         """Like ``predict`` but lazy, in input order: memory stays bounded on any number of photos."""
+        detector = None if aligned else self.detector  # missing weights fail here, not once per photo
         pending: list[_Prepared] = []
+        waiting_crops = 0
         for source in images:
-            pending.append(self._prepare(source, aligned))
-            if sum(len(item.crops) for item in pending) >= self.batch_size:
+            pending.append(self._prepare(source, detector))
+            waiting_crops += len(pending[-1].crops)
+            if waiting_crops >= self.batch_size:
                 yield from self._finish(pending)
-                pending = []
+                pending, waiting_crops = [], 0
         yield from self._finish(pending)
 
-    def _prepare(self, source: ImageInput, aligned: bool) -> _Prepared:
+    def _prepare(self, source: ImageInput, detector: FaceDetector | None) -> _Prepared:
+        """Read and align one input (``detector`` None: it is already an aligned crop)."""
         file = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
         try:
             image = read_rgb(source)
-            if aligned:
+            if detector is None:
                 return _Prepared(file, [None], [image], image.size)
-            faces = self.detector.detect(image)
+            faces = detector.detect(image)
             crops = [align_face(image, face.landmarks, ALIGNED_SIZE, self.margin) for face in faces]
         except (ValueError, OSError) as error:  # ImageReadError is a ValueError
             return _Prepared(file, [], [], (0, 0), str(error))
@@ -233,11 +236,11 @@ class AgeEstimator:
         results = []
         for start in range(0, len(crops), self.batch_size):
             batch = torch.stack([self.transform(crop) for crop in crops[start : start + self.batch_size]])
-            routed = route(self.model.predict_views(batch.to(self.device), self.heads), self.mode)
-            intervals = quantile_interval(routed.probs.cpu().double(), *INTERVAL_QUANTILES)
-            for age, interval, balanced, probs in zip(routed.ages.cpu(), intervals, routed.used_balanced.cpu(), routed.probs.cpu()):
+            ages, probs, used_balanced = self.predictor.predict_routed(batch)
+            intervals = quantile_interval(probs.double(), *INTERVAL_QUANTILES)
+            for age, interval, balanced, distribution in zip(ages, intervals, used_balanced, probs):
                 head: HeadName = "balanced" if bool(balanced) else "vanilla"
-                results.append((float(age), (float(interval[0]), float(interval[1])), head, probs))
+                results.append((float(age), (float(interval[0]), float(interval[1])), head, distribution))
         return results
 
 
@@ -254,4 +257,4 @@ def _face_age(
     return FaceAge(box, landmarks, score, age, interval, head, tuple(float(p) for p in probs))
 
 
-__all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "expand_image_paths", "quantile_interval"]
+__all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "expand_image_paths", "resolve_model_path", "quantile_interval"]

@@ -6,7 +6,7 @@ Pure and inference-only: it consumes the probabilities ``AgeModel.predict_views`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -15,6 +15,16 @@ from .losses import expected_age, flip_kl
 
 RoutingMode = Literal["routing", "vanilla", "balanced", "bigger"]
 ROUTING_MODES: tuple[RoutingMode, ...] = ("routing", "vanilla", "balanced", "bigger")
+
+
+def routing_mode(info: dict[str, Any]) -> RoutingMode:
+    """The head choice a model file supports: routing needs a balanced head trained in stage 2."""
+    return "routing" if info.get("balanced_trained") else "vanilla"
+
+
+def heads_for(mode: RoutingMode) -> tuple[str, ...]:
+    """The heads a mode reads: only ``vanilla`` needs no balanced head."""
+    return ("vanilla",) if mode == "vanilla" else ("vanilla", "balanced")
 
 
 @dataclass

@@ -42,7 +42,7 @@ from .config import StageConfig, TrainConfig, config_from_dict, config_to_dict, 
 from .data import DatasetIndex, Split, check_ages, load_dataset, random_split, split_from_field, split_from_lists
 from .data.images import AgeImageDataset
 from .data.samplers import EpochSampler
-from .data.transforms import eval_transform, train_transform
+from .data.transforms import train_transform
 from .engine import (
     DistributedContext,
     EpochSettings,
@@ -50,15 +50,15 @@ from .engine import (
     freeze_for_stage1,
     freeze_for_stage2,
     init_distributed,
-    predict_views_dataset,
     steps_per_epoch,
     train_one_epoch,
     unwrap,
 )
-from .evaluate import evaluate_views
+from .evaluate import evaluate_samples
 from .fileio import atomic_write_text
 from .models import AgeModel
 from .reports import write_reports
+from .routing import RoutingMode
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +131,10 @@ def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, 
     return split
 
 
-def eval_loader(samples: list, config: TrainConfig, device: torch.device) -> DataLoader:
-    dataset = AgeImageDataset(samples, eval_transform(config.model.input_size))
-    return DataLoader(
-        dataset, batch_size=config.eval_batch_size, num_workers=config.data.num_workers,
-        pin_memory=device.type == "cuda",
+def evaluate_model(model: AgeModel, samples: list, config: TrainConfig, device: torch.device, mode: RoutingMode) -> dict[str, Any]:
+    return evaluate_samples(
+        model, samples, mode, device, config.eval_batch_size, config.data.num_workers, config.channels_last, config.amp
     )
-
-
-def evaluate_model(model: AgeModel, samples: list, config: TrainConfig, device: torch.device, heads: tuple[str, ...]) -> dict[str, Any]:
-    views, ages, stds = predict_views_dataset(
-        model, eval_loader(samples, config, device), device, heads, config.channels_last, config.amp
-    )
-    return evaluate_views(views, ages, stds, "routing" if "balanced" in heads else "vanilla")
 
 
 class StageRunner:
@@ -243,8 +234,8 @@ class StageRunner:
             "lr": scheduler.get_last_lr()[0],
         }
         if self.context.is_main and self.split.val:
-            heads = ("vanilla",) if self.stage == 1 else ("vanilla", "balanced")
-            val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, heads)
+            mode = "vanilla" if self.stage == 1 else "routing"
+            val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, mode)
             record["val"] = {name: {"mae": m["mae"], "cmae": m["cmae"]} for name, m in val["modes"].items()}
         self.history.append(record)
         self._save(epoch + 1, 0, optimizer, scheduler)
@@ -338,8 +329,7 @@ def finish(
         }
         save_model(final, model, info)
         if split.test:
-            heads = ("vanilla", "balanced") if balanced else ("vanilla",)
-            report = evaluate_model(model, split.test, config, context.device, heads)
+            report = evaluate_model(model, split.test, config, context.device, "routing" if balanced else "vanilla")
             report["checkpoint"] = str(final)
             report["data"] = str(index.root)
             atomic_write_text(out_dir / "test_metrics.json", json.dumps(report, indent=2))

@@ -9,5 +9,8 @@ fi
 if [ ! -f "$VENV/.glae-installed" ] || [ pyproject.toml -nt "$VENV/.glae-installed" ]; then
   echo "installing GLAE and its dependencies into $VENV (torch comes from the local wheel cache, about 1 minute)"
   python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  # The MTCNN face detector's weights (glae/faces/mtcnn.py) are the files of this wheel; its
+  # metadata pins torch<2.3, so it comes without dependencies and is never imported.
+  python -m pip install --quiet --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
   touch "$VENV/.glae-installed"
 fi

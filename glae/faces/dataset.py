@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write_text
+from ..fileio import atomic_write, atomic_write_text
 from ..data.datasets import load_dataset
 from ..data.images import ImageReadError, read_rgb
 from .align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face
@@ -68,15 +67,10 @@ class Aligner:
 
 
 def _save_atomically(image: Image.Image, target: Path) -> None:
-    """Write beside ``target`` then rename, so an interrupted run never leaves half a crop."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Through a temporary file, so an interrupted run never leaves half a crop to skip later."""
     image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        image.save(temp, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+    options = {"quality": 95} if image_format == "JPEG" else {}
+    atomic_write(target, lambda temp: image.save(temp, format=image_format, **options))
 
 
 _WORKER_ALIGNER: Aligner | None = None

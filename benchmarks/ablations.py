@@ -1,0 +1,122 @@
+"""The paper's ablations on UTKFace: Tables II, III, IV and IX, several seeds, one budget.
+
+Every row trains with configs/ablation_utkface.yaml plus the row's overrides (same
+backbone, input size, split and epochs), for each seed. Runs are resumable folders under
+OUT, so rerunning the command continues where it stopped and skips finished rows.
+Afterwards the tables (mean ± std over seeds) are written to OUT/results.md and printed.
+
+Usage: python benchmarks/ablations.py [--data ../shared/data/utkface] [--out runs/ablations]
+       [--seeds 0 1 2] [--only table2 ...] [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from glae.checkpoint import load_model
+from glae.models import count_parameters
+
+CONFIG = "configs/ablation_utkface.yaml"
+NO_STAGE2 = "stage2.epochs=0"
+
+# row name -> overrides of the common config. "glae" is ℓ_base + FR + PA with kernel 16,
+# stride 16 and Proj depth 0: the full model of Table II, the (16,16) row of Table III,
+# the depth-0 row of Table IV and, with its stage 2, every GLAE row of Table IX.
+ROWS: dict[str, list[str]] = {
+    "kl": ["model.head=gap", "loss=kl", NO_STAGE2],
+    "base": ["model.head=gap", "loss=base", NO_STAGE2],
+    "base_fr": ["model.head=fr", "loss=base", NO_STAGE2],
+    "glae": [],
+    "k16_s8": ["model.kernel_size=16", "model.stride=8", NO_STAGE2],
+    "k32_s8": ["model.kernel_size=32", "model.stride=8", NO_STAGE2],
+    "k32_s16": ["model.kernel_size=32", "model.stride=16", NO_STAGE2],
+    "depth1": ["model.proj_depth=1", NO_STAGE2],
+    "depth2": ["model.proj_depth=2", NO_STAGE2],
+}
+TABLES: dict[str, list[tuple[str, str]]] = {
+    "table2": [("ℓ_kl", "kl"), ("ℓ_base", "base"), ("ℓ_base + FR", "base_fr"), ("ℓ_base + FR + PA", "glae")],
+    "table3": [("16 / 8", "k16_s8"), ("16 / 16", "glae"), ("32 / 8", "k32_s8"), ("32 / 16", "k32_s16")],
+    "table4": [("0", "glae"), ("1", "depth1"), ("2", "depth2")],
+}
+
+
+def run_row(row: str, seed: int, data: str, out: Path) -> Path:
+    folder = out / f"{row}_seed{seed}"
+    if not (folder / "test_metrics.json").exists():
+        command = [sys.executable, "-m", "glae", "train", "--config", CONFIG, "--data", data, "--out", str(folder),
+                   "--no-progress", "--set", f"seed={seed}"]
+        for override in ROWS[row]:
+            command += ["--set", override]
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    return folder
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def metrics(out: Path, row: str, seeds: list[int], mode: str = "vanilla") -> list[dict]:
+    return [json.loads((out / f"{row}_seed{seed}" / "test_metrics.json").read_text())["modes"][mode] for seed in seeds]
+
+
+def table_rows(out: Path, seeds: list[int], table: str) -> list[str]:
+    lines = []
+    for label, row in TABLES[table]:
+        found = metrics(out, row, seeds)
+        cells = [mean_std([m["mae"] for m in found]), mean_std([m["cmae"] for m in found])]
+        if table == "table4":
+            model, _ = load_model(out / f"{row}_seed{seeds[0]}" / "model.safetensors")
+            cells.insert(0, f"{count_parameters(model.backbone) + count_parameters(model.heads['vanilla']):,}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def table9(out: Path, seeds: list[int]) -> list[str]:
+    rows = [("ℓ_base", "base", "vanilla"), ("Vanilla", "glae", "vanilla"), ("Balanced", "glae", "balanced"),
+            ("Bigger Υ", "glae", "bigger"), ("Smaller Υ (AR)", "glae", "routing")]
+    lines = []
+    for label, row, mode in rows:
+        found = metrics(out, row, seeds, mode)
+        groups = [mean_std([m["groups"][g]["cmae"] for m in found]) for g in ("0-17", "18-65", "66+")]
+        lines.append(f"| {label} | " + " | ".join(groups) + f" | {mean_std([m['cmae'] for m in found])} | {mean_std([m['mae'] for m in found])} |")
+    return lines
+
+
+def report(out: Path, seeds: list[int]) -> str:
+    n_test = json.loads((out / f"glae_seed{seeds[0]}" / "test_metrics.json").read_text())["n_images"]
+    parts = [
+        f"Test split: {n_test} images; mean ± std over seeds {seeds}; config {CONFIG}.",
+        "\n### Table II: components\n\n| method | MAE | CMAE |\n|---|---|---|", *table_rows(out, seeds, "table2"),
+        "\n### Table III: FR kernel / stride (r = 16)\n\n| kernel / stride | MAE | CMAE |\n|---|---|---|", *table_rows(out, seeds, "table3"),
+        "\n### Table IV: Proj depth\n\n| depth | parameters (backbone + one head) | MAE | CMAE |\n|---|---|---|---|", *table_rows(out, seeds, "table4"),
+        "\n### Table IX: CMAE per age group\n\n| method | 0-17 | 18-65 | 66+ | CMAE | MAE |\n|---|---|---|---|---|---|", *table9(out, seeds),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/utkface")
+    parser.add_argument("--out", type=Path, default=Path("runs/ablations"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        for seed in args.seeds:
+            for row in ROWS:
+                run_row(row, seed, args.data, args.out)
+    text = report(args.out, args.seeds)
+    (args.out / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

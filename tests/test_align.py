@@ -1,0 +1,68 @@
+"""``glae align`` on small real datasets: crops, problem report, resume, and the same format afterwards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from glae.cli import main
+from glae.data import load_dataset
+
+NOISE_NAME = "30_0_0_20170101000000000.jpg.chip.jpg"
+CORRUPT_NAME = "40_1_0_20170101000000000.jpg.chip.jpg"
+
+
+def _utkface_folder(crops: list[Path], folder: Path) -> Path:
+    """Three real crops, a noise picture and a corrupt file, all with valid UTKFace names."""
+    folder.mkdir()
+    for path in crops:
+        (folder / path.name).write_bytes(path.read_bytes())
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / NOISE_NAME)
+    (folder / CORRUPT_NAME).write_bytes(crops[0].read_bytes()[:200])
+    return folder
+
+
+def _align(*args: str) -> dict:
+    assert main(["align", *args, "--no-progress"]) == 0
+    return json.loads((Path(args[1]) / "align_report.json").read_text())
+
+
+def test_align_reports_problems_and_resumes(utk_crops: list[Path], tmp_path: Path) -> None:
+    crops = utk_crops[6:9]
+    source = _utkface_folder(crops, tmp_path / "utk")
+    target = tmp_path / "aligned"
+    report = _align(str(source), str(target), "--format", "utkface", "--workers", "0")
+    assert report["counts"]["aligned"] == 3 and report["counts"]["already_aligned"] == 0
+    assert report["counts"]["no_face"] == 1 and report["counts"]["unreadable"] == 1
+    problems = {problem["file"]: problem["problem"] for problem in report["problems"]}
+    assert problems[NOISE_NAME] == "no face" and problems[CORRUPT_NAME].startswith("unreadable")
+    for path in crops:
+        assert Image.open(target / path.name).size == (224, 224)
+    index = load_dataset(target, "utkface")
+    assert sorted(s.path.name for s in index.samples) == sorted(p.name for p in crops)
+    assert [s.reason for s in index.skipped] == ["not an image file"]  # align_report.json
+
+    (target / crops[0].name).unlink()  # as if interrupted before this crop; one worker process redoes it
+    again = _align(str(source), str(target), "--format", "utkface", "--workers", "1")
+    assert again["counts"]["aligned"] == 1 and again["counts"]["already_aligned"] == 2
+    assert (target / crops[0].name).is_file()
+
+
+def test_align_csv_manifest_keeps_its_format(utk_crops: list[Path], tmp_path: Path) -> None:
+    source = tmp_path / "manifest"
+    (source / "images").mkdir(parents=True)
+    lines = ["path,age"]
+    for number, path in enumerate(utk_crops[:2]):
+        (source / "images" / f"{number}.jpg").write_bytes(path.read_bytes())
+        lines.append(f"images/{number}.jpg,{path.name.split('_')[0]}")
+    (source / "labels.csv").write_text("\n".join(lines) + "\n")
+    target = tmp_path / "aligned"
+    report = _align(str(source / "labels.csv"), str(target), "--format", "csv", "--workers", "0", "--size", "112")
+    assert report["counts"]["aligned"] == 2
+    index = load_dataset(target / "labels.csv", "csv")
+    assert [s.path for s in index.samples] == [target / "images" / "0.jpg", target / "images" / "1.jpg"]
+    assert Image.open(index.samples[0].path).size == (112, 112)
