@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from glae.data import split_from_field
 from glae.data import AgeSample, DatasetError, check_ages, load_dataset
 
 UTKFACE = Path("/work/shared/data/utkface")
@@ -170,6 +171,19 @@ def test_lap2015_semicolons_and_stem_folder_lookup(tmp_path: Path) -> None:
     assert (samples["image_000001.jpg"].age, samples["image_000001.jpg"].age_std) == (20.5, 3.25)
     assert (samples["image_000002.jpg"].age, samples["image_000002.jpg"].age_std) == (41.0, 5.0)
     assert index.skipped == []
+
+
+def test_lap2015_challenge_folder_gives_the_official_split(tmp_path: Path) -> None:
+    for part, name in (("Train", "a.jpg"), ("Validation", "b.jpg"), ("Test", "c.jpg")):
+        _jpeg(tmp_path / part / name)
+        _write(tmp_path / f"{part}.csv", f"image,mean,stdv\n{name},30,4\n")
+
+    index = load_dataset(tmp_path, "lap2015")
+
+    splits = {path: sample.split for path, sample in _by_name(index.samples).items()}
+    assert splits == {"a.jpg": "train", "b.jpg": "val", "c.jpg": "test"}
+    split = split_from_field(index.samples)
+    assert [s.path.name for s in split.val] == ["b.jpg"]
 
 
 def _appa_real(root: Path) -> None:

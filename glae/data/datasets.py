@@ -523,15 +523,29 @@ def _read_apparent(
     return _collect(record(row) for row in rows)
 
 
-def load_lap2015(csv_path: Path) -> DatasetIndex:
-    """ChaLearn LAP 2015 label CSV (`image,mean,stdv`; ',' or ';' separated).
+_LAP_SPLITS = {"train": "train", "training": "train", "valid": "val", "validation": "val", "test": "test"}
 
-    Images are looked up next to the CSV, then in a sibling folder named like the CSV stem
-    (`Train.csv` -> `Train/`), which is how the challenge archives unpack.
+
+def load_lap2015(path: Path) -> DatasetIndex:
+    """ChaLearn LAP 2015 label CSVs (`image,mean,stdv`; ',' or ';' separated).
+
+    Given one CSV, its rows; given the challenge folder, every CSV in it, each sample's
+    `split` taken from the file name (`Train.csv`, `Validation.csv`, `Test.csv`), so the
+    official protocol is `data.protocol: field`. Images are looked up next to the CSV,
+    then in a sibling folder named like the CSV stem (`Train.csv` -> `Train/`), which is
+    how the challenge archives unpack.
     """
-    _require_file(csv_path, "lap2015")
-    fallbacks = [csv_path.parent / csv_path.stem]
-    return _finish(csv_path, "lap2015", *_read_apparent(csv_path, None, fallbacks))
+    csv_files = [path] if path.is_file() else sorted(path.glob("*.csv"))
+    if not csv_files:
+        raise DatasetError(f"{path}: no LAP 2015 label CSV (Train.csv, Validation.csv, Test.csv) found")
+    samples: list[AgeSample] = []
+    skipped: list[SkippedFile] = []
+    for csv_path in csv_files:
+        split = _LAP_SPLITS.get(csv_path.stem.lower()) if path.is_dir() else None
+        found, lost = _read_apparent(csv_path, split, [csv_path.parent / csv_path.stem])
+        samples += found
+        skipped += lost
+    return _finish(path, "lap2015", samples, skipped)
 
 
 def _appa_split(csv_path: Path) -> str | None:
