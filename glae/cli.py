@@ -16,6 +16,7 @@ from .export import MissingExtraError
 from .fileio import atomic_write_text
 from .models import BackboneError
 from .routing import ROUTING_MODES
+from .serve import ServeSettings
 
 USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageReadError, MissingExtraError, ValueError, FileNotFoundError)
 
@@ -75,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
     export.add_argument("--model", help="model file (.safetensors); default: the model shipped with GLAE")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (lower it for older runtimes)")
+
+    serve = commands.add_parser("serve", help="a web page and a JSON API (POST /api/predict) for the ages in photos")
+    serve.add_argument("--model", help="model file (.safetensors) or ONNX export (.onnx); default: the model shipped with GLAE")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:1... (ONNX runs on the CPU)")
+    serve.add_argument("--max-upload-mb", type=float, default=ServeSettings.max_upload_mb, help="largest upload (413 above)")
+    serve.add_argument("--max-pixels", type=int, default=ServeSettings.max_pixels, help="largest image in pixels (422 above)")
+    serve.add_argument("--max-faces", type=int, default=ServeSettings.max_faces, help="faces estimated per photo, the largest first")
+    serve.add_argument("--timeout", type=float, default=ServeSettings.timeout_s, help="seconds per request (504 after)")
+    serve.add_argument("--workers", type=int, default=ServeSettings.workers, help="inference threads")
+    serve.add_argument("--queue", type=int, default=ServeSettings.queue, help="requests waiting for a worker before 503")
     return parser
 
 
@@ -173,7 +186,18 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "eval": run_eval, "align": run_align, "predict": run_predict, "export": run_export}
+def run_serve(args: argparse.Namespace) -> int:
+    from .serve.server import serve
+
+    settings = ServeSettings(
+        max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_faces=args.max_faces,
+        timeout_s=args.timeout, workers=args.workers, queue=args.queue,
+    )
+    serve(args.model, settings, args.host, args.port, args.device)
+    return 0
+
+
+COMMANDS = {"train": run_train, "eval": run_eval, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

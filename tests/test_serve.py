@@ -1,0 +1,211 @@
+"""``glae serve``: a real server process answering real HTTP requests on real UTKFace photos.
+
+One server runs for the module with tight limits (1 MiB uploads, 1 megapixel) so every
+refusal is reachable with small files; 503 and 504 are checked on an in-process server
+whose detector is slow on purpose, and the pieces (sniffing, face cap, pool) on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glae.checkpoint import save_model
+from glae.cli import main
+from glae.faces.detector import DetectedFace
+from glae.models.glae import AgeModel, ModelConfig
+from glae.predict import AgeEstimator
+from glae.serve import ServeSettings
+from glae.serve.client import LocalServer, free_port, get_json, post_image
+from glae.serve.inference import LargestFaces
+from glae.serve.pool import InferencePool, PoolBusy
+from glae.serve.sniff import sniff_image_format
+
+MAX_AGE = 116
+STRICT_LIMITS = ["--max-upload-mb", "1", "--max-pixels", "1000000", "--workers", "2"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ResNet-18 at 64 px with both heads, saved as a real model file."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    config = ModelConfig(backbone="resnet18", head="glae", max_age=MAX_AGE, input_size=64)
+    save_model(path, AgeModel(config), {"balanced_trained": True})
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(model_file: Path) -> Iterator[LocalServer]:
+    """``python -m glae serve`` in a child process, terminated (killed if need be) after the module."""
+    with LocalServer(["--model", str(model_file), "--device", "cpu", *STRICT_LIMITS]) as running:
+        yield running
+
+
+def _encode(image: Image.Image, format: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def _two_faces(crops: list[Path]) -> Image.Image:
+    """Two UTKFace crops side by side on a grey canvas."""
+    canvas = Image.new("RGB", (440, 240), (128, 128, 128))
+    for index, path in enumerate(crops[:2]):
+        canvas.paste(Image.open(path).convert("RGB"), (10 + 220 * index, 20))
+    return canvas
+
+
+def _check_face(face: dict, width: int, height: int) -> None:
+    x1, y1, x2, y2 = face["box"]
+    assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+    assert np.isfinite(face["age"]) and 0 <= face["interval_90"][0] <= face["age"] <= face["interval_90"][1] <= MAX_AGE
+    assert face["head"] in ("vanilla", "balanced") and len(face["landmarks"]) == 5
+    assert len(face["distribution"]) == MAX_AGE + 1 and sum(face["distribution"]) == pytest.approx(1, abs=1e-4)
+
+
+def test_one_face_on_a_real_crop(server: LocalServer, utk_crops: list[Path]) -> None:
+    status, result = post_image(server.url + "/api/predict", utk_crops[0].read_bytes(), utk_crops[0].name)
+    assert status == 200, result
+    assert (result["width"], result["height"]) == Image.open(utk_crops[0]).size
+    assert len(result["faces"]) == 1 and result["faces_found"] == 1 and result["elapsed_ms"] > 0
+    _check_face(result["faces"][0], result["width"], result["height"])
+
+
+def test_two_faces_on_a_composite(server: LocalServer, utk_crops: list[Path]) -> None:
+    status, result = post_image(server.url + "/api/predict", _encode(_two_faces(utk_crops), "PNG"), "pair.png")
+    assert status == 200, result
+    assert len(result["faces"]) == 2
+    for face in result["faces"]:
+        _check_face(face, 440, 240)
+    centres = sorted((face["box"][0] + face["box"][2]) / 2 for face in result["faces"])
+    assert centres[0] < 220 < centres[1]  # one face on each crop
+
+
+def test_no_face_is_an_empty_result(server: LocalServer) -> None:
+    status, result = post_image(server.url + "/api/predict", _encode(Image.new("RGB", (300, 200), (90, 140, 200)), "PNG"))
+    assert status == 200 and result["faces"] == [] and result["faces_found"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "status", "message"),
+    [
+        ("oversized.jpg", b"\xff\xd8\xff" + bytes(1_500_000), 413, "larger than the limit of 1 MiB"),
+        ("notes.jpg", b"just some text, whatever the name says\n" * 20, 415, "not an image"),
+        ("empty.jpg", b"", 422, "empty"),
+    ],
+)
+def test_refused_uploads(server: LocalServer, name: str, data: bytes, status: int, message: str) -> None:
+    answer = post_image(server.url + "/api/predict", data, name)
+    assert answer[0] == status and message in answer[1]["error"]
+
+
+def test_corrupt_and_oversized_images_are_422(server: LocalServer, utk_crops: list[Path]) -> None:
+    truncated = utk_crops[1].read_bytes()[:300]
+    status, result = post_image(server.url + "/api/predict", truncated, "truncated.jpg")
+    assert status == 422 and "corrupt or truncated" in result["error"]
+    big = _encode(Image.new("L", (1200, 1000)), "PNG")  # 1.2 megapixels in a few kB
+    status, result = post_image(server.url + "/api/predict", big, "big.png")
+    assert status == 422 and "exceeds the limit of 1000000" in result["error"]
+
+
+def test_page_health_and_json_errors(server: LocalServer) -> None:
+    assert get_json(server.url + "/health") == (200, {"status": "ok", "model": "tiny.safetensors"})
+    assert get_json(server.url + "/missing") == (404, {"error": "Not Found"})
+    with urllib.request.urlopen(server.url + "/", timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/html")
+        page = response.read().decode()
+    assert 'type="file"' in page
+    for asset in ("/static/page.js", "/static/page.css"):
+        with urllib.request.urlopen(server.url + asset, timeout=10) as response:
+            page += response.read().decode()
+    assert not re.search(r"""(src=|href=|url\(|import |fetch\()\s*["']?(https?:)?//""", page)  # works offline
+
+
+def test_cli_fails_in_one_line_without_a_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("glae.predict.default_model_path", lambda: tmp_path / "absent.safetensors")
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: no default model shipped")
+    assert main(["serve", "--model", str(tmp_path / "model.safetensors"), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --workers must be >= 1, got 0"
+
+
+def test_sniffing_reads_the_bytes() -> None:
+    image = Image.new("RGB", (8, 8))
+    for format, name in [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp"), ("BMP", "bmp"), ("GIF", "gif"), ("TIFF", "tiff")]:
+        assert sniff_image_format(_encode(image, format)[:16]) == name
+    assert sniff_image_format(b"%PDF-1.7") is None and sniff_image_format(b"") is None
+
+
+class _FakeDetector:
+    def __init__(self, sides: list[float], delay: float = 0.0) -> None:
+        self.sides, self.delay = sides, delay
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        time.sleep(self.delay)
+        points = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], dtype=np.float32)
+        return [DetectedFace((0.0, 0.0, side, side), points, 0.99) for side in self.sides]
+
+
+def test_largest_faces_are_kept() -> None:
+    capped = LargestFaces(_FakeDetector([10, 50, 30, 40]), limit=2)
+    assert [face.box[2] for face in capped.detect(Image.new("RGB", (64, 64)))] == [50, 40]
+    assert capped.found == 4
+
+
+def test_pool_refuses_past_capacity_and_frees_slots_when_work_ends() -> None:
+    pool = InferencePool(workers=1, queue=1)
+    release = threading.Event()
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(pool.run(release.wait))
+        second = asyncio.ensure_future(pool.run(release.wait))
+        await asyncio.sleep(0.05)
+        with pytest.raises(PoolBusy):
+            await pool.run(release.wait)
+        release.set()
+        assert await first and await second
+        assert await pool.run(lambda: 7) == 7
+
+    asyncio.run(scenario())
+    pool.shutdown()
+
+
+def test_busy_and_timeout_answers(model_file: Path, utk_crops: list[Path]) -> None:
+    """503 when the one worker and its queue are taken, 504 past the timeout: JSON both times."""
+    import uvicorn
+
+    from glae.serve.app import create_app
+
+    estimator = AgeEstimator.load(model_file, device="cpu", detector=_FakeDetector([100], delay=3.0))
+    app = create_app(estimator, ServeSettings(timeout_s=1.0, workers=1, queue=0), "tiny")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/api/predict"
+        data = utk_crops[0].read_bytes()
+        with ThreadPoolExecutor(2) as clients:
+            slow = clients.submit(post_image, url, data)
+            time.sleep(0.5)
+            busy = clients.submit(post_image, url, data)
+            assert busy.result()[0] == 503 and "busy" in busy.result()[1]["error"]
+            assert slow.result() == (504, {"error": "the request took longer than 1 s"})
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
