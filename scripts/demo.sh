@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# GLAE's main job on an embedded default (sets up .venv first): train both stages on a few
-# hundred UTKFace images (../shared/data/utkface, or generated faces when that folder is
-# absent), evaluate with Adaptive Routing and write the report.
+# GLAE's main job on an embedded default (sets up .venv first): estimate the age of every
+# face in sample photos that need no download (scikit-image's astronaut and cameraman, and
+# a composite of both built on the spot) with the model shipped in glae/weights, print the
+# ages and write annotated copies. Pass your own photos or folders to use them instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-DATA=${GLAE_DATA:-../shared/data/utkface}
-if [ ! -d "$DATA" ]; then
-  DATA=runs/demo-data
-  echo "$DATA: no UTKFace folder found, generating a synthetic one"
-  python -m glae.data.synthetic "$DATA" --count 400
+OUT=runs/demo
+if [ "$#" -eq 0 ]; then
+  python -m glae.samples "$OUT/photos" >/dev/null
+  set -- "$OUT/photos"
 fi
-glae train --config configs/smoke.yaml --data "$DATA" --out runs/demo
-echo "report: runs/demo/report/report.md"
+glae predict "$@" --annotate "$OUT/annotated"
+echo "annotated photos: $OUT/annotated/"
