@@ -79,10 +79,11 @@ def test_graph_outputs_each_heads_flip_averaged_distribution(
     torch.testing.assert_close(torch.from_numpy(balanced_probs), views["balanced"].mean(0), atol=1e-4, rtol=0)
 
 
-def test_torch_predictor_is_exactly_route(routed_model: AgeModel, crops: torch.Tensor) -> None:
+def test_torch_predictor_is_route_in_channels_last(routed_model: AgeModel, crops: torch.Tensor) -> None:
     expected = route(routed_model.predict_views(crops), "routing")
     ages, probs, used_balanced = TorchRoutedPredictor(routed_model, "routing").predict_routed(crops)
-    assert torch.equal(ages, expected.ages) and torch.equal(probs, expected.probs)
+    torch.testing.assert_close(ages, expected.ages, atol=1e-4, rtol=0)  # only the memory layout differs
+    torch.testing.assert_close(probs, expected.probs, atol=1e-5, rtol=0)
     assert torch.equal(used_balanced, expected.used_balanced)
 
 
