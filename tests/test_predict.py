@@ -120,11 +120,33 @@ def test_quantile_interval_by_hand() -> None:
     assert torch.allclose(quantile_interval(uniform, 0.05, 0.95), torch.tensor([[0.0, 9.0]], dtype=torch.float64))
 
 
-def test_missing_default_model_is_explained() -> None:
-    if default_model_path().is_file():
-        pytest.skip("a default model is shipped")
+def test_missing_default_model_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("glae.predict.default_model_path", lambda: tmp_path / "absent.safetensors")
     with pytest.raises(CheckpointError, match="no default model shipped"):
         AgeEstimator.load()
+
+
+def test_shipped_model_is_accurate_on_held_out_utkface_faces(utkface: Path) -> None:
+    """The default model, on 150 faces of the test part of the split it was trained with."""
+    from glae.data import load_dataset, random_split
+
+    assert default_model_path().stat().st_size < 25 * 2**20
+    test_part = random_split(load_dataset(utkface, "utkface").samples, 0.2, 0.1, seed=0).test
+    faces = test_part[:: len(test_part) // 150][:150]
+    predictions = AgeEstimator.load(device="cpu").predict([s.path for s in faces], aligned=True)
+    ages = torch.tensor([p.faces[0].age for p in predictions])
+    truth = torch.tensor([s.age for s in faces])
+    assert (ages - truth).abs().mean() < 7.0  # the full test part gives 5.3 (MODEL_CARD.md)
+    assert ages[truth < 10].mean() + 15 < ages[truth > 60].mean()
+
+
+def test_shipped_model_on_a_photo_that_needs_no_download(detector) -> None:
+    from glae.samples import sample_photos
+
+    estimator = AgeEstimator.load(device="cpu", detector=detector)
+    (photo,) = estimator.predict(sample_photos()["astronaut.jpg"])
+    assert photo.error is None and len(photo.faces) == 1
+    assert 20 < photo.faces[0].age < 60
 
 
 def test_import_glae_stays_light() -> None:
