@@ -166,7 +166,7 @@ class AgeEstimator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.predictor = predictor
-        self.transform = eval_transform(predictor.input_size)
+        self.transform = eval_transform(predictor.config.input_size)
         self.batch_size = batch_size
         self.margin = margin
         self._detector = detector

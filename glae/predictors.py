@@ -23,13 +23,9 @@ from .routing import RoutingMode, routing_mode
 
 
 class RoutedPredictor(Protocol):
-    """What a caller needs from a model: its input size, its age range, and routed predictions."""
+    """What a caller needs from a model: its configuration (input size, age range) and routed predictions."""
 
-    @property
-    def input_size(self) -> int: ...
-
-    @property
-    def max_age(self) -> int: ...
+    config: ModelConfig
 
     def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalized ``[B, 3, S, S]`` -> ``(ages [B], probs [B, K+1], used_balanced [B] bool)``, on the CPU."""
@@ -53,14 +49,6 @@ class TorchRoutedPredictor:
         """A ``.safetensors`` model file, routed when its balanced head was trained."""
         model, info = load_model(path, device)
         return cls(model, routing_mode(info))
-
-    @property
-    def input_size(self) -> int:
-        return self.config.input_size
-
-    @property
-    def max_age(self) -> int:
-        return self.config.max_age
 
     def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         device = next(self.routed.parameters()).device
@@ -101,14 +89,6 @@ class OnnxAgeModel:
         if "model" not in metadata:
             raise CheckpointError(f"{path} is an ONNX model but not one written by glae export (no '{METADATA_PREFIX}model' metadata)")
         return cls(session, metadata)
-
-    @property
-    def input_size(self) -> int:
-        return self.config.input_size
-
-    @property
-    def max_age(self) -> int:
-        return self.config.max_age
 
     def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         feed = {INPUT_NAME: images.detach().cpu().float().contiguous().numpy()}
