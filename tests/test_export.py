@@ -92,7 +92,7 @@ def test_metadata_round_trip(routed_model: AgeModel, exported: tuple[Path, Path]
     assert onnx_model.config == routed_model.config
     assert onnx_model.info == {"balanced_trained": True}
     assert onnx_model.mode == "routing"
-    assert (onnx_model.input_size, onnx_model.max_age) == (64, 116)
+    assert (onnx_model.config.input_size, onnx_model.config.max_age) == (64, 116)
     assert onnx_model.metadata["pixel_mean"] == list(PIXEL_MEAN)
     assert onnx_model.metadata["pixel_std"] == list(PIXEL_STD)
 
