@@ -266,7 +266,7 @@ def start_stage2(model: AgeModel, config: TrainConfig) -> None:
     """
     if config.stage2.init_from:
         source, _ = load_model(config.stage2.init_from)
-        if source.config != model.config:
+        if dataclasses.replace(source.config, pretrained=model.config.pretrained) != model.config:
             raise ValueError(f"stage2.init_from {config.stage2.init_from}: its model settings differ from this run's")
         model.load_state_dict(source.state_dict())
     model.heads["balanced"].load_state_dict(model.heads["vanilla"].state_dict())

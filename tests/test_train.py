@@ -136,3 +136,22 @@ def test_ddp_two_processes_gloo(utkface: Path, tmp_path: Path, overrides) -> Non
     assert math.isfinite(report["mae"]) and report["routing"] is not None
     model, info = load_model(run / "model.safetensors")
     assert info["balanced_trained"]
+
+
+def test_stage2_starts_from_another_runs_stage1_checkpoint(utkface: Path, tmp_path: Path, overrides) -> None:
+    first = tmp_path / "stage1_only"
+    args = ["train", "--data", str(utkface), "--no-progress"]
+    assert main([*args, "--out", str(first), *overrides("stage1.epochs=1", "stage2.epochs=0")]) == 0
+    second = tmp_path / "stage2_only"
+    code = main([
+        *args, "--out", str(second),
+        *overrides("stage1.epochs=0", "stage2.epochs=1", f"stage2.init_from={first / 'stage1.safetensors'}"),
+    ])
+    assert code == 0
+    stage1, _ = load_model(first / "stage1.safetensors")
+    model, info = load_model(second / "model.safetensors")
+    assert info["stages"] == [2] and info["balanced_trained"]
+    for name, tensor in stage1.state_dict().items():
+        if not name.startswith("heads.balanced"):
+            assert torch.equal(tensor, model.state_dict()[name]), name
+    assert not torch.equal(stage1.heads["balanced"].holistic.classifier.weight, model.heads["balanced"].holistic.classifier.weight)
