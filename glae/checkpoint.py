@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
