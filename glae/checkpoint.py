@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .engine import unwrap
 from .fileio import atomic_write
 from .models.glae import AgeModel, ModelConfig
 
@@ -39,7 +40,7 @@ class CheckpointError(ValueError):
 
 def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] | None = None, half: bool = False) -> None:
     """Write weights + ``ModelConfig`` + ``info`` (JSON-safe facts: stages trained, metrics...)."""
-    model = getattr(model, "module", model)  # DDP wraps the model; save what it wraps
+    model = unwrap(model)  # DDP wraps the model; save what it wraps
     dtype = torch.float16 if half else None
     tensors = {
         name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()

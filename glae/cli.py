@@ -18,12 +18,12 @@ from .models import BackboneError
 from .routing import ROUTING_MODES
 from .serve import ServeSettings
 
-USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageReadError, MissingExtraError, ValueError, FileNotFoundError)
+USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageReadError, MissingExtraError, ValueError, OSError)
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--data", required=required, help="dataset folder or manifest file")
-    parser.add_argument("--format", choices=sorted(DATASET_FORMATS), help="dataset layout (default: the config's, else utkface)")
+    parser.add_argument("--format", choices=sorted(DATASET_FORMATS), help="dataset layout (default: the config's for train, the model's training data for eval)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +120,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     checkpoint = resolve_model_path(args.checkpoint)
     model, info = load_model(checkpoint, device)
-    index = load_dataset(args.data, args.format or "utkface")
+    index = load_dataset(args.data, args.format or info.get("data_format", "utkface"))
     logging.getLogger(__name__).info(index.summary())
     samples = index.samples
     if args.split is not None:
@@ -130,6 +130,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if not samples:
         raise ValueError("nothing to evaluate: the selected part (or its -LT subset) is empty")
     mode = args.mode or routing_mode(info)
+    if mode != "vanilla" and routing_mode(info) == "vanilla":
+        raise ValueError(f"--mode {mode} needs a balanced head trained in stage 2; {checkpoint} has only the vanilla head")
     report = evaluate_samples(
         model, samples, mode, device, args.batch_size, args.workers, channels_last=device.type == "cpu", show_progress=True
     )

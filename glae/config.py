@@ -59,7 +59,7 @@ class TrainConfig:
     augment: bool = True  # ColorJitter + RandAugment + flip in training
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
-    amp: bool = False  # bfloat16/float16 autocast on GPU
+    amp: bool = False  # bfloat16 autocast on CUDA (no effect on the CPU)
     channels_last: bool = True  # 3x faster ResNet training on CPU here
     clip_grad_norm: float | None = 5.0  # not in the paper: guards short runs whose BatchNorm statistics are still settling
     checkpoint_every: int = 50  # steps between mid-epoch checkpoints (resume granularity)
@@ -75,6 +75,17 @@ class TrainConfig:
             raise ValueError("epochs must be >= 0")
         if self.model.max_age < 1:
             raise ValueError("model.max_age must be >= 1")
+        for name, value in (("stage1.batch_size", self.stage1.batch_size), ("stage2.batch_size", self.stage2.batch_size),
+                            ("eval_batch_size", self.eval_batch_size), ("checkpoint_every", self.checkpoint_every)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, cap in (("stage1", self.stage1.max_steps_per_epoch), ("stage2", self.stage2.max_steps_per_epoch)):
+            if cap is not None and cap < 1:
+                raise ValueError(f"{name}.max_steps_per_epoch must be >= 1 or null, got {cap}")
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.stage1.epochs == 0 < self.stage2.epochs and not self.stage2.init_from:
+            raise ValueError("stage 2 without stage 1 needs stage2.init_from (a stage-1 model file to start from)")
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:
@@ -166,7 +177,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {override}: not a YAML value ({error})") from None
     return data
 
 
@@ -177,7 +191,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({error})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
         data = loaded or {}

@@ -127,6 +127,15 @@ def to_device(images: Tensor, device: torch.device, channels_last: bool) -> Tens
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
+def _finite_everywhere(loss: Tensor) -> bool:
+    """Whether the loss is finite on every rank: one diverged rank must stop them all, or
+    the others would wait forever for its gradients."""
+    finite = torch.isfinite(loss.detach()).to(torch.int32)
+    if dist.is_initialized():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
 @dataclass
 class EpochSettings:
     """What ``train_one_epoch`` needs besides the model, data and optimizer."""
@@ -180,7 +189,7 @@ def train_one_epoch(
         with autocast(settings.device, settings.amp):
             outputs = model(images, head=settings.head)
         loss = compute_loss(settings.loss, {k: v.float() for k, v in outputs.items()}, ages, sigma)
-        if not torch.isfinite(loss):
+        if not _finite_everywhere(loss):
             progress.close()
             raise TrainingDiverged(
                 f"{settings.description}: loss became {loss.item()} at step {steps}; "
@@ -207,7 +216,6 @@ def train_one_epoch(
     return {
         "loss": total_loss / max(total_images, 1),
         "images_per_s": total_images / max(elapsed, 1e-9),
-        "steps": steps,
     }
 
 

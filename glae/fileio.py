@@ -1,7 +1,7 @@
 """Atomic file writes: a ``kill -9`` at any moment leaves the old file or the new one.
 
-Every file GLAE writes for later use (checkpoints, model files, splits, logs, reports)
-goes through ``atomic_write``: a temporary sibling is written, flushed to disk, given the
+The files a run depends on (checkpoints, model files, configs, splits, logs, reports,
+aligned crops) go through ``atomic_write``: a temporary sibling is written, flushed to disk, given the
 permissions a normal file would get, then renamed over the target.
 """
 

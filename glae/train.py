@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .config import StageConfig, TrainConfig, config_from_dict, config_to_dict, dump_config
 from .data import DatasetIndex, Split, check_ages, load_dataset, random_split, split_from_field, split_from_lists
-from .data.images import AgeImageDataset
+from .data.images import AgeImageDataset, ages_of
 from .data.samplers import EpochSampler
 from .data.transforms import train_transform
 from .engine import (
@@ -162,7 +162,7 @@ class StageRunner:
         config, device = self.config, self.context.device
         dataset = AgeImageDataset(self.split.train, train_transform(config.model.input_size, config.augment))
         sampler = EpochSampler(
-            [s.age for s in self.split.train], self.stage_config.sampling,
+            ages_of(self.split.train), self.stage_config.sampling,
             seed=config.seed * 10 + self.stage, num_replicas=self.context.world_size, rank=self.context.rank,
         )
         workers = config.data.num_workers
@@ -251,7 +251,6 @@ class StageRunner:
                 self.writer.flush()
             log.info("%s", json.dumps(record))
         barrier(self.context)
-        self.model.train()
 
 
 def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -152,3 +152,26 @@ def test_every_shipped_config_loads(path: Path) -> None:
     config = load_config(path)
     config.validate()
     assert load_config(path, ["seed=1"]).seed == 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("checkpoint_every=0", "checkpoint_every must be >= 1"),
+        ("stage1.batch_size=0", "stage1.batch_size must be >= 1"),
+        ("stage2.max_steps_per_epoch=0", "max_steps_per_epoch must be >= 1"),
+        ("sigma=0", "sigma must be > 0"),
+        ("stage1.epochs=0", "needs stage2.init_from"),
+        ("stage1.lr=[1", "not a YAML value"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_up_front(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_malformed_yaml_file_is_a_clear_error(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("stage1: [epochs: 3\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(path)
