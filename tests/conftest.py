@@ -71,3 +71,44 @@ def utk_crops(utkface: Path) -> list[Path]:
     """Ten UTKFace crops spread over the sorted folder (ages, genders, races vary along it)."""
     files = sorted(utkface.glob("*.jpg.chip.jpg"))
     return files[50 :: len(files) // 10][:10]
+
+
+# ``glae serve`` tests (test_serve.py, test_serve_browser.py) share one tiny model and one
+# server process with limits tight enough that every refusal is reachable with small files.
+SERVE_MAX_AGE = 116
+STRICT_LIMITS = ["--max-upload-mb", "1", "--max-pixels", "1000000", "--workers", "2"]
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ResNet-18 at 64 px with both heads, saved as a real model file."""
+    import torch
+
+    from glae.checkpoint import save_model
+    from glae.models.glae import AgeModel, ModelConfig
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    config = ModelConfig(backbone="resnet18", head="glae", max_age=SERVE_MAX_AGE, input_size=64)
+    save_model(path, AgeModel(config), {"balanced_trained": True})
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(model_file: Path):
+    """``python -m glae serve`` in a child process, terminated (killed if need be) at the end."""
+    from glae.serve.client import LocalServer
+
+    with LocalServer(["--model", str(model_file), "--device", "cpu", *STRICT_LIMITS]) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def two_faces_photo(utk_crops: list[Path]):
+    """Two UTKFace crops side by side on a grey canvas (a PIL image)."""
+    from PIL import Image
+
+    canvas = Image.new("RGB", (440, 240), (128, 128, 128))
+    for index, path in enumerate(utk_crops[:2]):
+        canvas.paste(Image.open(path).convert("RGB"), (10 + 220 * index, 20))
+    return canvas

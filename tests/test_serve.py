@@ -1,6 +1,6 @@
 """``glae serve``: a real server process answering real HTTP requests on real UTKFace photos.
 
-One server runs for the module with tight limits (1 MiB uploads, 1 megapixel) so every
+One server (the ``server`` fixture of conftest.py) runs with tight limits (1 MiB uploads, 1 megapixel) so every
 refusal is reachable with small files; 503 and 504 are checked on an in-process server
 whose detector is slow on purpose, and the pieces (sniffing, face cap, pool) on their own.
 """
@@ -13,19 +13,15 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from glae.checkpoint import save_model
 from glae.cli import main
 from glae.faces.detector import DetectedFace
-from glae.models.glae import AgeModel, ModelConfig
 from glae.predict import AgeEstimator
 from glae.serve import ServeSettings
 from glae.serve.client import LocalServer, free_port, get_json, post_image
@@ -34,38 +30,12 @@ from glae.serve.pool import InferencePool, PoolBusy
 from glae.serve.sniff import sniff_image_format
 
 MAX_AGE = 116
-STRICT_LIMITS = ["--max-upload-mb", "1", "--max-pixels", "1000000", "--workers", "2"]
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random ResNet-18 at 64 px with both heads, saved as a real model file."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    config = ModelConfig(backbone="resnet18", head="glae", max_age=MAX_AGE, input_size=64)
-    save_model(path, AgeModel(config), {"balanced_trained": True})
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(model_file: Path) -> Iterator[LocalServer]:
-    """``python -m glae serve`` in a child process, terminated (killed if need be) after the module."""
-    with LocalServer(["--model", str(model_file), "--device", "cpu", *STRICT_LIMITS]) as running:
-        yield running
 
 
 def _encode(image: Image.Image, format: str = "JPEG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format)
     return buffer.getvalue()
-
-
-def _two_faces(crops: list[Path]) -> Image.Image:
-    """Two UTKFace crops side by side on a grey canvas."""
-    canvas = Image.new("RGB", (440, 240), (128, 128, 128))
-    for index, path in enumerate(crops[:2]):
-        canvas.paste(Image.open(path).convert("RGB"), (10 + 220 * index, 20))
-    return canvas
 
 
 def _check_face(face: dict, width: int, height: int) -> None:
@@ -84,8 +54,8 @@ def test_one_face_on_a_real_crop(server: LocalServer, utk_crops: list[Path]) -> 
     _check_face(result["faces"][0], result["width"], result["height"])
 
 
-def test_two_faces_on_a_composite(server: LocalServer, utk_crops: list[Path]) -> None:
-    status, result = post_image(server.url + "/api/predict", _encode(_two_faces(utk_crops), "PNG"), "pair.png")
+def test_two_faces_on_a_composite(server: LocalServer, two_faces_photo: Image.Image) -> None:
+    status, result = post_image(server.url + "/api/predict", _encode(two_faces_photo, "PNG"), "pair.png")
     assert status == 200, result
     assert len(result["faces"]) == 2
     for face in result["faces"]:

@@ -18,7 +18,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from glae.serve.client import LocalServer, post_image
-from test_serve import _two_faces, model_file, server  # noqa: F401  (the tiny model and the server fixtures)
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -48,9 +47,9 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-def test_page_shows_the_api_ages(browser: webdriver.Chrome, server: LocalServer, utk_crops: list[Path], tmp_path: Path) -> None:
+def test_page_shows_the_api_ages(browser: webdriver.Chrome, server: LocalServer, two_faces_photo, tmp_path: Path) -> None:
     photo = tmp_path / "pair.jpg"
-    _two_faces(utk_crops).save(photo, quality=95)
+    two_faces_photo.save(photo, quality=95)
     status, result = post_image(server.url + "/api/predict", photo.read_bytes(), photo.name)
     assert status == 200 and len(result["faces"]) == 2
     expected = [math.floor(face["age"] + 0.5) for face in result["faces"]]  # JavaScript's Math.round
