@@ -523,6 +523,24 @@ def _read_apparent(
     return _collect(record(row) for row in rows)
 
 
+def _read_apparent_files(
+    path: Path,
+    format: str,
+    csv_files: Sequence[Path],
+    split_and_folder: Callable[[Path], tuple[str | None, Path]],
+) -> DatasetIndex:
+    """Several apparent-age label files as one index; ``split_and_folder`` gives each file's
+    split and the folder its images unpack to (LAP 2015 and APPA-REAL differ only there)."""
+    samples: list[AgeSample] = []
+    skipped: list[SkippedFile] = []
+    for csv_path in csv_files:
+        split, folder = split_and_folder(csv_path)
+        found, lost = _read_apparent(csv_path, split, [folder])
+        samples += found
+        skipped += lost
+    return _finish(path, format, samples, skipped)
+
+
 _LAP_SPLITS = {"train": "train", "training": "train", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -538,14 +556,12 @@ def load_lap2015(path: Path) -> DatasetIndex:
     csv_files = [path] if path.is_file() else sorted(path.glob("*.csv"))
     if not csv_files:
         raise DatasetError(f"{path}: no LAP 2015 label CSV (Train.csv, Validation.csv, Test.csv) found")
-    samples: list[AgeSample] = []
-    skipped: list[SkippedFile] = []
-    for csv_path in csv_files:
+
+    def split_and_folder(csv_path: Path) -> tuple[str | None, Path]:
         split = _LAP_SPLITS.get(csv_path.stem.lower()) if path.is_dir() else None
-        found, lost = _read_apparent(csv_path, split, [csv_path.parent / csv_path.stem])
-        samples += found
-        skipped += lost
-    return _finish(path, "lap2015", samples, skipped)
+        return split, csv_path.parent / csv_path.stem
+
+    return _read_apparent_files(path, "lap2015", csv_files, split_and_folder)
 
 
 def _appa_split(csv_path: Path) -> str | None:
@@ -564,16 +580,11 @@ def load_appa_real(path: Path) -> DatasetIndex:
     csv_files = [path] if path.is_file() else sorted(path.glob("gt_avg_*.csv"))
     if not csv_files:
         raise DatasetError(f"{path}: no gt_avg_train/valid/test.csv files found")
-    samples: list[AgeSample] = []
-    skipped: list[SkippedFile] = []
-    for csv_path in csv_files:
-        folder_name = csv_path.stem.removeprefix("gt_avg_")
-        found, lost = _read_apparent(
-            csv_path, _appa_split(csv_path), [csv_path.parent / folder_name]
-        )
-        samples += found
-        skipped += lost
-    return _finish(path, "appa-real", samples, skipped)
+
+    def split_and_folder(csv_path: Path) -> tuple[str | None, Path]:
+        return _appa_split(csv_path), csv_path.parent / csv_path.stem.removeprefix("gt_avg_")
+
+    return _read_apparent_files(path, "appa-real", csv_files, split_and_folder)
 
 
 # ---------------------------------------------------------------------------------------
