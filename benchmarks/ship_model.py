@@ -27,6 +27,18 @@ def row(label: str, metrics: dict) -> str:
     return f"| {label} | {metrics['mae']:.3f} | {metrics['cmae']:.3f} | {groups} |"
 
 
+def training_lines(run: Path, config: dict) -> list[str]:
+    """How the run was trained: RUN/recipe.md when the run folder has one, else the CPU recipe."""
+    recipe = run / "recipe.md"
+    if recipe.exists():
+        return recipe.read_text().rstrip("\n").splitlines()
+    return [
+        f"- Training: `glae train --config configs/utkface_cpu_glae.yaml --data ../shared/data/utkface --out {run}`",
+        f"  (stage 1: {config['stage1']['epochs']} epochs, L_sum, instance-balanced; stage 2: {config['stage2']['epochs']} "
+        "epochs, backbone frozen, class-balanced), on 2 CPU cores.",
+    ]
+
+
 def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | None, peer: dict | None, speed: dict | None) -> str:
     config = yaml.safe_load((run / "config.yaml").read_text())
     split = json.loads((run / "split.json").read_text())
@@ -51,9 +63,7 @@ def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | N
         "  `../shared/data/utkface` (about 80% of the public set), no other data.",
         f"- One seeded split (split_seed {config['data']['split_seed']}): {len(split['train']):,} train, "
         f"{len(split['val']):,} validation (choices), {len(split['test']):,} test (read once, at the end).",
-        f"- Training: `glae train --config configs/utkface_cpu_glae.yaml --data ../shared/data/utkface --out {run}`",
-        f"  (stage 1: {config['stage1']['epochs']} epochs, L_sum, instance-balanced; stage 2: {config['stage2']['epochs']} "
-        "epochs, backbone frozen, class-balanced), on 2 CPU cores.",
+        *training_lines(run, config),
         "",
         f"## Metrics on the held-out test split ({test['n_images']:,} images)",
         "",

@@ -122,6 +122,23 @@ def test_json_round_trip_uses_relative_paths() -> None:
     assert Split.from_json(saved, samples, ROOT) == split
 
 
+def test_split_of_a_manifest_moves_with_its_folder(tmp_path: Path) -> None:
+    """A CSV dataset's index root is the manifest file: saved paths are relative to its folder."""
+    for folder in ("before", "after"):
+        (tmp_path / folder / "images").mkdir(parents=True)
+        (tmp_path / folder / "labels.csv").write_text("path,age\n")
+
+    def samples_in(folder: str) -> list[AgeSample]:
+        return [AgeSample(tmp_path / folder / "images" / f"{i}.jpg", age=float(i)) for i in range(10)]
+
+    split = random_split(samples_in("before"), test_fraction=0.2, val_fraction=0.2)
+    saved = split.to_json(tmp_path / "before" / "labels.csv")
+    assert all(entry.startswith("images/") for part in saved.values() for entry in part)
+    moved = Split.from_json(saved, samples_in("after"), tmp_path / "after" / "labels.csv")
+    assert [s.path.name for s in moved.test] == [s.path.name for s in split.test]
+    assert all(s.path.parent == tmp_path / "after" / "images" for s in moved.train)
+
+
 def test_from_json_unknown_path_is_fatal() -> None:
     with pytest.raises(DatasetError, match="gone.jpg is not in the dataset"):
         Split.from_json({"train": ["gone.jpg"], "test": []}, _samples(), ROOT)

@@ -41,9 +41,10 @@ class Split:
         """Per-part lists of paths relative to `root`, to save the split in a run folder.
 
         Relative paths keep the saved split valid when the dataset folder is moved; a path
-        outside `root` is stored absolute.
+        outside `root` is stored absolute. A manifest's paths are relative to its folder.
         """
-        return {part: [_relative(s.path, root) for s in getattr(self, part)] for part in _PARTS}
+        base = _folder(root)
+        return {part: [_relative(s.path, base) for s in getattr(self, part)] for part in _PARTS}
 
     @classmethod
     def from_json(
@@ -55,11 +56,12 @@ class Split:
             DatasetError: If a listed path is not among `samples` (the dataset changed).
         """
         by_path = {_key(s.path): s for s in samples}
+        base = _folder(root)
 
         def lookup(part: str) -> list[AgeSample]:
             found = []
             for entry in data.get(part, []):
-                sample = by_path.get(_key(Path(root) / entry))
+                sample = by_path.get(_key(base / entry))
                 if sample is None:
                     raise DatasetError(f"saved split ({part}): {entry} is not in the dataset")
                 found.append(sample)
@@ -71,6 +73,12 @@ class Split:
 def _key(path: Path) -> str:
     """Normalised absolute form of a path, so equal files compare equal as strings."""
     return os.path.normpath(os.path.abspath(path))
+
+
+def _folder(root: Path) -> Path:
+    """The folder saved paths are relative to: the dataset folder, or a manifest file's folder."""
+    root = Path(root)
+    return root.parent if root.is_file() else root
 
 
 def _relative(path: Path, root: Path) -> str:
