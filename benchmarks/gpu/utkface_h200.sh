@@ -42,6 +42,7 @@ train_with_fallback() {
     train "${name}_fp32" "$config" "$lr" --set amp=false
 }
 
+[ -d "$DATA/images" ] || python3 -m zipfile -e "$DATA/images.zip" "$DATA"
 start=$(date +%s)
 ( torchrun --standalone --nproc_per_node 1 -m glae train --config configs/smoke.yaml --data "$DATA/labels.csv" \
     --format csv --out "$RUNS/ddp_nccl_smoke" --no-progress --set amp=true --set data.num_workers=1 \
