@@ -7,8 +7,11 @@ which is what fits the CPU budget here. Runs are resumable folders under
 OUT, so rerunning the command continues where it stopped and skips finished rows.
 Afterwards the tables (mean ± std over seeds) are written to OUT/results.md and printed.
 
+Beyond the paper, one more seeded table: gradient-norm clipping (GLAE's default, 5.0, is
+not in the paper) against none, for ℓ_base and GLAE, with validation and test numbers.
+
 Usage: python benchmarks/ablations.py [--data ../shared/data/utkface] [--out runs/ablations]
-       [--seeds 0 1 2] [--only table2 ...] [--report-only]
+       [--seeds 0 1 2] [--report-only]
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ ROWS: dict[str, list[str]] = {
     "k32_s16": ["model.kernel_size=32", "model.stride=16", NO_STAGE2],
     "depth1": ["model.proj_depth=1", NO_STAGE2],
     "depth2": ["model.proj_depth=2", NO_STAGE2],
+    # Stage 2 never changes the vanilla head, which is what the clipping table compares.
+    "base_noclip": ["model.head=gap", "loss=base", NO_STAGE2, "clip_grad_norm=null"],
+    "glae_noclip": [NO_STAGE2, "clip_grad_norm=null"],
 }
-SEEDED_ROWS = ("kl", "base", "base_fr", "glae")  # Tables II and IX: mean ± std over seeds
+SEEDED_ROWS = ("kl", "base", "base_fr", "glae", "base_noclip", "glae_noclip")  # mean ± std over seeds
 TABLES: dict[str, list[tuple[str, str]]] = {
     "table2": [("ℓ_kl", "kl"), ("ℓ_base", "base"), ("ℓ_base + FR", "base_fr"), ("ℓ_base + FR + PA", "glae")],
     "table3": [("16 / 8", "k16_s8"), ("16 / 16", "glae"), ("32 / 8", "k32_s8"), ("32 / 16", "k32_s16")],
@@ -99,6 +105,23 @@ def table_rows(out: Path, seeds: list[int], table: str) -> list[str]:
     return lines
 
 
+def final_val(out: Path, row: str, seed: int) -> dict:
+    """The vanilla head's validation numbers at the end of stage 1 (stage 2 leaves that head alone)."""
+    records = [json.loads(line) for line in (out / f"{row}_seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["stage"] == 1][-1]["val"]["vanilla"]
+
+
+def clipping_rows(out: Path, seeds: list[int]) -> list[str]:
+    lines = []
+    for label, row in (("ℓ_base, clip 5", "base"), ("ℓ_base, no clip", "base_noclip"),
+                       ("ℓ_base + FR + PA, clip 5", "glae"), ("ℓ_base + FR + PA, no clip", "glae_noclip")):
+        val = [final_val(out, row, seed) for seed in seeds]
+        test = metrics(out, row, seeds)
+        cells = [mean_std([m[key] for m in found]) for found in (val, test) for key in ("mae", "cmae")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table9(out: Path, seeds: list[int], name: str = "test_metrics.json") -> list[str]:
     rows = [("ℓ_base", "base", "vanilla"), ("Vanilla", "glae", "vanilla"), ("Balanced", "glae", "balanced"),
             ("Bigger Υ", "glae", "bigger"), ("Smaller Υ (AR)", "glae", "routing")]
@@ -122,6 +145,8 @@ def report(out: Path, seeds: list[int]) -> str:
         "\n### Table IX: CMAE per age group, test split\n\n| method | 0-17 | 18-65 | 66+ | CMAE | MAE |\n|---|---|---|---|---|---|", *table9(out, seeds),
         f"\n### Table IX on the balanced -LT subset of the test split ({n_lt} images, {LT_PER_AGE} per age)\n\n"
         "| method | 0-17 | 18-65 | 66+ | CMAE | MAE |\n|---|---|---|---|---|---|", *table9(out, seeds, "lt_metrics.json"),
+        "\n### Gradient-norm clipping (not in the paper), vanilla head\n\n"
+        "| method | val MAE | val CMAE | test MAE | test CMAE |\n|---|---|---|---|---|", *clipping_rows(out, seeds),
     ]
     return "\n".join(parts) + "\n"
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GLAE and the ℓ_base baseline on UTKFace on one GPU, with the same budget, two learning
-# rates each, all four runs at once; plus a one-process NCCL DDP smoke run. About 6 minutes
-# on an H200 with 16 CPU cores (the loaders, 3 processes per run, are the bottleneck).
+# rates each, all four runs at once; plus a one-process NCCL DDP smoke run. About 11 minutes
+# on an H200 with 16 CPU cores: 600-900 images/s per run, the loaders (3 processes per run)
+# being the bottleneck. Runs still going at DEADLINE seconds are stopped; running the same
+# command again resumes them from their checkpoints.
 #
 # Usage, in the repository root of the GPU machine:
 #   python benchmarks/gpu/pack_utkface.py --data ../shared/data/utkface --out .device_data/utkface   # here, first
@@ -16,7 +18,7 @@ DATA=${1:?packed data folder}
 OUT=${2:?output folder}
 RUNS=runs/utkface_gpu_all
 LRS=(0.01 0.03)
-# DRY_RUN=1 checks the script itself in a minute on a CPU: 2 steps per stage.
+# DRY_RUN=1 checks the script itself on a CPU (a few minutes): 2 steps per stage.
 QUICK=()
 [ "${DRY_RUN:-0}" = 1 ] && QUICK=(--set stage1.epochs=1 --set stage1.max_steps_per_epoch=2 --set stage2.epochs=1 --set stage2.max_steps_per_epoch=2 --set data.num_workers=1)
 export PYTHONPATH="$PWD:$PWD/$DATA/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -29,7 +31,7 @@ train() {  # name config lr [extra --set ...]: a fresh run folder holding the pa
     mkdir -p "$RUNS/$name"
     cp "$DATA/split.json" "$RUNS/$name/split.json"
     python3 -m glae train --config "$config" --data "$DATA/labels.csv" --format csv --out "$RUNS/$name" \
-        --no-progress --set stage1.lr="$lr" "${QUICK[@]}" "$@" > "$RUNS/$name/train.log" 2>&1
+        --no-progress --set stage1.lr="$lr" "${QUICK[@]}" "$@" >> "$RUNS/$name/train.log" 2>&1
 }
 
 # bfloat16 autocast had never run on a GPU before this script: if a run fails with it, the
