@@ -79,4 +79,10 @@ def evaluate_samples(
         batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
     )
     views, ages, stds = predict_views_dataset(model, loader, device, heads_for(mode), channels_last, amp, show_progress)
+    for head, probabilities in views.items():
+        if not bool(torch.isfinite(probabilities).all()):
+            raise ValueError(
+                f"the {head} head's predictions are not finite (NaN or inf): the model diverged in training; "
+                "retrain with a lower learning rate or with clip_grad_norm set"
+            )
     return evaluate_views(views, ages, stds, mode)

@@ -159,3 +159,23 @@ def test_routing_usage_empty_group_is_none() -> None:
     assert usage["groups"]["0-17"] == {"n": 1, "vanilla": 0.0, "balanced": 1.0}
     assert usage["groups"]["18-65"]["balanced"] == pytest.approx(0.5)
     assert usage["groups"]["66+"] == {"n": 0, "vanilla": None, "balanced": None}
+
+
+def test_evaluating_a_diverged_model_names_the_cause(tmp_path) -> None:
+    """NaN weights (a run that diverged without clipping) give a clear error, not a metrics one."""
+    from PIL import Image
+
+    from glae.data import AgeSample
+    from glae.evaluate import evaluate_samples
+    from glae.models import AgeModel, ModelConfig
+
+    samples = []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (32, 32), (40 * i, 80, 120)).save(path)
+        samples.append(AgeSample(path, age=float(20 + i)))
+    model = AgeModel(ModelConfig(max_age=30, input_size=32)).eval()
+    with torch.no_grad():
+        next(model.heads["vanilla"].parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="vanilla head's predictions are not finite.*diverged"):
+        evaluate_samples(model, samples, "vanilla", torch.device("cpu"), num_workers=0)
