@@ -21,6 +21,8 @@ LRS=(0.01 0.03)
 # DRY_RUN=1 checks the script itself on a CPU (a few minutes): 2 steps per stage.
 QUICK=()
 [ "${DRY_RUN:-0}" = 1 ] && QUICK=(--set stage1.epochs=1 --set stage1.max_steps_per_epoch=2 --set stage2.epochs=1 --set stage2.max_steps_per_epoch=2 --set data.num_workers=1)
+# SETTINGS="KEY=VALUE ..." overrides the configs for every run, e.g. SETTINGS=clip_grad_norm=null.
+for setting in ${SETTINGS:-}; do QUICK+=(--set "$setting"); done
 export PYTHONPATH="$PWD:$PWD/$DATA/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
