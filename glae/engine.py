@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -49,6 +50,12 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
+"""How long a rank waits at a collective. Rank 0 alone evaluates the validation part after
+every epoch and the test part at the end while the other ranks wait at a barrier; NCCL's
+default of 10 minutes would kill a run whose evaluation set is large."""
+
+
 def init_distributed(preference: str = "auto") -> DistributedContext:
     """Join the process group torchrun describes in the environment (a no-op without torchrun).
 
@@ -64,7 +71,7 @@ def init_distributed(preference: str = "auto") -> DistributedContext:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
     return DistributedContext(rank=rank, world_size=world_size, device=device)
 
 
