@@ -17,7 +17,8 @@ set -uo pipefail
 DATA=${1:?packed data folder}
 OUT=${2:?output folder}
 RUNS=runs/utkface_gpu_all
-LRS=(0.01 0.03)
+# LRS="0.01 0.03" (the default) sets the learning rates each method is tried at.
+read -ra LRS <<< "${LRS:-0.01 0.03}"
 # DRY_RUN=1 checks the script itself on a CPU (a few minutes): 2 steps per stage.
 QUICK=()
 [ "${DRY_RUN:-0}" = 1 ] && QUICK=(--set stage1.epochs=1 --set stage1.max_steps_per_epoch=2 --set stage2.epochs=1 --set stage2.max_steps_per_epoch=2 --set data.num_workers=1)
