@@ -7,8 +7,10 @@ which is what fits the CPU budget here. Runs are resumable folders under
 OUT, so rerunning the command continues where it stopped and skips finished rows.
 Afterwards the tables (mean ± std over seeds) are written to OUT/results.md and printed.
 
-Beyond the paper, one more seeded table: gradient-norm clipping (GLAE's default, 5.0, is
-not in the paper) against none, for ℓ_base and GLAE, with validation and test numbers.
+Beyond the paper, for ℓ_base against GLAE's vanilla head with validation and test numbers:
+gradient-norm clipping (GLAE's default until then, 5.0, is not in the paper) against none
+(seeded), the peak learning rate without the clip (first seed), and the paper's 224 px
+input against the budget's 96 px (seeded).
 
 Usage: python benchmarks/ablations.py [--data ../shared/data/utkface] [--out runs/ablations]
        [--seeds 0 1 2] [--report-only]
@@ -52,7 +54,9 @@ ROWS: dict[str, list[str]] = {
 SWEEP_LRS = ("0.0025", "0.01", "0.02")
 ROWS.update({f"{method}_noclip_lr{lr}": ROWS[f"{method}_noclip"] + [f"stage1.lr={lr}"]
              for lr in SWEEP_LRS for method in ("base", "glae")})
-SEEDED_ROWS = ("kl", "base", "base_fr", "glae", "base_noclip", "glae_noclip")  # mean ± std over seeds
+# The paper's input size: at 224 px the FR map is 7x7, as in the paper, instead of 3x3 at 96 px.
+ROWS.update({f"{method}_noclip_224": ROWS[f"{method}_noclip"] + ["model.input_size=224"] for method in ("base", "glae")})
+SEEDED_ROWS = ("kl", "base", "base_fr", "glae", "base_noclip", "glae_noclip", "base_noclip_224", "glae_noclip_224")
 TABLES: dict[str, list[tuple[str, str]]] = {
     "table2": [("ℓ_kl", "kl"), ("ℓ_base", "base"), ("ℓ_base + FR", "base_fr"), ("ℓ_base + FR + PA", "glae")],
     "table3": [("16 / 8", "k16_s8"), ("16 / 16", "glae"), ("32 / 8", "k32_s8"), ("32 / 16", "k32_s16")],
@@ -117,15 +121,21 @@ def final_val(out: Path, row: str, seed: int) -> dict:
     return [r for r in records if r["stage"] == 1][-1]["val"]["vanilla"]
 
 
-def clipping_rows(out: Path, seeds: list[int]) -> list[str]:
+def val_test_rows(out: Path, seeds: list[int], rows: list[tuple[str, str]]) -> list[str]:
+    """Validation (end of stage 1) and test numbers of the vanilla head, mean ± std over seeds."""
     lines = []
-    for label, row in (("ℓ_base, clip 5", "base"), ("ℓ_base, no clip", "base_noclip"),
-                       ("ℓ_base + FR + PA, clip 5", "glae"), ("ℓ_base + FR + PA, no clip", "glae_noclip")):
+    for label, row in rows:
         val = [final_val(out, row, seed) for seed in seeds]
         test = metrics(out, row, seeds)
         cells = [mean_std([m[key] for m in found]) for found in (val, test) for key in ("mae", "cmae")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+CLIPPING_ROWS = [("ℓ_base, clip 5", "base"), ("ℓ_base, no clip", "base_noclip"),
+                 ("ℓ_base + FR + PA, clip 5", "glae"), ("ℓ_base + FR + PA, no clip", "glae_noclip")]
+INPUT_SIZE_ROWS = [("ℓ_base, 96 px", "base_noclip"), ("ℓ_base, 224 px", "base_noclip_224"),
+                   ("ℓ_base + FR + PA, 96 px", "glae_noclip"), ("ℓ_base + FR + PA, 224 px", "glae_noclip_224")]
 
 
 def lr_sweep_rows(out: Path, seeds: list[int]) -> list[str]:
@@ -169,10 +179,13 @@ def report(out: Path, seeds: list[int]) -> str:
         f"\n### Table IX on the balanced -LT subset of the test split ({n_lt} images, {LT_PER_AGE} per age)\n\n"
         "| method | 0-17 | 18-65 | 66+ | CMAE | MAE |\n|---|---|---|---|---|---|", *table9(out, seeds, "lt_metrics.json"),
         "\n### Gradient-norm clipping (not in the paper), vanilla head\n\n"
-        "| method | val MAE | val CMAE | test MAE | test CMAE |\n|---|---|---|---|---|", *clipping_rows(out, seeds),
+        "| method | val MAE | val CMAE | test MAE | test CMAE |\n|---|---|---|---|---|", *val_test_rows(out, seeds, CLIPPING_ROWS),
         f"\n### Peak learning rate without clipping, vanilla head, seed {seeds[0]} (picked: lowest val MAE + CMAE)\n\n"
         "| method | lr | val MAE | val CMAE | test MAE | test CMAE | picked |\n|---|---|---|---|---|---|---|",
         *lr_sweep_rows(out, seeds),
+        "\n### Input size without clipping, vanilla head (FR map 3x3 at 96 px, 7x7 at 224 px)\n\n"
+        "| method | val MAE | val CMAE | test MAE | test CMAE |\n|---|---|---|---|---|",
+        *val_test_rows(out, seeds, INPUT_SIZE_ROWS),
     ]
     return "\n".join(parts) + "\n"
 
