@@ -62,7 +62,6 @@ PEER_VERSION = "2.0.0"
 PEER_MAX_AGE = 80  # the last class of the peer's age network
 
 
-
 def _glae_metrics() -> Any:
     """``glae/metrics.py`` loaded by path: it needs only NumPy, so the peer is scored by the
     very code that scores GLAE without installing glae or torch in this venv."""

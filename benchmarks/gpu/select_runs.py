@@ -35,7 +35,7 @@ from glae.train import evaluate_model, load_samples, make_split
 DEPLOYED_MODE = {"glae": "routing", "base": "vanilla"}
 RECIPE = """\
 - Training: `bash benchmarks/gpu/utkface_h200.sh` on one NVIDIA H200 (configs/utkface_gpu_{method}.yaml,
-  bfloat16 autocast, gradient-norm clip {clip}): stage 1 {stage1.epochs} epochs at batch {stage1.batch_size},
+  bfloat16 autocast, {clip}): stage 1 {stage1.epochs} epochs at batch {stage1.batch_size},
   learning rate {stage1.lr} (picked on validation by `benchmarks/gpu/select_runs.py` among {candidates}); stage 2
   {stage2.epochs} epochs, backbone frozen, class-balanced sampling.
 - To travel to the GPU machine, the train and val images were resized to 128 px and stored as WebP
@@ -102,7 +102,8 @@ def publish(device_run: Path, args: argparse.Namespace, method: str, mode: str, 
     info = {**info, "data_format": "utkface", "trained_on": "UTKFace train part packed by benchmarks/gpu/pack_utkface.py (128 px WebP)"}
     save_model(out / "model.safetensors", model, info, half=True)
     atomic_write_text(out / "recipe.md", RECIPE.format(
-        candidates=", ".join(candidates), stage1=config.stage1, stage2=config.stage2, method=method, clip=config.clip_grad_norm,
+        candidates=", ".join(candidates), stage1=config.stage1, stage2=config.stage2, method=method,
+        clip=f"gradient-norm clip {config.clip_grad_norm}" if config.clip_grad_norm else "no gradient clipping",
     ))
     report = evaluate_model(model, split.test, config, torch.device("cpu"), mode)
     report["checkpoint"] = str(out / "model.safetensors")
