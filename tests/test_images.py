@@ -240,3 +240,49 @@ def test_eval_transform_normalization(tmp_path: Path) -> None:
     image, _, _ = dataset[0]
     assert torch.allclose(image[:, :4], torch.full((3, 4, 8), (255 - 127.5) / 128), atol=1e-6)
     assert torch.allclose(image[:, 4:], torch.full((3, 4, 8), -127.5 / 128), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        (None, "<NoneType>: not an image"),
+        (42, "<int>: not an image"),
+        (np.zeros((4, 4, 2), np.uint8), r"uint8 HxW or HxWx3 array, got uint8 \(4, 4, 2\)"),
+        (np.zeros((0, 4, 3), np.uint8), "empty array"),
+    ],
+)
+def test_objects_that_are_no_image_are_image_read_errors(source: object, message: str) -> None:
+    with pytest.raises(ImageReadError, match=message):
+        read_rgb(source)  # type: ignore[arg-type]
+
+
+def test_one_channel_array_is_grayscale() -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
+    assert (_rgb(read_rgb(gray)) == gray).all()
+
+
+def test_permission_denied_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(_jpeg_bytes())
+
+    def refuse(*_: object, **__: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", refuse)  # root ignores chmod 000, so the refusal is simulated
+    with pytest.raises(ImageReadError, match=r"locked\.jpg: permission denied; make the file readable") as caught:
+        read_rgb(path)
+    assert "corrupt" not in str(caught.value)
+
+
+def test_folder_named_like_an_image(tmp_path: Path) -> None:
+    (tmp_path / "album.jpg").mkdir()
+    with pytest.raises(ImageReadError, match=r"album\.jpg: a folder"):
+        read_rgb(tmp_path / "album.jpg")
+
+
+def test_decompression_bomb_message_quotes_glae_limit(tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_claiming(20_000, 20_000))  # 400 MP: Pillow refuses it while opening
+    with pytest.raises(ImageReadError, match=r"huge\.png: the image exceeds the limit of 50000000 pixels \(50 MP\)") as caught:
+        read_rgb(path)
+    assert str(Image.MAX_IMAGE_PIXELS) not in str(caught.value)

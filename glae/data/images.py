@@ -52,49 +52,80 @@ def _to_8bit_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _limit_message(name: str, size: str | None, max_pixels: int) -> str:
+    """GLAE's limit, never Pillow's (which is higher and would mislead)."""
+    what = f"{size} pixels" if size else "the image"
+    return f"{name}: {what} exceeds the limit of {max_pixels} pixels ({max_pixels / 1e6:g} MP); downscale it first"
+
+
+def _array_image(source: np.ndarray, name: str) -> Image.Image:
+    """HxW, HxWx1, HxWx3 or HxWx4 uint8 arrays; anything else is an ``ImageReadError``, never a TypeError."""
+    if source.dtype != np.uint8 or source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (1, 3, 4)):
+        raise ImageReadError(f"{name}: expected a uint8 HxW or HxWx3 array, got {source.dtype} {source.shape}")
+    if min(source.shape[:2]) == 0:
+        raise ImageReadError(f"{name}: empty array {source.shape}")
+    return Image.fromarray(source[..., 0] if source.ndim == 3 and source.shape[2] == 1 else source)
+
+
+def _open_file(source: bytes | str | os.PathLike, name: str, max_pixels: int) -> Image.Image:
+    """Decode bytes or a file, checking the pixel count from the header before decoding."""
+    try:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageReadError(f"{name}: empty input")
+            handle: io.BytesIO | str = io.BytesIO(source)
+        else:
+            if not os.path.exists(source):
+                raise ImageReadError(f"{name}: file not found")
+            if os.path.isdir(source):
+                raise ImageReadError(f"{name}: a folder, not an image file")
+            if os.path.getsize(source) == 0:
+                raise ImageReadError(f"{name}: empty file")
+            handle = os.fspath(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(handle)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageReadError(_limit_message(name, f"{width}x{height}", max_pixels))
+            image.load()
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own, higher limit tripped while opening; GLAE's is the one that counts.
+        raise ImageReadError(_limit_message(name, None, max_pixels)) from None
+    except PermissionError:
+        raise ImageReadError(f"{name}: permission denied; make the file readable (chmod +r) or skip it") from None
+    except UnidentifiedImageError as error:
+        raise ImageReadError(f"{name}: not a readable image ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
+    return image
+
+
 def read_rgb(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode ``source`` (path, bytes, PIL image or HxWx3/HxW uint8 array) to an upright RGB image.
+    """Decode ``source`` (path, bytes, PIL image or HxW/HxWx1/HxWx3/HxWx4 uint8 array) to an upright RGB image.
 
     Raises:
-        ImageReadError: missing, empty, unreadable, truncated or oversized input. The
-            pixel count is checked from the header, before decoding (a decompression bomb
-            never reaches memory).
+        ImageReadError: missing, empty, unreadable, truncated or oversized input, or an
+            object that is no image at all (None, a float array...). The pixel count is
+            checked from the header, before decoding (a decompression bomb never reaches memory).
     """
     name = _describe(source)
     if isinstance(source, np.ndarray):
-        if source.ndim not in (2, 3) or source.dtype != np.uint8:
-            raise ImageReadError(f"{name}: expected a uint8 HxW or HxWx3 array, got {source.dtype} {source.shape}")
-        image = Image.fromarray(source)
+        image = _array_image(source, name)
     elif isinstance(source, Image.Image):
         image = source
+    elif isinstance(source, (bytes, str, os.PathLike)):
+        image = _open_file(source, name, max_pixels)
     else:
-        try:
-            if isinstance(source, bytes):
-                if not source:
-                    raise ImageReadError(f"{name}: empty input")
-                handle: io.BytesIO | str = io.BytesIO(source)
-            else:
-                if not os.path.exists(source):
-                    raise ImageReadError(f"{name}: file not found")
-                if os.path.getsize(source) == 0:
-                    raise ImageReadError(f"{name}: empty file")
-                handle = os.fspath(source)
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(handle)
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageReadError(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels}")
-                image.load()
-        except ImageReadError:
-            raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageReadError(f"{name}: not a readable image ({error})") from None
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
+        raise ImageReadError(f"{name}: not an image (expected a path, bytes, a PIL image or a uint8 array)")
     if image.width * image.height > max_pixels:
-        raise ImageReadError(f"{name}: {image.width}x{image.height} pixels exceeds the limit of {max_pixels}")
-    return _to_8bit_rgb(ImageOps.exif_transpose(image))
+        raise ImageReadError(_limit_message(name, f"{image.width}x{image.height}", max_pixels))
+    try:
+        return _to_8bit_rgb(ImageOps.exif_transpose(image))
+    except (OSError, SyntaxError, ValueError) as error:  # a lazy PIL image whose data turns out broken
+        raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
 
 
 class AgeImageDataset(Dataset):
@@ -106,9 +137,13 @@ class AgeImageDataset(Dataset):
     uninterrupted one would, whatever the number of workers.
     """
 
-    def __init__(self, samples: Sequence[AgeSample], transform: Callable[[Image.Image], Tensor]) -> None:
+    def __init__(
+        self, samples: Sequence[AgeSample], transform: Callable[[Image.Image], Tensor],
+        images: Callable[[int], Image.Image] | None = None,
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.images = images  # index -> decoded image (glae.data.cache); None = read the file
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -116,7 +151,7 @@ class AgeImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, float, float]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
-        image = read_rgb(sample.path)
+        image = read_rgb(sample.path) if self.images is None else self.images(index)
         if seed is None:
             tensor = self.transform(image)
         else:
