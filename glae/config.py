@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
 from .models.glae import ModelConfig
@@ -75,12 +76,16 @@ class TrainConfig:
             raise ValueError("model.head=glae is trained with loss 'sum'; for the ablation rows use head gap or fr")
         if self.stage1.epochs < 0 or self.stage2.epochs < 0:
             raise ValueError("epochs must be >= 0")
-        if self.model.max_age < 1:
-            raise ValueError("model.max_age must be >= 1")
+        self.model.validate()
         for name, value in (("stage1.batch_size", self.stage1.batch_size), ("stage2.batch_size", self.stage2.batch_size),
-                            ("eval_batch_size", self.eval_batch_size), ("checkpoint_every", self.checkpoint_every)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                            ("eval_batch_size", self.eval_batch_size)):
+            if not 1 <= value <= MAX_BATCH_SIZE:
+                raise ValueError(f"{name} must be >= 1 and <= {MAX_BATCH_SIZE}, got {value}; fix it with --set {name}=N")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.data.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
+        check_device(self.device, "device")
         for name, cap in (("stage1", self.stage1.max_steps_per_epoch), ("stage2", self.stage2.max_steps_per_epoch)):
             if cap is not None and cap < 1:
                 raise ValueError(f"{name}.max_steps_per_epoch must be >= 1 or null, got {cap}")
@@ -88,6 +93,39 @@ class TrainConfig:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
         if self.stage1.epochs == 0 < self.stage2.epochs and not self.stage2.init_from:
             raise ValueError("stage 2 without stage 1 needs stage2.init_from (a stage-1 model file to start from)")
+
+
+MAX_BATCH_SIZE = 4096
+"""Per-process batch cap: 128x the paper's 32, and a bound before a typo allocates terabytes."""
+
+
+def check_device(preference: str, key: str = "--device") -> None:
+    """Refuse a device name torch does not know, or a GPU this machine does not have, in one line."""
+    if preference == "auto":
+        return
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise ValueError(f"{key} {preference!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"{key} {preference}: no CUDA GPU is visible on this machine; use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{key} {preference}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{key} mps: Apple's MPS is not available on this machine; use cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{key} {preference!r}: GLAE runs on cpu, cuda or mps; use one of those or auto")
+
+
+def model_config_from_dict(data: Any) -> ModelConfig:
+    """A ``ModelConfig`` from untrusted data (a model file's metadata): types checked, sizes validated."""
+    if not isinstance(data, dict):
+        raise ValueError(f"model: expected a mapping of model settings, got {type(data).__name__}")
+    config = _from_dict(ModelConfig, data, "model.")
+    config.validate()
+    return config
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from glae.config import TrainConfig, apply_overrides, config_to_dict, dump_config, load_config
@@ -163,6 +164,14 @@ def test_every_shipped_config_loads(path: Path) -> None:
         ("sigma=0", "sigma must be > 0"),
         ("stage1.epochs=0", "needs stage2.init_from"),
         ("stage1.lr=[1", "not a YAML value"),
+        ("model.input_size=0", r"model\.input_size must be an integer in 32\.\.1024, got 0"),
+        ("model.input_size=-5", r"model\.input_size .* got -5"),
+        ("model.stride=0", r"model\.stride must be .* got 0"),
+        ("model.kernel_size=0", r"model\.kernel_size must be .* got 0"),
+        ("model.max_age=1000000", r"model\.max_age must be an integer in 1\.\.200"),
+        ("stage1.batch_size=100000000", r"stage1\.batch_size must be >= 1 and <= 4096"),
+        ("eval_batch_size=100000000", r"eval_batch_size must be >= 1 and <= 4096"),
+        ("device=banana", r"device 'banana' is not a device; use auto, cpu, cuda"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_up_front(override: str, message: str) -> None:
@@ -175,3 +184,12 @@ def test_malformed_yaml_file_is_a_clear_error(tmp_path) -> None:
     path.write_text("stage1: [epochs: 3\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_config(path)
+
+
+def test_cuda_without_a_gpu_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="device cuda: no CUDA GPU is visible on this machine; use cpu or auto"):
+        load_config(None, ["device=cuda"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device cuda:3: this machine has 1 CUDA GPU\(s\)"):
+        load_config(None, ["device=cuda:3"])

@@ -45,6 +45,28 @@ class ModelConfig:
             raise ValueError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
 
+    def validate(self) -> None:
+        """Refuse sizes that would crash deep inside the network or allocate without bound.
+
+        The caps are far above any face model (the paper: K=100, 224 px, r=k=s=16) and far
+        below what exhausts memory; every message names the ``--set model.*`` key.
+        """
+        limits = {
+            "max_age": (1, 200),  # K: nobody is older than 200 years; K+1 output channels
+            "input_size": (32, 1024),  # the backbone needs a few pixels per stride; 4x the paper's side
+            "upscale": (1, 64),
+            "kernel_size": (1, 64),
+            "stride": (1, 64),
+            "proj_depth": (0, 8),
+            "hidden_dim": (1, 8192),
+        }
+        if self.embed_dim is not None:
+            limits["embed_dim"] = (1, 8192)
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"model.{name} must be an integer in {low}..{high}, got {value!r}; fix it with --set model.{name}=N")
+
 
 class AgeModel(nn.Module):
     """Backbone -> (vanilla head, balanced head).
