@@ -24,12 +24,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .engine import unwrap
-from .fileio import atomic_write
-from .models.glae import AgeModel, ModelConfig
+from .config import model_config_from_dict
+from .fileio import atomic_write, atomic_write_bytes
+from .models.glae import AgeModel
 
 METADATA_KEY = "glae"
 
@@ -47,44 +49,114 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] |
         for name, t in model.state_dict().items()
     }
     metadata = {METADATA_KEY: json.dumps({"model": model.config.to_dict(), "info": info or {}})}
-    atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+    # Serialized in memory, then written by Python: a full disk is then an OSError (ENOSPC),
+    # where safetensors' own file writer can report success on a short write.
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``{"model": ..., "info": ...}`` record of a model file, without loading weights."""
+    """The validated ``{"model": ..., "info": ...}`` record of a model file, without loading weights.
+
+    This is the one place a model file's metadata is checked: every command that reads a
+    model (eval, predict, serve, export, stage 2's init_from) gets one line naming the file
+    and the key that is missing, null, of the wrong type or out of range.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
+    except PermissionError:
+        raise CheckpointError(f"cannot read model file {path}: permission denied; make it readable (chmod +r)") from None
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
     if METADATA_KEY not in metadata:
         raise CheckpointError(f"{path} is a safetensors file but not a GLAE model (no '{METADATA_KEY}' metadata)")
-    return json.loads(metadata[METADATA_KEY])
+    return _parse_record(path, metadata[METADATA_KEY])
+
+
+def _parse_record(path: Path, text: str) -> dict[str, Any]:
+    """Check the JSON record's shape and every model setting, naming the bad key."""
+    where = f"{path}: metadata '{METADATA_KEY}'"
+    advice = "the file is damaged or was not written by glae train"
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{where} is not JSON; {advice}") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{where} must be a JSON object, got {type(record).__name__}; {advice}")
+    for key in ("model", "info"):
+        if not isinstance(record.get(key), dict):
+            found = "missing" if key not in record else f"a {type(record[key]).__name__}"
+            raise CheckpointError(f"{where}: key '{key}' must be a JSON object, found {found}; {advice}")
+    try:
+        model_config_from_dict(record["model"])
+    except ValueError as error:
+        raise CheckpointError(f"{where}: {error}; {advice}") from None
+    return {"model": record["model"], "info": record["info"]}
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[AgeModel, dict[str, Any]]:
-    """Rebuild the network from a model file; returns ``(model in eval mode, info)``."""
+    """Rebuild the network from a model file; returns ``(model in eval mode, info)``.
+
+    Weights that do not fit the configuration, or that hold NaN or infinity (a run that
+    diverged), are refused here, so no command ever prints or serves a ``nan`` age.
+    """
+    path = Path(path)
     record = read_model_metadata(path)
-    config = ModelConfig.from_dict({**record["model"], "pretrained": False})
-    model = AgeModel(config)
-    state = load_file(str(path))
+    config = model_config_from_dict({**record["model"], "pretrained": False})
+    try:
+        model = AgeModel(config)
+    except (ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: its model settings do not build a network ({error})") from None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: cannot read its weights ({error}); the file is damaged") from None
     reference = model.state_dict()
     state = {name: tensor.to(reference[name].dtype) if name in reference else tensor for name, tensor in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of the wrong shape
+        detail = str(error).splitlines()[-1].strip()
+        raise CheckpointError(f"{path}: weights do not match the model its metadata describes ({detail})") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    _check_finite(path, state)
     return model.to(device).eval(), record["info"]
 
 
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{path}: weight {name} holds NaN or infinity: the model diverged in training; "
+                "retrain with a lower learning rate or with clip_grad_norm set"
+            )
+
+
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda temp: torch.save(state, temp))
+    atomic_write(path, lambda temp: _torch_save(state, temp))
+
+
+def _torch_save(state: dict[str, Any], temp: str) -> None:
+    """``torch.save`` through a Python file: a full disk is an OSError, not a zip-writer RuntimeError."""
+    with open(temp, "wb") as stream:
+        torch.save(state, stream)
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Tensors and plain containers only; torch's advice to lower that guard is never passed on."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"training state {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise CheckpointError(f"{path}: cannot read training state ({error})") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: holds objects other than tensors, which GLAE never loads; it is not a GLAE training state "
+            "(move it away to restart the run)"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: cannot read training state ({detail}); move it away to restart the run") from None

@@ -7,6 +7,7 @@ permissions a normal file would get, then renamed over the target.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -31,6 +32,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.fsync(stream.fileno())
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(temp, path)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(error.errno, f"no space left on device while writing {path}; free some space, then rerun the same command") from None
+        raise
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
@@ -42,7 +48,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    atomic_write(path, lambda temp: Path(temp).write_bytes(data))
+    atomic_write(path, lambda temp: _write_bytes(temp, data))
+
+
+def _write_bytes(temp: str, data: bytes) -> None:
+    with open(temp, "wb") as stream:
+        stream.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import json
 import os
 from pathlib import Path
 
@@ -208,3 +211,102 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o644
+
+
+def _with_metadata(source: Path, target: Path, record: object) -> Path:
+    """A copy of ``source``'s tensors under the given (hostile) ``glae`` metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(source), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    text = record if isinstance(record, str) else json.dumps(record)
+    save_file(tensors, str(target), metadata={"glae": text})
+    return target
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ("{not json", r" is not JSON"),
+        ("null", r" must be a JSON object, got NoneType"),
+        ({"info": {}}, r"key 'model' must be a JSON object, found missing"),
+        ({"model": None, "info": {}}, r"key 'model' must be a JSON object, found a NoneType"),
+        ({"model": "resnet18", "info": {}}, r"key 'model' must be a JSON object, found a str"),
+        ({"model": {"max_age": 10}, "info": []}, r"key 'info' must be a JSON object, found a list"),
+        ({"model": {"max_age": "ten"}, "info": {}}, r"model\.max_age: expected an integer, got 'ten'"),
+        ({"model": {"max_age": None}, "info": {}}, r"model\.max_age: expected an integer, got None"),
+        ({"model": {"input_size": 0}, "info": {}}, r"model\.input_size must be an integer in 32\.\.1024, got 0"),
+        ({"model": {"head": "mystery"}, "info": {}}, r"model\.head: 'mystery' is not one of"),
+        ({"model": {"colour": 1}, "info": {}}, r"unknown setting\(s\) model\.colour"),
+    ],
+)
+def test_hostile_metadata_is_one_line_naming_file_and_key(tmp_path: Path, model: AgeModel, record: object, message: str) -> None:
+    save_model(tmp_path / "good.safetensors", model)
+    path = _with_metadata(tmp_path / "good.safetensors", tmp_path / "hostile.safetensors", record)
+    with pytest.raises(CheckpointError, match=r"hostile\.safetensors: metadata 'glae'.*" + message) as caught:
+        load_model(path)
+    assert "\n" not in str(caught.value) and "not written by glae train" in str(caught.value)
+
+
+def test_metadata_that_disagrees_with_the_tensors_is_refused(tmp_path: Path, model: AgeModel) -> None:
+    save_model(tmp_path / "good.safetensors", model)
+    record = {"model": {**model.config.to_dict(), "max_age": 20}, "info": {}}  # the tensors hold 11 ages
+    path = _with_metadata(tmp_path / "good.safetensors", tmp_path / "liar.safetensors", record)
+    with pytest.raises(CheckpointError, match=r"liar\.safetensors: weights do not match the model its metadata describes") as caught:
+        load_model(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_nan_weights_are_refused_when_loading(tmp_path: Path, model: AgeModel) -> None:
+    diverged = AgeModel(model.config)
+    diverged.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        next(diverged.heads["balanced"].parameters()).view(-1)[0] = float("nan")
+    save_model(tmp_path / "nan.safetensors", diverged)
+    with pytest.raises(CheckpointError, match=r"nan\.safetensors: weight heads\.balanced\..* holds NaN or infinity.*retrain"):
+        load_model(tmp_path / "nan.safetensors")
+
+
+def test_refused_pickle_never_suggests_weights_only_false(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"payload": _Payload()}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_training_state(path)
+    assert "weights_only" not in str(caught.value) and "\n" not in str(caught.value)
+    assert "never loads" in str(caught.value)
+
+
+class _FullDisk(io.RawIOBase):
+    """A file on a full disk: every write fails with ENOSPC (no /dev/full in every container)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, module: object) -> None:
+    """Files that ``module`` opens for writing are on a full disk."""
+    monkeypatch.setattr(module, "open", lambda *_, **__: _FullDisk(), raising=False)
+
+
+def test_full_disk_while_saving_a_training_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import glae.checkpoint
+
+    _full_disk(monkeypatch, glae.checkpoint)
+    with pytest.raises(OSError, match=r"no space left on device while writing .*last\.pt; free some space"):
+        save_training_state(tmp_path / "last.pt", {"weights": torch.zeros(100_000)})
+    assert os.listdir(tmp_path) == []
+
+
+def test_full_disk_while_saving_a_model(tmp_path: Path, model: AgeModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import glae.fileio
+
+    save_model(tmp_path / "model.safetensors", model, info={"version": 1})
+    _full_disk(monkeypatch, glae.fileio)
+    with pytest.raises(OSError, match=r"no space left on device while writing .*model\.safetensors"):
+        save_model(tmp_path / "model.safetensors", model, info={"version": 2})
+    monkeypatch.undo()
+    assert load_model(tmp_path / "model.safetensors")[1] == {"version": 1}
+    assert os.listdir(tmp_path) == ["model.safetensors"]
