@@ -33,6 +33,7 @@ ROUTED_OUTPUTS = ("age", "probs", "used_balanced")
 when the model has a trained balanced head."""
 
 METADATA_PREFIX = "glae."
+MIN_OPSET = 13  # the graph's unflatten needs opset 13; flip needs 10
 
 
 class MissingExtraError(ImportError):
@@ -78,6 +79,14 @@ def onnx_metadata(model: AgeModel, mode: RoutingMode, info: dict[str, Any]) -> d
     return {METADATA_PREFIX + key: json.dumps(value) for key, value in values.items()}
 
 
+def check_opset(opset: int) -> None:
+    """Refuse an opset this graph cannot be written in, before any tracing."""
+    from torch.onnx._constants import ONNX_MAX_OPSET
+
+    if not MIN_OPSET <= opset <= ONNX_MAX_OPSET:
+        raise ValueError(f"--opset {opset}: GLAE's graph needs an ONNX opset in {MIN_OPSET}..{ONNX_MAX_OPSET} (default 17)")
+
+
 def export_onnx(model: AgeModel, path: str | os.PathLike, info: dict[str, Any], opset: int = 17) -> RoutingMode:
     """Write ``model`` with routing and metadata to ``path``; returns the routing mode used.
 
@@ -88,6 +97,7 @@ def export_onnx(model: AgeModel, path: str | os.PathLike, info: dict[str, Any], 
         import onnx
     except ImportError:
         raise MissingExtraError("ONNX export needs the onnx package: pip install 'glae[onnx]'") from None
+    check_opset(opset)
     mode = routing_mode(info)
     routed = RoutedAgeModel(model, mode).eval()
     output_names = [*ROUTED_OUTPUTS, *(f"{head}_probs" for head in routed.heads)]

@@ -9,17 +9,20 @@ never asks which one it has. ``load_routed_predictor`` picks the backend from th
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .checkpoint import CheckpointError, load_model
+from .config import model_config_from_dict
 from .export import INPUT_NAME, METADATA_PREFIX, ROUTED_OUTPUTS, MissingExtraError, RoutedAgeModel
 from .models.glae import AgeModel, ModelConfig
-from .routing import RoutingMode, routing_mode
+from .routing import ROUTING_MODES, RoutingMode, routing_mode
 
 
 class RoutedPredictor(Protocol):
@@ -85,15 +88,74 @@ class OnnxAgeModel:
         except Exception as error:  # onnxruntime raises its own untyped errors for bad files
             raise CheckpointError(f"{path} is not a readable ONNX model ({error})") from None
         stored = session.get_modelmeta().custom_metadata_map
-        metadata = {key[len(METADATA_PREFIX):]: json.loads(value) for key, value in stored.items() if key.startswith(METADATA_PREFIX)}
-        if "model" not in metadata:
+        if METADATA_PREFIX + "model" not in stored:
             raise CheckpointError(f"{path} is an ONNX model but not one written by glae export (no '{METADATA_PREFIX}model' metadata)")
+        metadata = _checked_metadata(path, stored)
+        _check_finite_weights(path)
         return cls(session, metadata)
 
     def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         feed = {INPUT_NAME: images.detach().cpu().float().contiguous().numpy()}
         ages, probs, used_balanced = self.session.run(list(ROUTED_OUTPUTS), feed)
         return torch.from_numpy(ages), torch.from_numpy(probs), torch.from_numpy(used_balanced)
+
+
+def _checked_metadata(path: str | os.PathLike, stored: dict[str, str]) -> dict[str, Any]:
+    """The ``glae.*`` entries, parsed and checked: a runtime trusts them to preprocess and decode.
+
+    Raises:
+        CheckpointError: one line naming the file and the key that is missing, not JSON,
+            or nonsense (a size <= 0, a mean or std without 3 values, a zero std, an
+            unknown routing mode, a size or age range that disagrees with the model).
+    """
+
+    def fail(key: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{path}: metadata '{METADATA_PREFIX}{key}' {problem}; export the model again with glae export")
+
+    metadata: dict[str, Any] = {}
+    for key in ("model", "info", "routing_mode", "input_size", "max_age", "pixel_mean", "pixel_std"):
+        if METADATA_PREFIX + key not in stored:
+            raise fail(key, "is missing")
+        try:
+            metadata[key] = json.loads(stored[METADATA_PREFIX + key])
+        except json.JSONDecodeError:
+            raise fail(key, "is not JSON") from None
+    try:
+        config = model_config_from_dict(metadata["model"])
+    except ValueError as error:
+        raise fail("model", f"is invalid ({error})") from None
+    if not isinstance(metadata["info"], dict):
+        raise fail("info", "must be a JSON object")
+    if metadata["routing_mode"] not in ROUTING_MODES:
+        raise fail("routing_mode", f"must be one of {', '.join(ROUTING_MODES)}, got {metadata['routing_mode']!r}")
+    for key in ("input_size", "max_age"):
+        if metadata[key] != getattr(config, key):
+            raise fail(key, f"is {metadata[key]!r} but the model's is {getattr(config, key)}")
+    for key in ("pixel_mean", "pixel_std"):
+        values = metadata[key]
+        if not isinstance(values, list) or len(values) != 3 or not all(_is_finite_number(v) for v in values):
+            raise fail(key, f"must hold 3 finite numbers (R, G, B), got {values!r}")
+    if min(metadata["pixel_std"]) <= 0:
+        raise fail("pixel_std", f"must be > 0 for every channel, got {metadata['pixel_std']!r}")
+    return metadata
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_finite_weights(path: str | os.PathLike) -> None:
+    """Refuse NaN or infinite initializers, as ``load_model`` does for model files."""
+    import onnx
+    from onnx import numpy_helper
+
+    for initializer in onnx.load(str(path)).graph.initializer:
+        values = numpy_helper.to_array(initializer)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise CheckpointError(
+                f"{path}: weight {initializer.name} holds NaN or infinity: the model diverged in training; "
+                "retrain with a lower learning rate or with clip_grad_norm set"
+            )
 
 
 def load_routed_predictor(path: str | os.PathLike, device: str | torch.device = "cpu") -> RoutedPredictor:

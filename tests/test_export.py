@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from glae.checkpoint import save_model
+from glae.checkpoint import CheckpointError, save_model
 from glae.cli import main
 from glae.data.images import read_rgb
 from glae.data.transforms import PIXEL_MEAN, PIXEL_STD, eval_transform
@@ -141,3 +142,74 @@ def test_glae_predict_runs_on_the_onnx_file(exported: tuple[Path, Path], utkface
         torch_face, onnx_face = torch_result["faces"][0], onnx_result["faces"][0]
         assert onnx_face["age"] == pytest.approx(torch_face["age"], abs=1e-4)
         assert onnx_face["head"] == torch_face["head"]
+
+
+def _rewrite_onnx(source: Path, target: Path, metadata: dict[str, str | None] | None = None, nan_weight: bool = False) -> Path:
+    """A copy of an export with some ``glae.*`` entries replaced (None: removed) or one weight set to NaN."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(source))
+    entries = {prop.key: prop.value for prop in graph.metadata_props}
+    for key, value in (metadata or {}).items():
+        entries.pop("glae." + key)
+        if value is not None:
+            entries["glae." + key] = value
+    del graph.metadata_props[:]
+    for key, value in entries.items():
+        graph.metadata_props.add(key=key, value=value)
+    if nan_weight:
+        first = next(i for i in graph.graph.initializer if numpy_helper.to_array(i).dtype == np.float32)
+        values = numpy_helper.to_array(first).copy()
+        values.flat[0] = np.nan
+        first.CopyFrom(numpy_helper.from_array(values, first.name))
+    onnx.save(graph, str(target))
+    return target
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("input_size", "0", r"'glae\.input_size' is 0 but the model's is 64"),
+        ("input_size", "-5", r"'glae\.input_size' is -5"),
+        ("model", json.dumps({**CONFIG.to_dict(), "input_size": 0}), r"'glae\.model' is invalid \(model\.input_size must be"),
+        ("pixel_mean", "[0.5, 0.5]", r"'glae\.pixel_mean' must hold 3 finite numbers"),
+        ("pixel_std", "[0.2, 0.0, 0.2]", r"'glae\.pixel_std' must be > 0 for every channel"),
+        ("pixel_std", '[0.2, "x", 0.2]', r"'glae\.pixel_std' must hold 3 finite numbers"),
+        ("routing_mode", '"sideways"', r"'glae\.routing_mode' must be one of routing, vanilla"),
+        ("max_age", "{", r"'glae\.max_age' is not JSON"),
+        ("info", None, r"'glae\.info' is missing"),
+    ],
+)
+def test_nonsense_onnx_metadata_is_refused(exported: tuple[Path, Path], tmp_path: Path, key: str, value: str | None, message: str) -> None:
+    path = _rewrite_onnx(exported[1], tmp_path / "hostile.onnx", {key: value})
+    with pytest.raises(CheckpointError, match=r"hostile\.onnx: metadata " + message) as caught:
+        OnnxAgeModel.load(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_onnx_with_nan_weights_is_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    path = _rewrite_onnx(exported[1], tmp_path / "diverged.onnx", nan_weight=True)
+    with pytest.raises(CheckpointError, match=r"diverged\.onnx: weight .* holds NaN or infinity"):
+        OnnxAgeModel.load(path)
+
+
+def test_export_never_overwrites_the_model_file(exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(exported[0].read_bytes())
+    before = model.read_bytes()
+    assert main(["export", "--onnx", str(model), "--model", str(model)]) == 2
+    assert "is the model file itself" in capsys.readouterr().err
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(before)
+    assert main(["export", "--onnx", str(other), "--model", str(model)]) == 2
+    assert "ending in .onnx" in capsys.readouterr().err
+    assert model.read_bytes() == before and other.read_bytes() == before
+
+
+def test_unusable_opset_is_one_line(exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--onnx", str(tmp_path / "old.onnx"), "--model", str(exported[0]), "--opset", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --opset 5: GLAE's graph needs an ONNX opset in 13..") and err.count("\n") == 1
+    assert not (tmp_path / "old.onnx").exists()
