@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from glae.losses import compute_loss
+from glae.losses import compute_loss, expected_age
 from glae.models.backbones import create_backbone
 from glae.models.glae import HEAD_NAMES, AgeModel, ModelConfig
 from glae.models.heads import (
@@ -149,21 +149,44 @@ def _linear(n_in: int, n_out: int) -> int:
     return n_in * n_out + n_out
 
 
-@pytest.mark.parametrize("depth", [0, 1, 2])
-def test_holistic_branch_parameter_counts(depth: int) -> None:
-    classes, rows, cols, hidden = 101, 7, 7, 64
-    in_features = classes * rows * cols
-    branch = HolisticBranch(in_features, classes, depth=depth, hidden_dim=hidden)
-    embed = classes  # default embed_dim = K+1
-    width, expected = in_features, 0
-    for _ in range(depth):  # Linear -> BatchNorm (weight + bias) -> ReLU
-        expected += _linear(width, hidden) + 2 * hidden
-        width = hidden
-    expected += _linear(width, embed) + _linear(embed, classes)
-    assert sum(p.numel() for p in branch.parameters()) == expected
-    # depth 0 is a single linear layer: no BatchNorm, no activation
-    kinds = [type(m) for m in branch.proj]
-    assert kinds.count(nn.BatchNorm1d) == depth and kinds.count(nn.ReLU) == depth
+def _set(linear: nn.Linear, weight: list[list[float]], bias: list[float]) -> None:
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(weight))
+        linear.bias.copy_(torch.tensor(bias))
+
+
+def _fr_features() -> torch.Tensor:
+    """``[1, 8, 1, 2]`` with value ``10 * channel + w``: r = 2 groups channels 0-3 and 4-7."""
+    channel, col = torch.meshgrid(torch.arange(8), torch.arange(2), indexing="ij")
+    return (10 * channel + col).float().reshape(1, 8, 1, 2)
+
+
+def _picking_fr(num_classes: int = 3) -> FeatureRearrangement:
+    """FR with r = kernel = stride = 2 whose conv reads chosen cells of each 2x2 patch.
+
+    Class 0 reads rearranged channel 0 at patch cell (0, 1); class 1 channel 1 at (1, 0);
+    class 2 sums every cell of both channels. No bias.
+    """
+    fr = FeatureRearrangement(8, num_classes, upscale=2, kernel_size=2, stride=2)
+    weight = torch.zeros(num_classes, 2, 2, 2)
+    weight[0, 0, 0, 1] = 1.0
+    weight[1, 1, 1, 0] = 1.0
+    weight[2] = 1.0
+    with torch.no_grad():
+        fr.conv.weight.copy_(weight)
+        fr.conv.bias.zero_()
+    return fr
+
+
+def test_fr_places_adjacent_channels_in_one_patch_row_by_row() -> None:
+    """Section III-B: channels 1..r^2 fill an r x r patch from upper left to lower right."""
+    out = _picking_fr()(_fr_features())
+    # Pixel w of the backbone map becomes patch w. Rearranged channel c' holds the input
+    # channels 4c'..4c'+3 as [[4c', 4c'+1], [4c'+2, 4c'+3]]:
+    # class 0 = channel 1 -> 10 + w; class 1 = channel 6 -> 60 + w;
+    # class 2 = sum of channels 0..7 = 10 * 28 + 8 w.
+    expected = torch.tensor([[[[10.0, 11.0]], [[60.0, 61.0]], [[280.0, 288.0]]]])
+    assert torch.equal(out, expected)
 
 
 def test_holistic_branch_custom_embed_and_bad_depth() -> None:
@@ -181,41 +204,95 @@ def test_depth0_resnet18_adds_about_half_a_million() -> None:
     assert 0.4e6 < count < 0.6e6
 
 
-def test_gap_and_fr_gap_heads() -> None:
-    features = torch.randn(2, 512, 3, 3, generator=torch.Generator().manual_seed(2))
-    gap = create_head("gap", 512, 11, (3, 3))
-    assert isinstance(gap, GAPHead)
-    out = gap(features)
-    assert set(out) == {"logits"} and out["logits"].shape == (2, 11)
-    assert torch.allclose(out["logits"], gap.classifier(features.mean(dim=(2, 3))))
+def test_holistic_branch_depth0_is_flatten_linear_linear() -> None:
+    """Eq. 8 at depth 0: flatten [K+1, H', W'] channel-major, one linear Proj, then the classifier."""
+    branch = HolisticBranch(6, 3, depth=0)
+    # Flattened order of [3, 1, 2]: (c0 w0, c0 w1, c1 w0, c1 w1, c2 w0, c2 w1).
+    _set(branch.proj[1], [[0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], [0.0, 0.0, -1.0])
+    _set(branch.classifier, [[1, 0, 0], [0, 2, 0], [0, 0, 1]], [0.5, 0.0, 0.0])
+    maps = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]], [[5.0, 6.0]]]])
+    # Proj: [2, 3, 21 - 1 = 20]; classifier: [2 + 0.5, 2 * 3, 20].
+    assert branch(maps).tolist() == [[2.5, 6.0, 20.0]]
+    assert sum(p.numel() for p in branch.parameters()) == _linear(6, 3) + _linear(3, 3)
 
-    fr = create_head("fr", 512, 11, (3, 3))
-    assert isinstance(fr, RearrangedGAPHead)
-    fr.train()
-    out = fr(features)
-    assert set(out) == {"logits"} and out["logits"].shape == (2, 11)
-    assert torch.allclose(out["logits"], fr.rearrange(features).mean(dim=(2, 3)))
+
+def test_holistic_branch_depth1_adds_linear_batchnorm_relu() -> None:
+    """Table IV depth 1: Linear -> BatchNorm -> ReLU before the final projection."""
+    branch = HolisticBranch(2, 2, depth=1, hidden_dim=2, embed_dim=1).eval()
+    _set(branch.proj[1], [[1, 0], [0, -1]], [0.0, 0.0])
+    batch_norm = branch.proj[2]
+    with torch.no_grad():
+        batch_norm.running_mean.copy_(torch.tensor([1.0, 0.0]))
+        batch_norm.running_var.copy_(torch.tensor([4.0 - batch_norm.eps, 1.0 - batch_norm.eps]))
+    _set(branch.proj[4], [[1, 1]], [0.0])
+    _set(branch.classifier, [[1], [-1]], [0.0, 0.0])
+    maps = torch.tensor([[[[5.0]], [[3.0]]]])
+    # Linear: [5, -3]; BatchNorm: [(5 - 1) / 2, -3 / 1] = [2, -3]; ReLU: [2, 0]; Proj: 2.
+    assert branch(maps).tolist() == [[pytest.approx(2.0), pytest.approx(-2.0)]]
+
+
+def test_glae_head_predicts_with_the_holistic_branch_in_eval_and_train() -> None:
+    """The local classifiers only train (Section III-C): test-time logits are p^hol, never a
+    mean of the per-pixel ones, and the local branch is the FR map pixel by pixel."""
+    head = GLAEHead(8, 3, (1, 2), upscale=2, kernel_size=2, stride=2, proj_depth=0)
+    head.rearrange = _picking_fr()
+    # FR map (see the FR test): [[10, 11], [60, 61], [280, 288]], flattened channel-major.
+    _set(head.holistic.proj[1], [[1, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]], [0.0, 0.0, 7.0])
+    _set(head.holistic.classifier, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [0.0, 0.0, 0.0])
+    features = _fr_features()
+    head.eval()
+    assert head(features)["logits"].tolist() == [[10.0, 61.0, 7.0]]
+    head.train()
+    outputs = head(features)
+    assert outputs["logits"].tolist() == [[10.0, 61.0, 7.0]]
+    assert outputs["local_logits"].tolist() == [[[10.0, 60.0, 280.0], [11.0, 61.0, 288.0]]]
+
+
+def test_gap_head_averages_pixels_then_applies_its_classifier() -> None:
+    """The plain baseline (Table II, first rows): GAP, then one linear layer."""
+    head = create_head("gap", 2, 3, (2, 2))
+    assert isinstance(head, GAPHead)
+    _set(head.classifier, [[1, 0], [0, 1], [1, -1]], [0.0, 1.0, 0.0])
+    features = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [4.0, 8.0]]]])
+    # GAP: [12 / 4, 12 / 4] = [3, 3] -> [3, 3 + 1, 0]
+    assert head(features)["logits"].tolist() == [[3.0, 4.0, 0.0]]
     with pytest.raises(ValueError, match="unknown head"):
         create_head("mlp", 512, 11, (3, 3))  # type: ignore[arg-type]
 
 
-def test_glae_loss_gradients_reach_backbone_and_both_branches() -> None:
-    model = AgeModel(ModelConfig(backbone="resnet18", max_age=10, input_size=64))
+def test_fr_gap_head_averages_the_rearranged_age_maps() -> None:
+    """Table II's "+FR" row: the K+1 FR channels averaged over pixels are the scores."""
+    head = create_head("fr", 8, 3, (1, 2), upscale=2, kernel_size=2, stride=2)
+    assert isinstance(head, RearrangedGAPHead)
+    head.rearrange = _picking_fr()
+    head.train()
+    outputs = head(_fr_features())
+    assert set(outputs) == {"logits"}
+    assert outputs["logits"].tolist() == [[10.5, 60.5, 284.0]]
+
+
+def test_sum_loss_training_fits_holistic_and_every_pixel() -> None:
+    """A few optimizer steps on L_sum through the whole model fit a tiny batch in both
+    branches: the holistic expected age and each pixel's expected age reach the labels."""
+    torch.manual_seed(0)
+    model = AgeModel(ModelConfig(backbone="resnet18", max_age=10, input_size=32))
     model.train()
-    outputs = model(_images(64), head="vanilla")
-    loss = compute_loss("sum", outputs, torch.tensor([3.0, 7.0]))
-    loss.backward()
-    first_conv = next(p for p in model.backbone.parameters() if p.dim() == 4)
-    head = model.heads["vanilla"]
-    for name, param in [
-        ("backbone first conv", first_conv),
-        ("FR conv", head.rearrange.conv.weight),
-        ("Proj", head.holistic.proj[1].weight),
-        ("classifier", head.holistic.classifier.weight),
-    ]:
-        assert param.grad is not None, name
-        assert param.grad.abs().sum() > 0, name
-    # the balanced head was not used: no gradient
+    images = _images(32, batch=4)
+    ages = torch.tensor([1.0, 4.0, 7.0, 9.0])
+    optimizer = torch.optim.Adam(
+        [*model.backbone.parameters(), *model.heads["vanilla"].parameters()], lr=3e-3
+    )
+    for _ in range(60):
+        loss = compute_loss("sum", model(images, head="vanilla"), ages)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        outputs = model(images, head="vanilla")
+    holistic = expected_age(outputs["logits"].softmax(-1))
+    local = expected_age(outputs["local_logits"].softmax(-1))  # [B, H'W']
+    assert (holistic - ages).abs().max() < 0.5, holistic
+    assert (local - ages[:, None]).abs().max() < 0.5, local
     assert all(p.grad is None for p in model.heads["balanced"].parameters())
 
 

@@ -168,16 +168,64 @@ def test_glae_loss_and_compute_loss_dispatch():
     assert torch.allclose(compute_loss("kl", {"logits": logits}, ages), kl_loss(target, logits))
 
 
-def test_gradients_flow_through_both_branches():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, requires_grad=True)
-    local_logits = torch.randn(2, 3, 5, requires_grad=True)
-    outputs = {"logits": logits, "local_logits": local_logits}
-    loss = compute_loss("sum", outputs, torch.tensor([1, 3]))
-    loss.backward()
-    for grad in (logits.grad, local_logits.grad):
-        assert torch.isfinite(grad).all()
-        assert grad.abs().sum() > 0
+def _two_class_target_at_zero() -> list[float]:
+    """z for K = 1, y = 0, sigma = 1: weights exp(0) and exp(-1/2), normalised."""
+    return [1 / (1 + A), A / (1 + A)]
+
+
+def test_sum_loss_hand_value_weighs_local_mean_and_holistic_equally():
+    """Eq. 10 with Eq. 7's 1/(H'W') mean: the number a training log reports."""
+    # K = 1, y = 0. Holistic logits [0, 0]: p = [1/2, 1/2], E = 1/2.
+    # Pixel 1 logits [0, 0]: same as holistic. Pixel 2 logits [0, log 3]: p = [1/4, 3/4], E = 3/4.
+    z = _two_class_target_at_zero()
+
+    def l_base(p: list[float]) -> float:
+        kl = sum(zk * math.log(zk / pk) for zk, pk in zip(z, p))
+        return kl + abs(0 - p[1])
+
+    holistic = l_base([0.5, 0.5])
+    local = (l_base([0.5, 0.5]) + l_base([0.25, 0.75])) / 2
+    outputs = {
+        "logits": torch.tensor([[0.0, 0.0]]),
+        "local_logits": torch.tensor([[[0.0, 0.0], [0.0, math.log(3)]]]),
+    }
+    ages = torch.tensor([0.0])
+    assert local_loss(outputs["local_logits"], ages).item() == pytest.approx(local, rel=1e-6)
+    assert compute_loss("sum", outputs, ages).item() == pytest.approx(local + holistic, rel=1e-6)
+    assert compute_loss("base", outputs, ages).item() == pytest.approx(holistic, rel=1e-6)
+    kl_only = sum(zk * math.log(2 * zk) for zk in z)
+    assert compute_loss("kl", outputs, ages).item() == pytest.approx(kl_only, rel=1e-6)
+
+
+def test_sum_loss_gradient_reaches_each_branch_with_its_weight():
+    """Both branches learn, each pixel with weight 1/(B H'W') and the holistic one with 1/B.
+
+    d l_kl / d logit_j = p_j - z_j and d |E - y| / d logit_j = sign(E - y) p_j (j - E).
+    """
+    z = _two_class_target_at_zero()
+    logits = torch.zeros(1, 2, requires_grad=True)  # p = [1/2, 1/2], E = 1/2 > y = 0
+    local_logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3)]]], requires_grad=True)
+    compute_loss("sum", {"logits": logits, "local_logits": local_logits}, torch.tensor([0.0])).backward()
+
+    def grad(p: list[float]) -> list[float]:
+        expectation = p[1]
+        return [p[j] - z[j] + p[j] * (j - expectation) for j in range(2)]
+
+    assert logits.grad.tolist()[0] == pytest.approx(grad([0.5, 0.5]), abs=1e-6)
+    expected_local = [[g / 2 for g in grad([0.5, 0.5])], [g / 2 for g in grad([0.25, 0.75])]]
+    got = local_logits.grad.tolist()[0]
+    for pixel, expected in zip(got, expected_local):
+        assert pixel == pytest.approx(expected, abs=1e-6)
+
+
+def test_expectation_l1_gradient_sign_follows_the_error():
+    """l_er pushes the expected age towards y from either side: sign(E - y) p_j (j - E)."""
+    logits = torch.zeros(2, 3, requires_grad=True)  # p = 1/3 each, E = 1
+    expectation_l1_loss(torch.tensor([0.0, 2.0]), logits).backward()
+    # Row 1: E > y -> +p_j (j - 1) / 2 = [-1/6, 0, 1/6]; row 2: E < y -> [1/6, 0, -1/6].
+    expected = [[-1 / 6, 0.0, 1 / 6], [1 / 6, 0.0, -1 / 6]]
+    for row, want in zip(logits.grad.tolist(), expected):
+        assert row == pytest.approx(want, abs=1e-6)
 
 
 def test_flip_kl_hand_values():
