@@ -63,6 +63,29 @@ def test_bigger_picks_the_opposite_head() -> None:
     assert torch.allclose(result.ages, torch.tensor([1.05, 1.0], dtype=torch.float64))
 
 
+def test_upsilon_is_kl_of_the_original_from_the_flipped_view() -> None:
+    """Eq. 11: Υ = KL(p || p_flip), not KL(p_flip || p); here the two directions disagree.
+
+    Vanilla: p = [1/2, 1/2], p_flip = [9/10, 1/10];
+    balanced: p = [9/10, 1/10], p_flip = [1/2, 1/2].
+    KL([1/2, 1/2] || [9/10, 1/10]) = 1/2 ln(5/9) + 1/2 ln 5 = 0.5108
+    KL([9/10, 1/10] || [1/2, 1/2]) = 9/10 ln(9/5) + 1/10 ln(1/5) = 0.3681
+    so Υ1 = 0.5108 > Υ2 = 0.3681: the balanced head is chosen (reversed: vanilla).
+    """
+    upsilon_1 = 0.5 * math.log(5 / 9) + 0.5 * math.log(5)
+    upsilon_2 = 0.9 * math.log(9 / 5) + 0.1 * math.log(1 / 5)
+    assert (round(upsilon_1, 4), round(upsilon_2, 4)) == (0.5108, 0.3681)
+    views = {
+        "vanilla": torch.tensor([[[0.5, 0.5]], [[0.9, 0.1]]]),
+        "balanced": torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]]),
+    }
+    result = route(views, "routing")
+    assert result.used_balanced.tolist() == [True]
+    # the balanced head's flip average [0.7, 0.3] -> age 0.3
+    assert result.ages.tolist() == [pytest.approx(0.3)]
+    assert route(views, "bigger").used_balanced.tolist() == [False]
+
+
 def test_equal_divergences_go_to_the_balanced_head() -> None:
     # Algorithm 1: vanilla only if Upsilon_1 < Upsilon_2 strictly
     same = torch.tensor([[[0.5, 0.5, 0.0]], [[0.5, 0.5, 0.0]]])

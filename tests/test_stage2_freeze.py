@@ -3,12 +3,18 @@ BatchNorm statistics, and the vanilla head, stay bit-for-bit what stage 1 left."
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
+import pytest
 import torch
 from torch import nn
 
+from glae.config import TrainConfig
 from glae.engine import freeze_for_stage2, set_train_mode
 from glae.losses import compute_loss
 from glae.models.glae import AgeModel, ModelConfig
+from glae.train import start_stage2
 
 torch.set_num_threads(1)
 
@@ -75,3 +81,93 @@ def test_stage2_steps_change_only_the_balanced_head() -> None:
     changed = [name for name, t in model.heads["balanced"].state_dict().items() if not torch.equal(t, balanced_before[name])]
     assert "rearrange.conv.weight" in changed
     assert "holistic.classifier.weight" in changed
+
+
+def _stage2_config(head_init: str | None = None, seed: int = 0) -> TrainConfig:
+    config = TrainConfig(seed=seed)
+    if head_init is not None:
+        config.stage2 = dataclasses.replace(config.stage2, head_init=head_init)
+    return config
+
+
+def test_stage2_balanced_head_starts_as_a_copy_of_the_trained_vanilla_head() -> None:
+    """The default (stage2.head_init=copy): stage 2 fine-tunes the stage-1 head class-balanced."""
+    model = _model()
+    with torch.no_grad():  # a "trained" vanilla head that no fresh initialisation reproduces
+        for parameter in model.heads["vanilla"].parameters():
+            parameter.add_(0.25)
+    vanilla_before = _snapshot(model.heads["vanilla"])
+    backbone_before = _snapshot(model.backbone)
+    start_stage2(model, _stage2_config())
+    balanced = model.heads["balanced"].state_dict()
+    assert balanced.keys() == vanilla_before.keys()
+    for name, tensor in vanilla_before.items():
+        assert torch.equal(balanced[name], tensor), f"balanced {name} is not the vanilla one"
+        assert torch.equal(model.heads["vanilla"].state_dict()[name], tensor)
+    for name, tensor in backbone_before.items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in model.heads["balanced"].parameters()}
+    assert not any(m.training for m in model.backbone.modules())
+
+
+def test_stage2_fresh_head_is_reinitialised_from_the_run_seed() -> None:
+    """stage2.head_init=fresh: a new classifier, the same one for the same seed whatever the
+    balanced head held before, so a run is repeatable."""
+    first, second = _model(), _model()
+    with torch.no_grad():
+        for parameter in second.heads["balanced"].parameters():
+            parameter.mul_(-3.0)
+    start_stage2(first, _stage2_config("fresh"))
+    start_stage2(second, _stage2_config("fresh"))
+    fresh = first.heads["balanced"].state_dict()
+    for name, tensor in second.heads["balanced"].state_dict().items():
+        assert torch.equal(tensor, fresh[name]), name
+    vanilla = first.heads["vanilla"].state_dict()
+    assert not torch.equal(fresh["rearrange.conv.weight"], vanilla["rearrange.conv.weight"])
+    other_seed = _model()
+    start_stage2(other_seed, _stage2_config("fresh", seed=1))
+    assert not torch.equal(other_seed.heads["balanced"].state_dict()["rearrange.conv.weight"], fresh["rearrange.conv.weight"])
+    assert all(p.requires_grad for p in first.heads["balanced"].parameters())
+    assert not any(p.requires_grad for p in first.backbone.parameters())
+
+
+def test_training_samples_stage1_by_image_and_stage2_by_age(utkface, tmp_path, monkeypatch) -> None:
+    """Algorithm 1: stage 1 instance-balanced, stage 2 class-balanced. Every sampler the run
+    builds is replayed over many epochs and its draws counted per age."""
+    from collections import Counter
+
+    import glae.train
+    from glae.config import load_config
+
+    built = []
+
+    class Recording(glae.train.EpochSampler):  # type: ignore[name-defined,misc]
+        def __init__(self, ages, *args, **kwargs) -> None:
+            super().__init__(ages, *args, **kwargs)
+            built.append((list(ages), self))
+
+    monkeypatch.setattr(glae.train, "EpochSampler", Recording)
+    config = load_config(None, [
+        "model.backbone=resnet18", "model.max_age=116", "model.input_size=32", "data.limit=60",
+        "data.val_fraction=0", "data.test_fraction=0.1", "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}",
+        "stage1.epochs=1", "stage1.batch_size=4", "stage1.max_steps_per_epoch=1",
+        "stage2.epochs=1", "stage2.batch_size=4", "stage2.max_steps_per_epoch=1", "eval_batch_size=8",
+    ])
+    config.data.path = str(utkface)
+    glae.train.train(config, tmp_path / "run", show_progress=False)
+    assert len(built) == 2
+    for stage, (ages, sampler) in enumerate(built, start=1):
+        classes = [math.floor(age + 0.5) for age in ages]
+        draws: Counter[int] = Counter()
+        for epoch in range(200):
+            sampler.set_epoch(epoch)
+            draws.update(classes[index] for index, _ in sampler)
+        total = sum(draws.values())
+        images = Counter(classes)
+        if stage == 1:  # each image once per epoch: an age's share is its share of images
+            assert draws == Counter({age: 200 * n for age, n in images.items()})
+        else:  # every age present equally often (200 * 54 draws, 1/M each), however rare
+            assert len(images) > 10 and max(images.values()) >= 3 * min(images.values())
+            for age in images:
+                assert draws[age] / total == pytest.approx(1 / len(images), rel=0.25), age
