@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from glae.cli import main
@@ -66,3 +68,72 @@ def test_align_csv_manifest_keeps_its_format(utk_crops: list[Path], tmp_path: Pa
     index = load_dataset(target / "labels.csv", "csv")
     assert [s.path for s in index.samples] == [target / "images" / "0.jpg", target / "images" / "1.jpg"]
     assert Image.open(index.samples[0].path).size == (112, 112)
+
+
+def _two_crops(utk_crops: list[Path], folder: Path) -> Path:
+    folder.mkdir()
+    for path in utk_crops[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def test_broken_crops_in_the_destination_are_redone(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    from glae.faces.dataset import align_dataset
+
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    target = tmp_path / "aligned"
+    align_dataset(source, target, "utkface", workers=0, detector=detector, show_progress=False)
+    empty, cut = (target / path.name for path in utk_crops[:2])
+    empty.write_bytes(b"")
+    cut.write_bytes(cut.read_bytes()[:300])
+    again = align_dataset(source, target, "utkface", workers=0, detector=detector, show_progress=False)
+    assert again["counts"]["aligned"] == 2 and again["counts"]["already_aligned"] == 0
+    for crop in (empty, cut):
+        assert np.asarray(Image.open(crop)).shape == (224, 224, 3)
+
+
+def test_another_size_into_an_aligned_folder_is_refused(utk_crops: list[Path], tmp_path: Path, detector, capsys) -> None:
+    from glae.faces.dataset import align_dataset
+
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    target = tmp_path / "aligned"
+    align_dataset(source, target, "utkface", workers=0, size=112, detector=detector, show_progress=False)
+    before = {path.name: path.read_bytes() for path in target.iterdir()}
+    assert main(["align", str(source), str(target), "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds crops aligned with --size 112 --margin 0.0; rerun with those" in err and err.count("\n") == 1
+    (target / "align_report.json").unlink()  # no report left: the crops themselves tell their size
+    assert main(["align", str(source), str(target), "--workers", "0", "--no-progress"]) == 2
+    assert "is a 112x112 crop, not 224x224; rerun with --size 112" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == {k: v for k, v in before.items() if k != "align_report.json"}
+
+
+def test_aligning_a_folder_into_itself_is_refused(utk_crops: list[Path], tmp_path: Path, capsys) -> None:
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    (source / CORRUPT_NAME).write_bytes(b"")
+    before = {path.name: path.read_bytes() for path in source.iterdir()}
+    assert main(["align", str(source), str(source), "--workers", "0", "--no-progress"]) == 2
+    assert "is the dataset folder itself: crops would replace the originals" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in source.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--size", "100000"], r"aligned crop size \(--size\) must be in 8\.\.2048 px, got 100000"),
+        (["--size", "0"], r"must be in 8\.\.2048 px, got 0"),
+        (["--margin", "-1"], r"margin must be in \[0, 2\]"),
+    ],
+)
+def test_impossible_sizes_are_refused_before_any_work(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+    assert main(["align", str(tmp_path / "absent"), str(tmp_path / "out"), *extra, "--no-progress"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_destination_that_is_a_file_is_refused(utk_crops: list[Path], tmp_path: Path, capsys) -> None:
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    (tmp_path / "out").write_text("my notes")
+    assert main(["align", str(source), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "out").read_text() == "my notes"

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..fileio import atomic_write, atomic_write_text
 from ..data.datasets import load_dataset
 from ..data.images import ImageReadError, read_rgb
-from .align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face
+from .align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face, reference_points
 from .detector import FaceDetector
 
 REPORT_NAME = "align_report.json"
@@ -108,9 +108,15 @@ def align_dataset(
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    reference_points(size, margin)  # refuses a size or margin out of range before any work
+    destination = Path(destination).absolute()
+    if destination.exists() and not destination.is_dir():
+        raise ValueError(f"destination {destination} is an existing file, not a folder; choose another path")
     index = load_dataset(source, format)
     base = index.root if index.root.is_dir() else index.root.parent
-    destination = Path(destination).absolute()
+    if destination.resolve() == base.resolve():
+        raise ValueError(f"destination {destination} is the dataset folder itself: crops would replace the originals; choose another folder")
+    _check_earlier_run(destination, size, margin)
     problems = [{"file": _relative(s.path, base), "problem": f"not in the dataset: {s.reason}"} for s in index.skipped]
     tasks, done = [], 0
     for path in dict.fromkeys(sample.path for sample in index.samples):
@@ -119,7 +125,7 @@ def align_dataset(
         except ValueError:
             problems.append({"file": str(path), "problem": f"outside the dataset folder {base}; not aligned"})
             continue
-        if target.exists():
+        if _is_complete_crop(target, size):
             done += 1
         else:
             tasks.append((path, target))
@@ -149,6 +155,42 @@ def align_dataset(
     }
     atomic_write_text(destination / REPORT_NAME, json.dumps(report, indent=2))
     return report
+
+
+def _check_earlier_run(destination: Path, size: int, margin: float) -> None:
+    """A folder holds crops of one framing: resuming with another --size or --margin would mix two."""
+    report = destination / REPORT_NAME
+    if not report.is_file():
+        return
+    try:
+        earlier = json.loads(report.read_text())
+        settings = {"size": earlier["size"], "margin": earlier["margin"]}
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{report} is not a GLAE align report; align into an empty folder") from None
+    if settings != {"size": size, "margin": margin}:
+        raise ValueError(
+            f"{destination} holds crops aligned with --size {settings['size']} --margin {settings['margin']}; "
+            "rerun with those, or align into another folder"
+        )
+
+
+def _is_complete_crop(target: Path, size: int) -> bool:
+    """An existing crop counts as done only when it decodes whole; a broken one is redone.
+
+    A whole crop of another size means the folder belongs to another alignment: refused,
+    since redoing it would overwrite a finished crop.
+    """
+    if not target.is_file():
+        return False
+    try:
+        with Image.open(target) as image:
+            image.load()
+            found = image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    if found != (size, size):
+        raise ValueError(f"{target} is a {found[0]}x{found[1]} crop, not {size}x{size}; rerun with --size {found[0]} or align into another folder")
+    return True
 
 
 def _run(
