@@ -207,3 +207,23 @@ def test_balanced_subset_keeps_short_ages_when_asked() -> None:
 def test_balanced_subset_rejects_zero_per_age() -> None:
     with pytest.raises(ValueError, match="per_age"):
         balanced_test_subset(_long_tailed(), per_age=0)
+
+
+def test_balanced_subset_of_an_age_does_not_depend_on_other_ages() -> None:
+    """Each age draws with its own seed: dropping the age-30 images leaves the age-20 pick as it
+    was, so -LT numbers of two test sets that share an age compare the same faces."""
+    test = _long_tailed()
+    full = balanced_test_subset(test, per_age=3, seed=5)
+    without_30 = balanced_test_subset([s for s in test if s.age != 30.0], per_age=3, seed=5)
+    assert [s for s in full if s.age == 20.0] == [s for s in without_30 if s.age == 20.0]
+    picks = {tuple(s.path.name for s in balanced_test_subset(test, 3, seed=seed) if s.age == 20.0) for seed in range(6)}
+    assert len(picks) > 1  # the seed chooses among the ten age-20 images; not always the first three
+
+
+def test_balanced_subset_is_the_same_in_every_version() -> None:
+    """Published -LT numbers must stay comparable: seed 0 picks these files, now and later.
+
+    (Pinned from this version; ages 20, 30 and 40 keep two images each, age 60 has one.)
+    """
+    picked = [s.path.name for s in balanced_test_subset(_long_tailed(), per_age=2, seed=0)]
+    assert picked == ["07.jpg", "09.jpg", "12.jpg", "13.jpg", "14.jpg", "16.jpg"]

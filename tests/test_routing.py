@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from glae.evaluate import available_modes, evaluate_views, routing_usage
-from glae.routing import ROUTING_MODES, route
+from glae.routing import ROUTING_MODES, heads_for, route, routing_mode
 
 
 def _kl(p: list[float], q: list[float]) -> float:
@@ -202,3 +202,12 @@ def test_evaluating_a_diverged_model_names_the_cause(tmp_path) -> None:
         next(model.heads["vanilla"].parameters()).fill_(float("nan"))
     with pytest.raises(ValueError, match="vanilla head's predictions are not finite.*diverged"):
         evaluate_samples(model, samples, "vanilla", torch.device("cpu"), num_workers=0)
+
+
+def test_a_stage1_model_is_evaluated_with_its_vanilla_head_only() -> None:
+    """Routing needs a balanced head trained in stage 2; a stage-1 model file has none."""
+    assert routing_mode({"balanced_trained": True}) == "routing"
+    assert routing_mode({"balanced_trained": False}) == "vanilla"
+    assert routing_mode({}) == "vanilla"
+    assert heads_for("vanilla") == ("vanilla",)
+    assert heads_for("routing") == heads_for("bigger") == heads_for("balanced") == ("vanilla", "balanced")
