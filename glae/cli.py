@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .config import check_device
 from .data import DATASET_FORMATS, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(evaluate, required=True)
     evaluate.add_argument("--mode", choices=ROUTING_MODES, default=None, help="head choice for the top-level numbers (default: routing when the model has a balanced head)")
     evaluate.add_argument("--split", type=Path, help="a run's split.json: evaluate only one part of it (see --part)")
-    evaluate.add_argument("--part", choices=("train", "val", "test"), default="test")
+    evaluate.add_argument("--part", choices=("train", "val", "test"), help="with --split: the part to evaluate (default: test)")
     evaluate.add_argument("--lt", type=int, metavar="N", help="evaluate the balanced long-tail subset instead: N images per age (ages with fewer are dropped)")
     evaluate.add_argument("--lt-seed", type=int, default=0)
     evaluate.add_argument("--json", type=Path, help="write the report as JSON here")
@@ -88,13 +89,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, default=ServeSettings.timeout_s, help="seconds per request (504 after)")
     serve.add_argument("--workers", type=int, default=ServeSettings.workers, help="inference threads")
     serve.add_argument("--queue", type=int, default=ServeSettings.queue, help="requests waiting for a worker before 503")
+    serve.add_argument("--header-timeout", type=float, default=ServeSettings.header_timeout_s, help="seconds a connection may take to send its request headers")
+    serve.add_argument("--max-connections", type=int, default=ServeSettings.max_connections, help="open connections; one more gets 503 and is closed")
     return parser
+
+
+def _check_output_folder(path: str | Path, flag: str) -> None:
+    """Fail before the work, not after it, when an output folder's place is taken by a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is an existing file, not a folder; choose another path")
+    _check_parents(path, flag)
+
+
+def _check_output_file(path: Path, flag: str) -> None:
+    """Fail before the work when an output file's place is taken by a folder."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    _check_parents(path, flag)
+
+
+def _check_parents(path: Path, flag: str) -> None:
+    """No file may stand where one of ``path``'s folders has to be created."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+            return
 
 
 def run_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train
 
+    _check_output_folder(args.out, "--out")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(args.data)}")
@@ -108,6 +136,19 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_eval_arguments(args: argparse.Namespace) -> None:
+    """Everything ``glae eval`` can refuse without reading a model or a dataset."""
+    if args.part is not None and args.split is None:
+        raise ValueError(f"--part {args.part} needs --split RUN/split.json (the run's split); without it every image is evaluated")
+    if args.split is not None and not args.split.is_file():
+        raise ValueError(f"--split {args.split} does not exist; pass the split.json of the run that trained the model")
+    check_device(args.device)
+    if args.json is not None:
+        _check_output_file(args.json, "--json")
+    if args.report is not None:
+        _check_output_folder(args.report, "--report")
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import Split, balanced_test_subset, load_dataset
@@ -117,6 +158,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .reports import markdown_report, write_reports
     from .routing import routing_mode
 
+    _check_eval_arguments(args)
     device = pick_device(args.device)
     checkpoint = resolve_model_path(args.checkpoint)
     model, info = load_model(checkpoint, device)
@@ -124,7 +166,7 @@ def run_eval(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info(index.summary())
     samples = index.samples
     if args.split is not None:
-        samples = getattr(Split.from_json(json.loads(args.split.read_text()), samples, index.root), args.part)
+        samples = getattr(Split.from_json(json.loads(args.split.read_text()), samples, index.root), args.part or "test")
     if args.lt is not None:
         samples = balanced_test_subset(samples, args.lt, seed=args.lt_seed)
     if not samples:
@@ -165,10 +207,16 @@ def run_align(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from .predict import AgeEstimator, expand_image_paths
-    from .predict_report import annotate_all, summary, to_csv, to_json, to_table
+    from .predict_report import annotate_all, check_annotate_folder, summary, to_csv, to_json, to_table
 
+    paths = expand_image_paths(args.paths)
+    if not paths:
+        raise ValueError(f"no image files found in {', '.join(args.paths)}; give image files, folders holding images, or globs")
+    if args.annotate:
+        _check_output_folder(args.annotate, "--annotate")
+        check_annotate_folder(args.annotate, paths)
     estimator = AgeEstimator.load(args.model, device=args.device, batch_size=args.batch_size)
-    predictions = estimator.predict(expand_image_paths(args.paths), aligned=args.aligned)
+    predictions = estimator.predict(paths, aligned=args.aligned)
     text = to_json(predictions) if args.json else to_csv(predictions) if args.csv else to_table(predictions)
     print(text.rstrip("\n"))
     if args.annotate:
@@ -177,12 +225,23 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0 if any(prediction.error is None for prediction in predictions) else 1
 
 
+def _check_export_target(onnx: Path, model: Path) -> None:
+    """The ONNX file may replace an earlier export, never the model file or anything else."""
+    if onnx.resolve() == model.resolve():
+        raise ValueError(f"--onnx {onnx} is the model file itself: exporting would overwrite it; choose another path")
+    if onnx.suffix.lower() != ".onnx":
+        raise ValueError(f"--onnx {onnx}: give a file name ending in .onnx (a file already there is replaced)")
+    _check_output_file(onnx, "--onnx")
+
+
 def run_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .export import export_onnx
     from .predict import resolve_model_path
 
-    model, info = load_model(resolve_model_path(args.model))
+    model_path = resolve_model_path(args.model)
+    _check_export_target(args.onnx, model_path)
+    model, info = load_model(model_path)
     mode = export_onnx(model, args.onnx, info, args.opset)
     print(f"ONNX model ({mode} mode): {args.onnx}")
     return 0
@@ -191,9 +250,12 @@ def run_export(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from .serve.server import serve
 
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port} is not a TCP port; use 1..65535 (default 8000)")
     settings = ServeSettings(
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_faces=args.max_faces,
         timeout_s=args.timeout, workers=args.workers, queue=args.queue,
+        header_timeout_s=args.header_timeout, max_connections=args.max_connections,
     )
     serve(args.model, settings, args.host, args.port, args.device)
     return 0
@@ -202,16 +264,21 @@ def run_serve(args: argparse.Namespace) -> int:
 COMMANDS = {"train": run_train, "eval": run_eval, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
 
 
+def _one_line(error: BaseException) -> str:
+    """Every refusal is one line, even when a library's message (onnxruntime, torch) spans several."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
     except TrainingDiverged as error:
-        print(f"error: training diverged: {error}", file=sys.stderr)
+        print(f"error: training diverged: {_one_line(error)}", file=sys.stderr)
         return 3
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

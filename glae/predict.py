@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from .checkpoint import CheckpointError
+from .config import check_device
 from .data.datasets import IMAGE_EXTENSIONS
 from .data.images import read_rgb
 from .data.transforms import eval_transform
@@ -178,6 +179,7 @@ class AgeEstimator:
         ``device`` is "auto" (CUDA when available), "cpu", "cuda:1"... (ONNX runs on the CPU);
         ``options`` go to the constructor (``detector``, ``batch_size``, ``margin``).
         """
+        check_device(device)
         return cls(load_routed_predictor(resolve_model_path(path), pick_device(device)), **options)
 
     @property

@@ -45,7 +45,7 @@ def to_table(predictions: Sequence[ImagePrediction]) -> str:
     header = ("file", "face", "age", "90% interval", "head", "box")
     rows: list[tuple[str, ...]] = []
     for prediction in predictions:
-        name = prediction.file or "<image>"
+        name = printable(prediction.file or "<image>")
         if not prediction.faces:
             rows.append((name, f"error: {prediction.error}" if prediction.error else "no face"))
         for number, face in enumerate(prediction.faces, 1):
@@ -64,24 +64,42 @@ def summary(predictions: Sequence[ImagePrediction]) -> str:
     faces = sum(len(p.faces) for p in with_faces)
     line = f"{len(predictions)} file(s): {faces} face(s) in {len(with_faces)}, {no_face} without a face, {len(skipped)} skipped"
     if skipped:
-        line += " (" + "; ".join(str(p.error) for p in skipped) + ")"
+        line += " (" + "; ".join(printable(str(p.error)) for p in skipped) + ")"
     return line
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a file name holding a newline stays on its row."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def check_annotate_folder(folder: Path, inputs: Sequence[Path]) -> None:
+    """Refuse, before any work, a folder whose annotated copies would land among the input photos."""
+    resolved = folder.resolve()
+    clash = next((path for path in inputs if path.resolve().parent == resolved), None)
+    if clash is not None:
+        raise ValueError(
+            f"--annotate {folder} holds the input photo {printable(str(clash))}: its copies could replace photos; "
+            "choose a folder of its own"
+        )
 
 
 def annotate_all(predictions: Sequence[ImagePrediction], folder: Path) -> list[Path]:
     """Annotated copies of every readable photo in ``folder``, as ``<name>.jpg``.
 
     Photos from different folders may share a name; later ones get ``_2``, ``_3``...
-    instead of overwriting the first. A rerun overwrites its own earlier copies.
+    instead of overwriting the first. A rerun overwrites its own earlier copies, never an
+    input photo, whatever folder it is given.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    inputs = {Path(p.file).resolve() for p in predictions if p.file is not None}
     written: list[Path] = []
     for prediction in predictions:
         if prediction.file is None or prediction.error:
             continue
         stem, number = Path(prediction.file).stem, 1
         target = folder / f"{stem}.jpg"
-        while target in written:
+        while target in written or target.resolve() in inputs:
             number += 1
             target = folder / f"{stem}_{number}.jpg"
         annotate(prediction).save(target, quality=92)

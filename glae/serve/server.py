@@ -11,8 +11,10 @@ from .settings import ServeSettings
 try:
     import python_multipart  # noqa: F401  (Starlette's form parser)
     import uvicorn
+    from fastapi import FastAPI
 
     from .app import create_app
+    from .protocol import guarded_protocol
 except ImportError as missing:
     raise MissingExtraError(f"glae serve needs {missing.name}: pip install 'glae[serve]'") from None
 
@@ -25,4 +27,10 @@ def serve(model: str | os.PathLike | None, settings: ServeSettings, host: str = 
     """
     path = resolve_model_path(model)
     app = create_app(AgeEstimator.load(path, device=device), settings, path.name)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(app, settings, host, port)).run()
+
+
+def server_config(app: FastAPI, settings: ServeSettings, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's configuration with GLAE's connection limits (``glae.serve.protocol``)."""
+    protocol = guarded_protocol(settings.max_connections, settings.header_timeout_s)
+    return uvicorn.Config(app, host=host, port=port, http=protocol, log_level=log_level)

@@ -21,6 +21,9 @@ class ServeSettings:
         timeout_s: a request, upload plus queue plus inference, answers 504 after this.
         workers: inference threads; the event loop itself never runs the model.
         queue: requests allowed to wait for a worker; one more answers 503 at once.
+        header_timeout_s: a connection whose request headers are not complete this long
+            after it opened (or after its previous answer) is closed.
+        max_connections: open connections; one more gets a 503 and is closed at once.
     """
 
     max_upload_mb: float = 10.0
@@ -29,14 +32,16 @@ class ServeSettings:
     timeout_s: float = 30.0
     workers: int = 2
     queue: int = 32
+    header_timeout_s: float = 10.0
+    max_connections: int = 100
 
     def __post_init__(self) -> None:
         if not 0 < self.max_pixels <= MAX_IMAGE_PIXELS:
             raise ValueError(f"--max-pixels must be in 1..{MAX_IMAGE_PIXELS}, got {self.max_pixels}")
-        for name in ("max_upload_mb", "timeout_s"):
+        for name in ("max_upload_mb", "timeout_s", "header_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-').removesuffix('-s')} must be positive, got {getattr(self, name)}")
-        for name in ("max_faces", "workers"):
+        for name in ("max_faces", "workers", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.queue < 0:

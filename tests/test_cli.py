@@ -1,0 +1,87 @@
+"""``glae`` refusals a hostile user meets: one line on stderr, before any work, no file of theirs touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from glae.cli import main
+
+
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line the command printed on stderr."""
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_eval_part_without_split_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--data", str(tmp_path / "absent"), "--part", "test"]) == 2
+    assert "--part test needs --split RUN/split.json" in _error(capsys)
+
+
+def test_eval_split_that_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--data", str(tmp_path), "--split", str(tmp_path / "split.json")]) == 2
+    assert "split.json does not exist" in _error(capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--data", "DATA", "--report", "FILE"], "--report {FILE} is an existing file, not a folder"),
+        (["eval", "--data", "DATA", "--json", "DIR"], "--json {DIR} is a folder; give a file name"),
+        (["eval", "--data", "DATA", "--json", "FILE/out.json"], "{FILE} is a file, not a folder"),
+        (["train", "--out", "FILE"], "--out {FILE} is an existing file, not a folder"),
+        (["predict", "DIR/face.jpg", "--annotate", "FILE"], "--annotate {FILE} is an existing file, not a folder"),
+        (["export", "--onnx", "DIR", "--model", "FILE"], "ending in .onnx"),
+    ],
+)
+def test_output_path_taken_fails_before_the_work(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    places = {"FILE": tmp_path / "notes.txt", "DIR": tmp_path / "folder", "DATA": tmp_path / "no-data-here"}
+    places["FILE"].write_text("mine")
+    places["DIR"].mkdir()
+    (places["DIR"] / "face.jpg").write_bytes(b"")
+    argv = [arg.replace("FILE", str(places["FILE"])).replace("DIR", str(places["DIR"])).replace("DATA", str(places["DATA"])) for arg in argv]
+    assert main(argv) == 2
+    assert message.format(FILE=places["FILE"], DIR=places["DIR"]) in _error(capsys)
+    assert places["FILE"].read_text() == "mine"
+
+
+def test_predict_empty_folder_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty")]) == 2
+    assert f"no image files found in {tmp_path / 'empty'}" in _error(capsys)
+
+
+def test_predict_annotate_into_the_photo_folder_is_refused(utk_crops: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo = photos / "me.jpg"
+    photo.write_bytes(utk_crops[0].read_bytes())
+    assert main(["predict", str(photos), "--annotate", str(photos)]) == 2
+    assert "holds the input photo" in _error(capsys)
+    assert photo.read_bytes() == utk_crops[0].read_bytes() and sorted(photos.iterdir()) == [photo]
+
+
+@pytest.mark.parametrize("command", [["predict", "x.jpg"], ["eval", "--data", "x"], ["serve"]])
+def test_unknown_device_is_one_line(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    assert main([*command, "--device", "banana"]) == 2
+    assert "--device 'banana' is not a device; use auto, cpu, cuda or cuda:N" in _error(capsys)
+
+
+def test_cuda_without_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert main(["predict", "x.jpg", "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA GPU is visible on this machine; use cpu or auto" in _error(capsys)
+
+
+def test_impossible_train_setting_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--out", str(tmp_path / "run"), "--data", str(tmp_path), "--set", "model.input_size=-5"]) == 2
+    assert "model.input_size must be an integer in 32..1024, got -5" in _error(capsys)
+
+
+def test_a_newline_in_a_name_keeps_the_error_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "x.jpg", "--model", str(tmp_path / "my\nmodel.safetensors")]) == 2
+    assert "my model.safetensors does not exist" in _error(capsys)
