@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import check_device
+from .config import MAX_BATCH_SIZE, check_device
 from .data import DATASET_FORMATS, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
@@ -143,6 +143,10 @@ def _check_eval_arguments(args: argparse.Namespace) -> None:
     if args.split is not None and not args.split.is_file():
         raise ValueError(f"--split {args.split} does not exist; pass the split.json of the run that trained the model")
     check_device(args.device)
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {args.batch_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.json is not None:
         _check_output_file(args.json, "--json")
     if args.report is not None:

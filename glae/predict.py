@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from .checkpoint import CheckpointError
-from .config import check_device
+from .config import MAX_BATCH_SIZE, check_device
 from .data.datasets import IMAGE_EXTENSIONS
 from .data.images import read_rgb
 from .data.transforms import eval_transform
@@ -164,8 +164,8 @@ class AgeEstimator:
         batch_size: int = 32,
         margin: float = DEFAULT_MARGIN,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
         self.predictor = predictor
         self.transform = eval_transform(predictor.config.input_size)
         self.batch_size = batch_size

@@ -85,3 +85,19 @@ def test_impossible_train_setting_is_one_line(tmp_path: Path, capsys: pytest.Cap
 def test_a_newline_in_a_name_keeps_the_error_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "x.jpg", "--model", str(tmp_path / "my\nmodel.safetensors")]) == 2
     assert "my model.safetensors does not exist" in _error(capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--data", "x", "--batch-size", "1000000000"], "--batch-size must be in 1..4096, got 1000000000"),
+        (["eval", "--data", "x", "--workers", "-1"], "--workers must be >= 0, got -1"),
+        (["predict", "PHOTO", "--batch-size", "0"], "--batch-size must be in 1..4096, got 0"),
+    ],
+)
+def test_huge_or_negative_batch_settings_are_one_line(
+    model_file: Path, utk_crops: list[Path], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    argv = [arg.replace("PHOTO", str(utk_crops[0])) for arg in argv]
+    assert main([*argv, "--model" if argv[0] == "predict" else "--checkpoint", str(model_file), "--device", "cpu"]) == 2
+    assert message in _error(capsys)
