@@ -216,6 +216,17 @@ def test_holistic_branch_depth0_is_flatten_linear_linear() -> None:
     assert sum(p.numel() for p in branch.parameters()) == _linear(6, 3) + _linear(3, 3)
 
 
+def test_holistic_branch_reads_a_square_map_row_by_row() -> None:
+    """Flatten order of a 2x2 map is (h, w) = (0, 0), (0, 1), (1, 0), (1, 1) per channel:
+    a model file's Proj weights mean the same pixels wherever it is loaded."""
+    branch = HolisticBranch(4, 1, depth=0, embed_dim=1)
+    _set(branch.proj[1], [[1, 10, 100, 1000]], [0.0])
+    _set(branch.classifier, [[1]], [0.0])
+    maps = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    # 1 * 1 + 10 * 2 + 100 * 3 + 1000 * 4
+    assert branch(maps).tolist() == [[4321.0]]
+
+
 def test_holistic_branch_depth1_adds_linear_batchnorm_relu() -> None:
     """Table IV depth 1: Linear -> BatchNorm -> ReLU before the final projection."""
     branch = HolisticBranch(2, 2, depth=1, hidden_dim=2, embed_dim=1).eval()

@@ -227,3 +227,16 @@ def test_balanced_subset_is_the_same_in_every_version() -> None:
     """
     picked = [s.path.name for s in balanced_test_subset(_long_tailed(), per_age=2, seed=0)]
     assert picked == ["07.jpg", "09.jpg", "12.jpg", "13.jpg", "14.jpg", "16.jpg"]
+
+
+def test_split_sizes_round_half_up() -> None:
+    """7 images: test 7 * 0.5 = 3.5 -> 4 images, val 7 * 0.3 = 2.1 -> 2, train the other 1."""
+    split = random_split(_samples(7), test_fraction=0.5, val_fraction=0.3, seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (1, 2, 4)
+
+
+def test_balanced_subset_bins_apparent_ages_half_up() -> None:
+    """20.5 is age 21 (as in CMAE), not 20 as Python's round() would have it."""
+    test = [AgeSample(ROOT / f"{i}.jpg", age) for i, age in enumerate([20.5, 20.5, 21.0, 20.0])]
+    subset = balanced_test_subset(test, per_age=3)
+    assert sorted(s.age for s in subset) == [20.5, 20.5, 21.0]
