@@ -153,6 +153,17 @@ def _check_eval_arguments(args: argparse.Namespace) -> None:
         _check_output_folder(args.report, "--report")
 
 
+def _read_split(path: Path) -> dict[str, list[str]]:
+    """A run's split.json, or one line saying it is not one (not JSON, or not lists of paths)."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"--split {path} is not JSON ({error}); pass the split.json a glae train run wrote") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in data.values()):
+        raise ValueError(f"--split {path} is not a split (lists of image paths per part); pass the split.json a glae train run wrote")
+    return data
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import Split, balanced_test_subset, load_dataset
@@ -170,7 +181,7 @@ def run_eval(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info(index.summary())
     samples = index.samples
     if args.split is not None:
-        samples = getattr(Split.from_json(json.loads(args.split.read_text()), samples, index.root), args.part or "test")
+        samples = getattr(Split.from_json(_read_split(args.split), samples, index.root), args.part or "test")
     if args.lt is not None:
         samples = balanced_test_subset(samples, args.lt, seed=args.lt_seed)
     if not samples:

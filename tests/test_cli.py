@@ -101,3 +101,17 @@ def test_huge_or_negative_batch_settings_are_one_line(
     argv = [arg.replace("PHOTO", str(utk_crops[0])) for arg in argv]
     assert main([*argv, "--model" if argv[0] == "predict" else "--checkpoint", str(model_file), "--device", "cpu"]) == 2
     assert message in _error(capsys)
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "is not JSON"), ('{"test": [1, 2]}', "is not a split")])
+def test_split_that_is_not_a_split(
+    model_file: Path, utk_crops: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / utk_crops[0].name).write_bytes(utk_crops[0].read_bytes())
+    split = tmp_path / "split.json"
+    split.write_text(content)
+    argv = ["eval", "--data", str(data), "--split", str(split), "--checkpoint", str(model_file), "--device", "cpu", "--workers", "0"]
+    assert main(argv) == 2
+    assert f"--split {split} {message}" in _error(capsys)
