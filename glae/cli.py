@@ -8,12 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
+from . import __version__
 from .checkpoint import CheckpointError
 from .config import MAX_BATCH_SIZE, check_device
 from .data import DATASET_FORMATS, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
 from .export import MissingExtraError
+from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE
 from .fileio import atomic_write_text
 from .models import BackboneError
 from .routing import ROUTING_MODES
@@ -27,8 +29,14 @@ def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument("--format", choices=sorted(DATASET_FORMATS), help="dataset layout (default: the config's for train, the model's training data for eval)")
 
 
+def _add_face_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-face-score", type=float, default=DEFAULT_MIN_FACE_SCORE, help=f"skip detections scoring less (default {DEFAULT_MIN_FACE_SCORE:g}; 0 keeps all)")
+    parser.add_argument("--min-face-size", type=float, default=DEFAULT_MIN_FACE_SIZE, help=f"skip faces smaller than this many pixels (default {DEFAULT_MIN_FACE_SIZE:g})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glae", description="GLAE facial age estimation")
+    parser.add_argument("--version", action="version", version=f"glae {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -72,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--device", default="auto")
+    output.add_argument("--jsonl", action="store_true", help="print JSON Lines, one {file, faces, error} per photo as it is done (large runs)")
 
     export = commands.add_parser("export", help="export a model to ONNX, both heads and routing in the graph")
     export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
     export.add_argument("--model", help="model file (.safetensors); default: the model shipped with GLAE")
+    _add_face_filter_arguments(predict)
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (lower it for older runtimes)")
 
     serve = commands.add_parser("serve", help="a web page and a JSON API (POST /api/predict) for the ages in photos")
@@ -91,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue", type=int, default=ServeSettings.queue, help="requests waiting for a worker before 503")
     serve.add_argument("--header-timeout", type=float, default=ServeSettings.header_timeout_s, help="seconds a connection may take to send its request headers")
     serve.add_argument("--max-connections", type=int, default=ServeSettings.max_connections, help="open connections; one more gets 503 and is closed")
+    _add_face_filter_arguments(serve)
     return parser
 
 
@@ -120,7 +131,11 @@ def _check_parents(path: Path, flag: str) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import train
+
+    try:
+        from .train import train
+    except ImportError as missing:
+        raise MissingExtraError(f"glae train needs {missing.name}: pip install 'glae[train]'") from None
 
     _check_output_folder(args.out, "--out")
     overrides = list(args.overrides)
@@ -222,7 +237,7 @@ def run_align(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from .predict import AgeEstimator, expand_image_paths
-    from .predict_report import annotate_all, check_annotate_folder, summary, to_csv, to_json, to_table
+    from .predict_report import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, TableOutput, check_annotate_folder, write_predictions
 
     paths = expand_image_paths(args.paths)
     if not paths:
@@ -230,14 +245,15 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.annotate:
         _check_output_folder(args.annotate, "--annotate")
         check_annotate_folder(args.annotate, paths)
-    estimator = AgeEstimator.load(args.model, device=args.device, batch_size=args.batch_size)
-    predictions = estimator.predict(paths, aligned=args.aligned)
-    text = to_json(predictions) if args.json else to_csv(predictions) if args.csv else to_table(predictions)
-    print(text.rstrip("\n"))
-    if args.annotate:
-        annotate_all(predictions, args.annotate)
-    print(summary(predictions), file=sys.stderr)
-    return 0 if any(prediction.error is None for prediction in predictions) else 1
+    estimator = AgeEstimator.load(
+        args.model, device=args.device, batch_size=args.batch_size,
+        min_face_score=args.min_face_score, min_face_size=args.min_face_size,
+    )
+    output = JsonOutput() if args.json else JsonLinesOutput() if args.jsonl else CsvOutput() if args.csv else TableOutput([str(p) for p in paths])
+    copies = AnnotatedCopies(args.annotate, paths) if args.annotate else None
+    summary = write_predictions(estimator.iter_predict(paths, aligned=args.aligned), output, len(paths), copies)
+    print(summary.line(), file=sys.stderr)
+    return 0 if summary.any_read else 1
 
 
 def _check_export_target(onnx: Path, model: Path) -> None:
@@ -288,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        min_face_score=args.min_face_score, min_face_size=args.min_face_size,
         return COMMANDS[args.command](args)
     except TrainingDiverged as error:
         print(f"error: training diverged: {_one_line(error)}", file=sys.stderr)

@@ -25,12 +25,13 @@ from torch import Tensor
 
 from .checkpoint import CheckpointError
 from .config import MAX_BATCH_SIZE, check_device
-from .data.datasets import IMAGE_EXTENSIONS
 from .data.images import read_rgb
 from .data.transforms import eval_transform
 from .engine import pick_device
 from .faces.align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face
 from .faces.detector import DetectedFace, FaceDetector
+from .imageformats import image_extensions
+from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE, FaceFilter
 from .predictors import RoutedPredictor, load_routed_predictor
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -138,7 +139,7 @@ def expand_image_paths(patterns: Iterable[str | os.PathLike]) -> list[Path]:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         for match in map(Path, matches or [pattern]):
             if match.is_dir():
-                paths += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                paths += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in image_extensions())
             else:
                 paths.append(match)
     return paths
@@ -155,6 +156,8 @@ class AgeEstimator:
             with aligned crops needs no detector weights.
         batch_size: faces per forward pass (each also runs flipped).
         margin: alignment margin (``glae.faces.align.reference_points``).
+        min_face_score: detections scoring less are not faces (``glae.faces.filtering``).
+        min_face_size: faces whose box is narrower or shorter, in pixels, are skipped.
     """
 
     def __init__(
@@ -163,6 +166,8 @@ class AgeEstimator:
         detector: FaceDetector | None = None,
         batch_size: int = 32,
         margin: float = DEFAULT_MARGIN,
+        min_face_score: float = DEFAULT_MIN_FACE_SCORE,
+        min_face_size: float = DEFAULT_MIN_FACE_SIZE,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
@@ -170,6 +175,7 @@ class AgeEstimator:
         self.transform = eval_transform(predictor.config.input_size)
         self.batch_size = batch_size
         self.margin = margin
+        self.face_filter = FaceFilter(min_face_score, min_face_size)
         self._detector = detector
 
     @classmethod
@@ -177,7 +183,8 @@ class AgeEstimator:
         """Load a model once: a ``.safetensors`` file, an ``.onnx`` export, or None for the shipped model.
 
         ``device`` is "auto" (CUDA when available), "cpu", "cuda:1"... (ONNX runs on the CPU);
-        ``options`` go to the constructor (``detector``, ``batch_size``, ``margin``).
+        ``options`` go to the constructor (``detector``, ``batch_size``, ``margin``,
+        ``min_face_score``, ``min_face_size``).
         """
         check_device(device)
         return cls(load_routed_predictor(resolve_model_path(path), pick_device(device)), **options)
@@ -219,7 +226,7 @@ class AgeEstimator:
             image = read_rgb(source)
             if detector is None:
                 return _Prepared(file, [None], [image], image.size)
-            faces = detector.detect(image)
+            faces = self.face_filter(detector.detect(image))
             crops = [align_face(image, face.landmarks, ALIGNED_SIZE, self.margin) for face in faces]
         except (ValueError, OSError) as error:  # ImageReadError is a ValueError
             return _Prepared(file, [], [], (0, 0), str(error))

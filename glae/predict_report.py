@@ -5,10 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+import sys
+import textwrap
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
 from .data.images import read_rgb
 from .predict import ImagePrediction
@@ -16,17 +20,61 @@ from .predict import ImagePrediction
 CSV_COLUMNS = ("file", "face", "x1", "y1", "x2", "y2", "age", "low_90", "high_90", "head", "score", "error")
 
 
-def to_json(predictions: Sequence[ImagePrediction]) -> str:
-    """``[{"file", "faces": [{"box", "landmarks", "score", "age", "interval_90", "head"}], "error"}]``."""
-    return json.dumps([prediction.to_dict() for prediction in predictions], indent=2)
+class Output(Protocol):
+    """One output format, written a photo at a time so a large run shows results as they come."""
+
+    def header(self) -> str | None: ...
+
+    def lines(self, prediction: ImagePrediction) -> list[str]: ...
+
+    def footer(self) -> str | None: ...
 
 
-def to_csv(predictions: Sequence[ImagePrediction]) -> str:
+class JsonOutput:
+    """A JSON array, ``[{"file", "faces": [{"box", "landmarks", "score", "age", "interval_90", "head"}], "error"}]``.
+
+    Each record is printed when the next one arrives (it needs its comma), the last at the
+    end; ``JsonLinesOutput`` has no such lag and suits large runs better.
+    """
+
+    def __init__(self) -> None:
+        self.pending: str | None = None
+
+    def header(self) -> str:
+        return "["
+
+    def lines(self, prediction: ImagePrediction) -> list[str]:
+        ready = [] if self.pending is None else [self.pending + ","]
+        self.pending = textwrap.indent(json.dumps(prediction.to_dict(), indent=2), "  ")
+        return ready
+
+    def footer(self) -> str:
+        return "]" if self.pending is None else f"{self.pending}\n]"
+
+
+class JsonLinesOutput:
+    """JSON Lines: one compact record per photo, the same fields as ``JsonOutput``; a run cut
+    short leaves every finished line usable, and ``jq``/pandas read it a line at a time."""
+
+    def header(self) -> None:
+        return None
+
+    def lines(self, prediction: ImagePrediction) -> list[str]:
+        return [json.dumps(prediction.to_dict())]
+
+    def footer(self) -> None:
+        return None
+
+
+class CsvOutput:
     """One row per face; a photo without faces (or with an error) still gets one row."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for prediction in predictions:
+
+    def header(self) -> str:
+        return ",".join(CSV_COLUMNS)
+
+    def lines(self, prediction: ImagePrediction) -> list[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
         if not prediction.faces:
             writer.writerow([prediction.file, "", "", "", "", "", "", "", "", "", "", prediction.error or "no face"])
         for number, face in enumerate(prediction.faces, 1):
@@ -34,38 +82,75 @@ def to_csv(predictions: Sequence[ImagePrediction]) -> str:
             low, high = (f"{v:.2f}" for v in face.interval_90)
             score = "" if face.score is None else f"{face.score:.4f}"
             writer.writerow([prediction.file, number, *box, f"{face.age:.2f}", low, high, face.head, score, ""])
-    return buffer.getvalue()
+        return buffer.getvalue().splitlines()
+
+    def footer(self) -> None:
+        return None
 
 
-def to_table(predictions: Sequence[ImagePrediction]) -> str:
+class TableOutput:
     """Aligned columns for the terminal: file, face number, age, 90% interval, head, box.
 
-    A photo without a face gets its file name and a note ("no face", "error: ...") instead.
+    The file column is as wide as the longest name to come (``files``), the others are
+    fixed, so rows line up without waiting for the run to end. A photo without a face
+    gets its file name and a note ("no face", "error: ...") instead.
     """
-    header = ("file", "face", "age", "90% interval", "head", "box")
-    rows: list[tuple[str, ...]] = []
-    for prediction in predictions:
+
+    HEADER = ("file", "face", "age", "90% interval", "head", "box")
+    WIDTHS = (4, 5, 12, 8)
+
+    def __init__(self, files: Sequence[str]) -> None:
+        self.name_width = max([len(self.HEADER[0]), *(len(printable(name)) for name in files)])
+
+    def _row(self, cells: Sequence[str]) -> str:
+        widths = (self.name_width, *self.WIDTHS)
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells[:-1], widths)) + "  " + cells[-1]
+
+    def header(self) -> str:
+        return self._row(self.HEADER)
+
+    def lines(self, prediction: ImagePrediction) -> list[str]:
         name = printable(prediction.file or "<image>")
         if not prediction.faces:
-            rows.append((name, f"error: {prediction.error}" if prediction.error else "no face"))
+            return [self._row((name, f"error: {prediction.error}" if prediction.error else "no face"))]
+        rows = []
         for number, face in enumerate(prediction.faces, 1):
             low, high = face.interval_90
             box = ",".join(f"{v:.0f}" for v in face.box)
-            rows.append((name, str(number), f"{face.age:.1f}", f"{low:.1f}-{high:.1f}", face.head, box))
-    widths = [max(len(row[column]) for row in [header, *rows] if len(row) > column + 1) for column in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in [header, *rows])
+            rows.append(self._row((name, str(number), f"{face.age:.1f}", f"{low:.1f}-{high:.1f}", face.head, box)))
+        return rows
+
+    def footer(self) -> None:
+        return None
 
 
-def summary(predictions: Sequence[ImagePrediction]) -> str:
-    """One line: faces found, photos without a face, and the files skipped with their reason."""
-    with_faces = [p for p in predictions if p.faces]
-    skipped = [p for p in predictions if p.error]
-    no_face = len(predictions) - len(with_faces) - len(skipped)
-    faces = sum(len(p.faces) for p in with_faces)
-    line = f"{len(predictions)} file(s): {faces} face(s) in {len(with_faces)}, {no_face} without a face, {len(skipped)} skipped"
-    if skipped:
-        line += " (" + "; ".join(printable(str(p.error)) for p in skipped) + ")"
-    return line
+class Summary:
+    """Running counts for the closing line, without keeping the predictions themselves."""
+
+    def __init__(self) -> None:
+        self.files = self.faces = self.with_faces = self.no_face = 0
+        self.errors: list[str] = []
+
+    def add(self, prediction: ImagePrediction) -> None:
+        self.files += 1
+        self.faces += len(prediction.faces)
+        self.with_faces += bool(prediction.faces)
+        if prediction.error:
+            self.errors.append(printable(str(prediction.error)))
+        elif not prediction.faces:
+            self.no_face += 1
+
+    @property
+    def any_read(self) -> bool:
+        """Whether at least one file could be used: ``glae predict`` fails otherwise."""
+        return len(self.errors) < self.files
+
+    def line(self) -> str:
+        """Faces found, photos without a face, and the files skipped with their reason."""
+        line = f"{self.files} file(s): {self.faces} face(s) in {self.with_faces}, {self.no_face} without a face, {len(self.errors)} skipped"
+        if self.errors:
+            line += " (" + "; ".join(self.errors) + ")"
+        return line
 
 
 def printable(text: str) -> str:
@@ -84,27 +169,61 @@ def check_annotate_folder(folder: Path, inputs: Sequence[Path]) -> None:
         )
 
 
-def annotate_all(predictions: Sequence[ImagePrediction], folder: Path) -> list[Path]:
-    """Annotated copies of every readable photo in ``folder``, as ``<name>.jpg``.
+class AnnotatedCopies:
+    """Annotated copies of readable photos in ``folder``, as ``<name>.jpg``, one photo at a time.
 
     Photos from different folders may share a name; later ones get ``_2``, ``_3``...
     instead of overwriting the first. A rerun overwrites its own earlier copies, never an
-    input photo, whatever folder it is given.
+    input photo (``inputs``), whatever folder it is given.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    inputs = {Path(p.file).resolve() for p in predictions if p.file is not None}
-    written: list[Path] = []
-    for prediction in predictions:
+
+    def __init__(self, folder: Path, inputs: Iterable[str | Path]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.inputs = {Path(path).resolve() for path in inputs}
+        self.written: set[Path] = set()
+
+    def write(self, prediction: ImagePrediction) -> Path | None:
+        """The copy written, or None for an input that is no readable photo file."""
         if prediction.file is None or prediction.error:
-            continue
+            return None
         stem, number = Path(prediction.file).stem, 1
-        target = folder / f"{stem}.jpg"
-        while target in written or target.resolve() in inputs:
+        target = self.folder / f"{stem}.jpg"
+        while target in self.written or target.resolve() in self.inputs:
             number += 1
-            target = folder / f"{stem}_{number}.jpg"
+            target = self.folder / f"{stem}_{number}.jpg"
         annotate(prediction).save(target, quality=92)
-        written.append(target)
-    return written
+        self.written.add(target)
+        return target
+
+
+def write_predictions(
+    predictions: Iterable[ImagePrediction], output: Output, total: int, copies: AnnotatedCopies | None = None
+) -> Summary:
+    """Print each photo's lines on stdout as soon as it is done, and annotate it.
+
+    A progress bar of the ``total`` photos goes to stderr only when stderr is a terminal,
+    so redirected or piped runs get clean output; lines are flushed one by one, so
+    ``glae predict ... --jsonl > ages.jsonl`` can be followed while it runs.
+    """
+    summary = Summary()
+    with tqdm(total=total, unit="photo", file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True) as bar:
+
+        def emit(line: str | None) -> None:
+            if line is not None:
+                bar.write(line, file=sys.stdout)
+                sys.stdout.flush()
+
+        emit(output.header())
+        for prediction in predictions:
+            for line in output.lines(prediction):
+                emit(line)
+            if copies is not None:
+                copies.write(prediction)
+            summary.add(prediction)
+            bar.update()
+        emit(output.footer())
+    return summary
 
 
 def annotate(prediction: ImagePrediction) -> Image.Image:
@@ -119,8 +238,42 @@ def annotate(prediction: ImagePrediction) -> Image.Image:
         draw.rectangle(face.box, outline=(0, 255, 0), width=line)
         for x, y in face.landmarks or ():
             draw.ellipse((x - line, y - line, x + line, y + line), fill=(255, 0, 0))
-        label = f"{face.age:.0f} ({face.head})"
-        left, top = face.box[0], max(0.0, face.box[1] - font.size - 2 * line)
-        draw.rectangle(draw.textbbox((left, top), label, font=font), fill=(0, 0, 0))
-        draw.text((left, top), label, fill=(255, 255, 255), font=font)
+    labels = [f"{face.age:.0f} ({face.head})" for face in prediction.faces]
+    sizes = [_text_size(draw, label, font, line) for label in labels]
+    for label, (left, top, _, _) in zip(labels, place_labels([face.box for face in prediction.faces], sizes, image.size)):
+        draw.rectangle(draw.textbbox((left + line, top + line), label, font=font), fill=(0, 0, 0))
+        draw.text((left + line, top + line), label, fill=(255, 255, 255), font=font)
     return image
+
+
+Rect = tuple[float, float, float, float]
+
+
+def _text_size(draw: ImageDraw.ImageDraw, label: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, pad: int) -> tuple[float, float]:
+    _, _, right, bottom = draw.textbbox((0, 0), label, font=font)
+    return right + 2 * pad, bottom + 2 * pad
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], image_size: tuple[int, int]) -> list[Rect]:
+    """A rectangle per label, touching its face's box and overlapping no other label.
+
+    Each label tries, in order: above its box, inside its top edge, below it; then rows
+    further up and further down, one label height at a time, until one is free. Labels are
+    kept inside the image; one with nowhere free (a crowd filling the photo) goes above
+    its box anyway.
+    """
+    width, height = image_size
+    placed: list[Rect] = []
+    for (x1, y1, _, y2), (w, h) in zip(boxes, sizes):
+        left = min(max(0.0, x1), max(0.0, width - w))
+        tops = [y1 - h, y1, y2]
+        tops += [top for step in range(1, int(height // max(h, 1)) + 1) for top in (y1 - h - step * h, y2 + step * h)]
+        candidates = [(left, top, left + w, top + h) for top in tops if 0 <= top <= height - h]
+        free = [rect for rect in candidates if not any(_overlaps(rect, other) for other in placed)]
+        above = min(max(0.0, y1 - h), max(0.0, height - h))
+        placed.append(free[0] if free else (left, above, left + w, above + h))
+    return placed

@@ -19,13 +19,13 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from .fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MISSING = "–"
 VANILLA_COLOR = "tab:blue"
@@ -158,9 +158,22 @@ def markdown_report(report: dict) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def _figure(**options: Any) -> Figure:
+    """A new figure; matplotlib comes with the ``train`` extra, so it is imported only here."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        from .export import MissingExtraError
+
+        raise MissingExtraError("the PNG reports need matplotlib: pip install 'glae[train]'") from None
+    return Figure(**options)
+
+
 def _save_figure(figure: Figure, path: Path) -> None:
     """Render ``figure`` to PNG with the Agg canvas and write it atomically."""
     buffer = io.BytesIO()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure).print_png(buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
@@ -181,7 +194,7 @@ def plot_per_age(report: dict, path: Path) -> None:
         report: The ``glae eval`` report dict.
         path: Destination PNG.
     """
-    figure = Figure(figsize=(11, 5), dpi=100, layout="constrained")
+    figure = _figure(figsize=(11, 5), dpi=100, layout="constrained")
     counts_axis = figure.add_subplot()
     mae_axis = counts_axis.twinx()
     per_age = report.get("per_age", [])
@@ -239,7 +252,7 @@ def plot_routing_usage(report: dict, path: Path) -> None:
     positions = np.arange(len(groups))
     vanilla = np.array([_as_float(usage.get("vanilla")) for usage in groups.values()])
     balanced = np.array([_as_float(usage.get("balanced")) for usage in groups.values()])
-    figure = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
+    figure = _figure(figsize=(7, 4.5), dpi=100, layout="constrained")
     axis = figure.add_subplot()
     axis.bar(positions, vanilla, color=VANILLA_COLOR, label="Vanilla")
     axis.bar(positions, balanced, bottom=vanilla, color=BALANCED_COLOR, label="Balanced")

@@ -22,12 +22,13 @@ from PIL import Image
 
 from glae.cli import main
 from glae.faces.detector import DetectedFace
+from glae.faces.filtering import FaceFilter
+from glae.imageformats import image_extensions, image_format
 from glae.predict import AgeEstimator
 from glae.serve import ServeSettings
 from glae.serve.client import LocalServer, free_port, get_json, post_image
 from glae.serve.inference import LargestFaces
 from glae.serve.pool import InferencePool, PoolBusy
-from glae.serve.sniff import sniff_image_format
 
 MAX_AGE = 116
 
@@ -112,11 +113,17 @@ def test_cli_fails_in_one_line_without_a_model(monkeypatch: pytest.MonkeyPatch, 
     assert capsys.readouterr().err.strip() == "error: --workers must be >= 1, got 0"
 
 
-def test_sniffing_reads_the_bytes() -> None:
+def test_formats_are_judged_by_the_bytes() -> None:
     image = Image.new("RGB", (8, 8))
-    for format, name in [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp"), ("BMP", "bmp"), ("GIF", "gif"), ("TIFF", "tiff")]:
-        assert sniff_image_format(_encode(image, format)[:16]) == name
-    assert sniff_image_format(b"%PDF-1.7") is None and sniff_image_format(b"") is None
+    for format in ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "AVIF"]:
+        assert image_format(_encode(image, format)) == format
+    assert image_format(b"%PDF-1.7") is None and image_format(b"") is None
+    assert {".jpg", ".png", ".webp", ".avif"} <= image_extensions() and ".pdf" not in image_extensions()
+
+
+def test_an_avif_photo_is_estimated(server: LocalServer, utk_crops: list[Path]) -> None:
+    status, body = post_image(server.url + "/api/predict", _encode(Image.open(utk_crops[0]), "AVIF"), "phone.avif")
+    assert status == 200 and body["faces_found"] == 1, body
 
 
 class _FakeDetector:
@@ -130,9 +137,15 @@ class _FakeDetector:
 
 
 def test_largest_faces_are_kept() -> None:
-    capped = LargestFaces(_FakeDetector([10, 50, 30, 40]), limit=2)
+    capped = LargestFaces(_FakeDetector([10, 50, 30, 40]), limit=2, keep=FaceFilter(0, 0))
     assert [face.box[2] for face in capped.detect(Image.new("RGB", (64, 64)))] == [50, 40]
     assert capped.found == 4
+
+
+def test_filtered_faces_are_neither_kept_nor_counted() -> None:
+    capped = LargestFaces(_FakeDetector([10, 50, 30, 40]), limit=2, keep=FaceFilter(0.5, 35))
+    assert [face.box[2] for face in capped.detect(Image.new("RGB", (64, 64)))] == [50, 40]
+    assert capped.found == 2
 
 
 def test_pool_refuses_past_capacity_and_frees_slots_when_work_ends() -> None:

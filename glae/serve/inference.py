@@ -9,24 +9,26 @@ from PIL import Image
 
 from ..data.images import read_rgb
 from ..faces.detector import DetectedFace, FaceDetector, largest_first
+from ..faces.filtering import FaceFilter
 from ..predict import AgeEstimator, FaceAge
 from .errors import ApiError
 
 
 class LargestFaces:
-    """A ``FaceDetector`` keeping the ``limit`` largest faces of a photo and counting all it saw.
+    """A ``FaceDetector`` keeping the ``limit`` largest faces that pass ``keep``, and counting them.
 
     One is made per request, so ``found`` belongs to that request even with several
     worker threads sharing the underlying detector.
     """
 
-    def __init__(self, detector: FaceDetector, limit: int) -> None:
+    def __init__(self, detector: FaceDetector, limit: int, keep: FaceFilter) -> None:
         self.detector = detector
         self.limit = limit
+        self.keep = keep
         self.found = 0
 
     def detect(self, image: Image.Image) -> list[DetectedFace]:
-        faces = self.detector.detect(image)
+        faces = self.keep(self.detector.detect(image))
         self.found = len(faces)
         return largest_first(faces)[: self.limit]
 
@@ -47,8 +49,9 @@ def predict_upload(estimator: AgeEstimator, data: bytes, max_pixels: int, max_fa
         image = read_rgb(data, max_pixels=max_pixels)
     except ValueError as error:  # ImageReadError
         raise ApiError(422, str(error).replace("<bytes>: ", "", 1)) from None
-    detector = LargestFaces(estimator.detector, max_faces)
-    per_request = AgeEstimator(estimator.predictor, detector, estimator.batch_size, estimator.margin)
+    detector = LargestFaces(estimator.detector, max_faces, estimator.face_filter)
+    # The faces reaching it passed the filter already: filtering again would change nothing.
+    per_request = AgeEstimator(estimator.predictor, detector, estimator.batch_size, estimator.margin, min_face_score=0, min_face_size=0)
     (prediction,) = per_request.predict(image)
     if prediction.error is not None:
         raise ApiError(422, prediction.error)

@@ -26,7 +26,8 @@ def serve(model: str | os.PathLike | None, settings: ServeSettings, host: str = 
     line instead of a server that answers 500.
     """
     path = resolve_model_path(model)
-    app = create_app(AgeEstimator.load(path, device=device), settings, path.name)
+    estimator = AgeEstimator.load(path, device=device, min_face_score=settings.min_face_score, min_face_size=settings.min_face_size)
+    app = create_app(estimator, settings, path.name)
     uvicorn.Server(server_config(app, settings, host, port)).run()
 
 

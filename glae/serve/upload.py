@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from .errors import ApiError
-from .sniff import SUPPORTED_FORMATS, sniff_image_format
+from ..imageformats import decodable_formats, image_format
 
 # Room for the multipart boundaries and part headers around a file of the maximum size.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -57,8 +57,8 @@ async def read_image_upload(request: Request, max_bytes: int) -> bytes:
         raise ApiError(413, _too_large(max_bytes))
     if not data:
         raise ApiError(422, "the uploaded file is empty")
-    if sniff_image_format(data[:16]) is None:
-        raise ApiError(415, f"not an image this server reads (supported: {', '.join(SUPPORTED_FORMATS)}); the file's bytes decide, not its name")
+    if image_format(data) is None:
+        raise ApiError(415, f"not an image this server reads (supported: {', '.join(decodable_formats())}); the file's bytes decide, not its name")
     return data
 
 

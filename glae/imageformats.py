@@ -1,0 +1,60 @@
+"""Which files are images: the ones Pillow can decode here, decided in one place.
+
+``glae predict`` picks files in folders by the extensions below and ``glae serve``
+accepts uploads whose bytes Pillow recognises, so a format Pillow learns (AVIF since
+Pillow 11.2, HEIC with the ``heic`` extra's pillow-heif) is taken by both at once.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import cache
+
+from PIL import Image
+
+# Pillow identifies these but decodes them only with handlers or programs GLAE never
+# installs (Ghostscript, scientific-data handlers) or not at all (MPEG headers).
+UNDECODABLE = frozenset({"BUFR", "EPS", "GRIB", "HDF5", "MPEG", "WMF"})
+
+
+@cache
+def _register_openers() -> None:
+    """Load Pillow's plugins, plus HEIF/HEIC when pillow-heif is installed; once per process."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        pass
+    else:
+        register_heif_opener()
+    Image.init()
+
+
+def decodable_formats() -> list[str]:
+    """Pillow's names of the formats GLAE reads, e.g. ``["AVIF", "BMP", ..., "WEBP"]``."""
+    _register_openers()
+    return sorted(set(Image.OPEN) - UNDECODABLE)
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions (``".jpg"``, ``".avif"``...) of the formats GLAE reads."""
+    formats = set(decodable_formats())
+    return frozenset(extension.lower() for extension, name in Image.registered_extensions().items() if name in formats)
+
+
+def image_format(data: bytes) -> str | None:
+    """Pillow's name for the format of ``data``, by the signature test Pillow itself runs
+    on a file's first 16 bytes (so a truncated photo is still recognised, then refused as
+    corrupt by the decoder); None when no decoder here claims it."""
+    _register_openers()
+    prefix = data[:16]
+    for name in Image.ID:
+        _, accept = Image.OPEN[name]
+        if name in UNDECODABLE or accept is None:
+            continue
+        try:
+            claimed = accept(prefix)
+        except (struct.error, IndexError, ValueError):  # a prefix shorter than the test reads
+            continue
+        if claimed and not isinstance(claimed, str):  # a str is Pillow's reason to refuse
+            return name
+    return None
