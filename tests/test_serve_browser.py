@@ -6,6 +6,9 @@ it runs as root, as CI does); skipped, saying so, only where they are missing.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import shutil
 from collections.abc import Iterator
@@ -47,6 +50,17 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
+def _upload(browser: webdriver.Chrome, *photos: Path) -> str:
+    """Choose ``photos`` in the page's file input; the page's state once it has answered."""
+    body = browser.find_element(By.TAG_NAME, "body")
+    browser.execute_script("document.body.dataset.state = ''")
+    chooser = browser.find_element(By.ID, "file")
+    chooser.clear()  # a "multiple" input adds sent files to those chosen before
+    chooser.send_keys("\n".join(str(photo) for photo in photos))
+    WebDriverWait(browser, 120).until(lambda _: body.get_attribute("data-state") in ("done", "error"))
+    return body.get_attribute("data-state")
+
+
 def test_page_shows_the_api_ages(browser: webdriver.Chrome, server: LocalServer, two_faces_photo, tmp_path: Path) -> None:
     photo = tmp_path / "pair.jpg"
     two_faces_photo.save(photo, quality=95)
@@ -55,14 +69,12 @@ def test_page_shows_the_api_ages(browser: webdriver.Chrome, server: LocalServer,
     expected = [math.floor(face["age"] + 0.5) for face in result["faces"]]  # JavaScript's Math.round
 
     browser.get(server.url + "/")
-    browser.find_element(By.ID, "file").send_keys(str(photo))
-    WebDriverWait(browser, 120).until(lambda driver: driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
-    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", browser.find_element(By.ID, "status").text
+    assert _upload(browser, photo) == "done", browser.find_element(By.ID, "status").text
 
-    assert [int(element.text) for element in browser.find_elements(By.CSS_SELECTOR, "#faces .face-age")] == expected
-    labels = [element.text for element in browser.find_elements(By.CSS_SELECTOR, "#overlay text")]
+    assert [int(element.text) for element in browser.find_elements(By.CSS_SELECTOR, ".faces .face-age")] == expected
+    labels = [element.text for element in browser.find_elements(By.CSS_SELECTOR, ".overlay text")]
     assert labels == [f"#{number}: {age}" for number, age in enumerate(expected, 1)]
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#overlay rect.box")) == 2
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".overlay rect.box")) == 2
     painted = browser.execute_script(
         "return [...document.querySelectorAll('canvas.chart')].map(canvas => {"
         " const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;"
@@ -74,3 +86,46 @@ def test_page_shows_the_api_ages(browser: webdriver.Chrome, server: LocalServer,
     assert browser.save_screenshot(str(screenshot))
     data = screenshot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_a_failed_upload_leaves_no_earlier_result(browser: webdriver.Chrome, server: LocalServer, utk_crops: list[Path], tmp_path: Path) -> None:
+    browser.get(server.url + "/")
+    assert _upload(browser, utk_crops[0]) == "done"
+    assert browser.find_element(By.CSS_SELECTOR, ".result img").is_displayed()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(utk_crops[0].read_bytes()[:300])
+    assert _upload(browser, broken) == "error"
+    assert "corrupt or truncated" in browser.find_element(By.ID, "status").text
+    assert [element.is_displayed() for element in browser.find_elements(By.CSS_SELECTOR, ".result img, .face-age")] == []
+    (section,) = browser.find_elements(By.CSS_SELECTOR, ".result")
+    assert section.find_element(By.TAG_NAME, "h2").text == "broken.jpg"
+
+
+def test_several_photos_and_their_downloads(browser: webdriver.Chrome, server: LocalServer, utk_crops: list[Path], tmp_path: Path) -> None:
+    photos = [tmp_path / path.name for path in utk_crops[:2]]
+    for source, photo in zip(utk_crops, photos):
+        photo.write_bytes(source.read_bytes())
+    expected = [post_image(server.url + "/api/predict", photo.read_bytes(), photo.name)[1] for photo in photos]
+    browser.get(server.url + "/")
+    assert _upload(browser, *photos) == "done", browser.find_element(By.ID, "status").text
+    assert [element.text for element in browser.find_elements(By.CSS_SELECTOR, ".result h2")] == [photo.name for photo in photos]
+    assert browser.find_element(By.ID, "downloads").is_displayed()
+    fetch = "return fetch(document.getElementById(arguments[0]).href).then(response => response.text())"
+    downloaded = json.loads(browser.execute_script(fetch, "download-json"))
+    assert [entry["file"] for entry in downloaded] == [photo.name for photo in photos]
+    for entry, answer in zip(downloaded, expected):
+        assert [face["age"] for face in entry["faces"]] == [face["age"] for face in answer["faces"]]
+    rows = list(csv.DictReader(io.StringIO(browser.execute_script(fetch, "download-csv"))))
+    assert [row["file"] for row in rows] == [photo.name for photo in photos]
+    assert [float(row["age"]) for row in rows] == [round(answer["faces"][0]["age"], 2) for answer in expected]
+
+
+def test_a_file_dropped_outside_the_box_does_not_leave_the_page(browser: webdriver.Chrome, server: LocalServer) -> None:
+    browser.get(server.url + "/")
+    prevented = browser.execute_script(
+        "return ['dragover', 'drop'].map(type => {"
+        " const event = new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: new DataTransfer()});"
+        " document.querySelector('header').dispatchEvent(event); return event.defaultPrevented; })"
+    )
+    assert prevented == [True, True]  # the browser's own handling (opening the file) is cancelled
+    assert browser.current_url == server.url + "/" and browser.find_element(By.ID, "results").text == ""

@@ -1,6 +1,6 @@
-// The page: send the chosen photo to /api/predict, draw a box and an age on every face,
-// and one chart per face of its predicted age distribution. Everything is drawn here,
-// from the JSON, so the page needs nothing but this server (no CDN, works offline).
+// The page: send each chosen photo to /api/predict, draw a box and an age on every face,
+// one chart per face of its predicted age distribution, and offer the results as JSON or
+// CSV. Everything is drawn here, from the JSON, so the page needs nothing but this server (no CDN, works offline).
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -21,11 +21,9 @@ function svgElement(name, attributes) {
 
 // Boxes and labels in image pixels: the SVG's viewBox is the photo's size, so they
 // stay on the faces whatever size the photo is shown at.
-function drawBoxes(result) {
-  const overlay = $("overlay");
-  overlay.replaceChildren();
+function drawBoxes(overlay, image, result) {
   overlay.setAttribute("viewBox", `0 0 ${result.width} ${result.height}`);
-  const pixelsPerScreenPixel = result.width / $("image").clientWidth;
+  const pixelsPerScreenPixel = result.width / image.clientWidth;
   const line = 2.5 * pixelsPerScreenPixel;
   const fontSize = 15 * pixelsPerScreenPixel;
   result.faces.forEach((face, index) => {
@@ -70,9 +68,7 @@ function drawDistribution(canvas, face) {
   for (let age = 0; age < probabilities.length; age += 20) context.fillText(String(age), age * step + 1, height - 4);
 }
 
-function listFaces(result) {
-  const list = $("faces");
-  list.replaceChildren();
+function listFaces(list, result) {
   result.faces.forEach((face, index) => {
     const item = document.createElement("li");
     const [low, high] = face.interval_90;
@@ -95,39 +91,119 @@ function summary(result) {
   return `${shown}${kept} in ${Math.round(result.elapsed_ms)} ms.`;
 }
 
-async function estimate(file) {
-  setStatus(`Estimating ages in ${file.name}…`, "busy");
-  $("result").hidden = true;
-  const form = new FormData();
-  form.append("file", file);
-  let result;
-  try {
-    const response = await fetch("/api/predict", { method: "POST", body: form });
-    result = await response.json();
-    if (!response.ok) throw new Error(result.error || `HTTP ${response.status}`);
-  } catch (error) {
-    setStatus(`Could not estimate: ${error.message}`, "error");
+// Every result of the current selection, for the downloads: {file, faces, width, height, error}.
+let results = [];
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// One section per photo: its name, then its error or its photo with boxes and one chart per face.
+async function showResult(file, result, error) {
+  const section = element("section", "result");
+  section.append(element("h2", "", file.name));
+  if (error) {
+    section.append(element("p", "error", `Could not estimate: ${error}`));
+    $("results").append(section);
     return;
   }
-  const image = $("image");
-  URL.revokeObjectURL(image.src);
+  section.append(element("p", "summary", summary(result)));
+  const body = element("div", "result-body");
+  const photo = element("div", "photo");
+  const image = element("img");
+  image.alt = `the uploaded photo ${file.name}`;
   image.src = URL.createObjectURL(file);
+  const overlay = svgElement("svg", { class: "overlay", preserveAspectRatio: "none" });
+  photo.append(image, overlay);
+  const list = element("ol", "faces");
+  body.append(photo, list);
+  section.append(body);
+  $("results").append(section);
   const displayable = await image.decode().then(() => true, () => false);  // e.g. TIFF in Chromium
-  $("result").hidden = false;
-  $("photo").hidden = !displayable;
-  if (displayable) drawBoxes(result);
-  listFaces(result);
-  setStatus(summary(result), "done");
+  photo.hidden = !displayable;
+  if (displayable) drawBoxes(overlay, image, result);
+  listFaces(list, result);
+}
+
+async function predict(file) {
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const response = await fetch("/api/predict", { method: "POST", body: form });
+    const result = await response.json();
+    if (!response.ok) return { error: result.error || `HTTP ${response.status}` };
+    return { result };
+  } catch (error) {
+    return { error: error.message };
+  }
+}
+
+// A new selection replaces everything shown before: no result of an earlier photo may
+// stay on screen next to the answer for a new one.
+async function estimateAll(files) {
+  for (const section of document.querySelectorAll(".result img")) URL.revokeObjectURL(section.src);
+  $("results").replaceChildren();
+  $("downloads").hidden = true;
+  results = [];
+  const failures = [];
+  for (const [index, file] of files.entries()) {
+    setStatus(`Estimating ages in ${file.name} (${index + 1} of ${files.length})…`, "busy");
+    const { result, error } = await predict(file);
+    results.push(error ? { file: file.name, faces: [], error } : { file: file.name, ...result, error: null });
+    if (error) failures.push(`${file.name}: ${error}`);
+    await showResult(file, result, error);
+  }
+  const faces = results.reduce((count, entry) => count + entry.faces.length, 0);
+  const done = files.length === 1 && !failures.length ? summary(results[0]) : `${files.length} photo(s), ${faces} face(s).`;
+  const text = failures.length ? `${done} Could not estimate ${failures.join("; ")}` : done;
+  offerDownloads();
+  setStatus(text, failures.length ? "error" : "done");
+}
+
+const CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low_90", "high_90", "head", "score", "error"];
+
+function csvCell(value) {
+  const text = value === null || value === undefined ? "" : String(value);
+  return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
+// The same columns as `glae predict --csv`: one row per face, one for a photo without any.
+function toCsv(entries) {
+  const rows = [CSV_COLUMNS];
+  for (const entry of entries) {
+    if (!entry.faces.length) rows.push([entry.file, "", "", "", "", "", "", "", "", "", "", entry.error || "no face"]);
+    entry.faces.forEach((face, index) => rows.push([
+      entry.file, index + 1, ...face.box.map((v) => v.toFixed(1)), face.age.toFixed(2),
+      ...face.interval_90.map((v) => v.toFixed(2)), face.head, face.score === null ? "" : face.score.toFixed(4), "",
+    ]));
+  }
+  return rows.map((row) => row.map(csvCell).join(",")).join("\n") + "\n";
+}
+
+function offerDownloads() {
+  const link = (id, text, type) => {
+    const anchor = $(id);
+    if (anchor.href) URL.revokeObjectURL(anchor.href);
+    anchor.href = URL.createObjectURL(new Blob([text], { type }));
+  };
+  link("download-json", JSON.stringify(results, null, 2), "application/json");
+  link("download-csv", toCsv(results), "text/csv");
+  $("downloads").hidden = false;
 }
 
 $("file").addEventListener("change", (event) => {
-  if (event.target.files.length) estimate(event.target.files[0]);
+  if (event.target.files.length) estimateAll([...event.target.files]);
 });
 const drop = $("drop");
-drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragover", () => drop.classList.add("over"));
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (event) => {
+// A file dropped anywhere on the page must not make the browser leave it to open the file.
+window.addEventListener("dragover", (event) => event.preventDefault());
+window.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
-  if (event.dataTransfer.files.length) estimate(event.dataTransfer.files[0]);
+  if (drop.contains(event.target) && event.dataTransfer.files.length) estimateAll([...event.dataTransfer.files]);
 });
