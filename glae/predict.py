@@ -203,7 +203,7 @@ class AgeEstimator:
         Args:
             aligned: inputs are already aligned face crops: no detection, one face each.
         """
-        batch = list(images) if isinstance(images, (list, tuple)) else [images]
+        batch: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [images]  # type: ignore[list-item]
         return list(self.iter_predict(batch, aligned))
 
     def iter_predict(self, images: Iterable[ImageInput], aligned: bool = False) -> Iterator[ImagePrediction]:

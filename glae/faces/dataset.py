@@ -201,7 +201,7 @@ def _run(
     detector: FaceDetector | None,
     show_progress: bool,
 ) -> list[AlignResult]:
-    progress = {"total": len(tasks), "desc": "align", "unit": "img", "disable": not show_progress}
+    progress: dict[str, Any] = {"total": len(tasks), "desc": "align", "unit": "img", "disable": not show_progress}
     if workers == 0 or not tasks:
         if detector is None:
             from .mtcnn import MTCNNDetector

@@ -3,10 +3,10 @@
 MTCNN's last stage accepts anything scoring 0.7, which lets through ears, textures and
 cat faces that would each get an age. Measured (``benchmarks/face_filter.py``,
 ``docs/face_filter.md``, 600 pasted UTKFace faces, 51 face-free images): a score of 0.9
-drops every false detection (34 before, the cameraman's ear at 0.79 among them) and
-keeps 98.8% of real faces against 99.3%. A size floor removes no false detection the
-score leaves, and 20 px already costs 40% of the faces of that size, so it stays at
-16 px: boxes that small would be blown up 8x to the model's input.
+drops every false detection (all under 0.83, the cameraman's ear at 0.79 among them)
+and keeps 98.8% of real faces against 99.3%. A size floor removes no false detection the
+score leaves, and 20 px already costs 43% of the faces pasted at 24 px, so it stays at
+16 px, against boxes so small that they would be blown up 8x to the model's input.
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ class MTCNNDetector:
             return []
         boxes, scores, landmarks = self._output(pixels, boxes)
         faces = [
-            DetectedFace(tuple(float(v) for v in box), points.numpy().astype(np.float64), float(score))
+            DetectedFace((float(box[0]), float(box[1]), float(box[2]), float(box[3])), points.numpy().astype(np.float64), float(score))
             for box, score, points in zip(boxes, scores, landmarks)
         ]
         return largest_first(faces)
