@@ -158,6 +158,7 @@ class AgeEstimator:
         margin: alignment margin (``glae.faces.align.reference_points``).
         min_face_score: detections scoring less are not faces (``glae.faces.filtering``).
         min_face_size: faces whose box is narrower or shorter, in pixels, are skipped.
+        detector_device: where MTCNN runs when it is built here (``load`` passes its device).
     """
 
     def __init__(
@@ -168,6 +169,7 @@ class AgeEstimator:
         margin: float = DEFAULT_MARGIN,
         min_face_score: float = DEFAULT_MIN_FACE_SCORE,
         min_face_size: float = DEFAULT_MIN_FACE_SIZE,
+        detector_device: str | torch.device = "cpu",
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
@@ -177,6 +179,7 @@ class AgeEstimator:
         self.margin = margin
         self.face_filter = FaceFilter(min_face_score, min_face_size)
         self._detector = detector
+        self.detector_device = torch.device(detector_device)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str = "auto", **options: Any) -> "AgeEstimator":
@@ -187,14 +190,15 @@ class AgeEstimator:
         ``min_face_score``, ``min_face_size``).
         """
         check_device(device)
-        return cls(load_routed_predictor(resolve_model_path(path), pick_device(device)), **options)
+        chosen = pick_device(device)
+        return cls(load_routed_predictor(resolve_model_path(path), chosen), **{"detector_device": chosen, **options})
 
     @property
     def detector(self) -> FaceDetector:
         if self._detector is None:
             from .faces.mtcnn import MTCNNDetector
 
-            self._detector = MTCNNDetector()
+            self._detector = MTCNNDetector(device=self.detector_device)
         return self._detector
 
     def predict(self, images: ImageInput | Sequence[ImageInput], aligned: bool = False) -> list[ImagePrediction]:

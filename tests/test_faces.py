@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from glae.data.images import read_rgb
@@ -135,3 +136,12 @@ def test_default_filter_keeps_pasted_real_faces(detector: MTCNNDetector, utk_cro
     for index, path in enumerate(utk_crops[:4]):
         canvas.paste(read_rgb(path).resize((64, 64)), (20 + 150 * index, 200))
     assert len(FaceFilter()(detector.detect(canvas))) == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mtcnn_on_the_gpu_finds_the_cpu_faces(detector: MTCNNDetector, two_faces_photo: Image.Image) -> None:
+    on_gpu = MTCNNDetector(device="cuda").detect(two_faces_photo)
+    on_cpu = detector.detect(two_faces_photo)
+    assert len(on_gpu) == len(on_cpu) == 2
+    for a, b in zip(on_gpu, on_cpu):
+        assert np.allclose(a.box, b.box, atol=0.5) and np.allclose(a.landmarks, b.landmarks, atol=0.5)
