@@ -11,6 +11,7 @@ source (the code moved on: update the mutant).
     python benchmarks/mutants.py --only routing   # mutants whose id contains "routing"
     python benchmarks/mutants.py --json out.json  # also write the results as JSON
     python benchmarks/mutants.py --list           # list the mutants and exit
+    python benchmarks/mutants.py --tests-dir DIR  # judge another tests folder (an older version's)
 
 Exit status: 0 when no mutant marked as changing a user-visible number survives, else 1.
 Equivalent mutants (same numbers, different code) are marked ``equivalent`` and listed in
@@ -78,6 +79,11 @@ MUTANTS: tuple[Mutant, ...] = (
     M("stage2/batchnorm-statistics-drift", "glae/engine.py",
       "        if getattr(module, \"frozen\", False):\n            module.eval()",
       "        if getattr(module, \"frozen\", False):\n            pass", STAGE2),
+    M("stage2/trains-the-vanilla-head", "glae/train.py",
+      'STAGES = {1: "vanilla", 2: "balanced"}', 'STAGES = {1: "vanilla", 2: "vanilla"}', STAGE2),
+    M("stage2/vanilla-head-keeps-learning", "glae/engine.py",
+      '_freeze(model.heads["vanilla"], True)\n    _freeze(model.heads["balanced"], False)',
+      '_freeze(model.heads["vanilla"], False)\n    _freeze(model.heads["balanced"], False)', STAGE2),
     # --- glae/losses.py ------------------------------------------------------------------
     M("losses/eq1-sigma-squared-not-doubled", "glae/losses.py",
       "-squared_distance / (2 * sigma**2)", "-squared_distance / (sigma**2)", LOSSES),
@@ -121,7 +127,13 @@ MUTANTS: tuple[Mutant, ...] = (
       "return (p_flip * (p_flip.clamp_min(eps).log() - p.clamp_min(eps).log())).sum(dim=1)", LOSSES),
     M("losses/eq11-mean-over-classes", "glae/losses.py",
       "return (p * (p.clamp_min(eps).log() - p_flip.clamp_min(eps).log())).sum(dim=1)",
-      "return (p * (p.clamp_min(eps).log() - p_flip.clamp_min(eps).log())).mean(dim=1)", LOSSES),
+      "return (p * (p.clamp_min(eps).log() - p_flip.clamp_min(eps).log())).mean(dim=1)", LOSSES,
+      equivalent=True),
+    M("losses/eq2-batch-sum", "glae/losses.py",
+      "return _kl_terms(target.to(logits.dtype), logits).mean()", "return _kl_terms(target.to(logits.dtype), logits).sum()",
+      LOSSES),
+    M("losses/eq4-batch-sum", "glae/losses.py",
+      "return _expectation_error_terms(ages, logits).mean()", "return _expectation_error_terms(ages, logits).sum()", LOSSES),
     # --- glae/models/heads.py ------------------------------------------------------------
     M("heads/fr-no-rearrangement", "glae/models/heads.py",
       "return self.conv(F.pixel_shuffle(features, self.upscale))",
@@ -169,6 +181,9 @@ MUTANTS: tuple[Mutant, ...] = (
       "return _prediction(vanilla.mean(0), vanilla.new_zeros(", "return _prediction(vanilla[0], vanilla.new_zeros(", ROUTING),
     M("routing/stage1-model-routed", "glae/routing.py",
       'return "routing" if info.get("balanced_trained") else "vanilla"', 'return "routing"', ROUTING),
+    M("routing/balanced-mode-reads-vanilla", "glae/routing.py",
+      "used_balanced = balanced.new_ones(balanced.shape[1], dtype=torch.bool)",
+      "used_balanced = balanced.new_zeros(balanced.shape[1], dtype=torch.bool)", ROUTING),
     # --- glae/metrics.py -----------------------------------------------------------------
     M("metrics/mae-median", "glae/metrics.py",
       "return float(np.abs(true - pred).mean())", "return float(np.median(np.abs(true - pred)))", METRICS),
@@ -201,6 +216,9 @@ MUTANTS: tuple[Mutant, ...] = (
       '("0-17", 0, 17),\n    ("18-65", 17, 66)', METRICS),
     M("metrics/summary-cmae-is-mae", "glae/metrics.py",
       '"cmae": cmae(true, pred),\n        "epsilon_error"', '"cmae": mae(true, pred),\n        "epsilon_error"', METRICS),
+    M("metrics/aar-sigma-is-variance", "glae/metrics.py",
+      "sigma = float(np.sqrt(np.mean((present - overall) ** 2)))", "sigma = float(np.mean((present - overall) ** 2))",
+      METRICS),
     # --- glae/data/samplers.py -----------------------------------------------------------
     M("samplers/class-mode-is-instance", "glae/data/samplers.py",
       'if self.mode == "instance":', 'if self.mode in ("instance", "class"):', SAMPLERS),
@@ -229,6 +247,8 @@ MUTANTS: tuple[Mutant, ...] = (
       "order = _by_path(samples)\n    random.Random(seed)", "order = list(samples)\n    random.Random(seed)", PROTOCOLS),
     M("protocols/val-taken-from-test", "glae/data/protocols.py",
       "val=_by_path(order[n_test : n_test + n_val]),", "val=_by_path(order[:n_val]),", PROTOCOLS),
+    M("protocols/val-leaks-into-train", "glae/data/protocols.py",
+      "train=_by_path(order[n_test + n_val :]),", "train=_by_path(order[n_test:]),", PROTOCOLS),
     M("protocols/lt-age-round-half-even", "glae/data/protocols.py", "return math.floor(sample.age + 0.5)",
       "return round(sample.age)", PROTOCOLS),
     M("protocols/lt-needs-more-than-n", "glae/data/protocols.py", "if len(group) >= per_age:",
@@ -247,14 +267,15 @@ MUTANTS: tuple[Mutant, ...] = (
 )
 
 
-def make_scratch(root: Path) -> Path:
+def make_scratch(root: Path, tests: Path | None = None) -> Path:
     """Copy what the tests need into ``root/main``; ``root/shared`` points at the real
     shared folder so tests that read UTKFace find it where conftest.py looks."""
     main = root / "main"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("glae", "tests", "configs"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, main / name, ignore=ignore)
+        source = tests if name == "tests" and tests is not None else REPO / name
+        if source.exists():
+            shutil.copytree(source, main / name, ignore=ignore)
     for name in ("pyproject.toml",):
         shutil.copy2(REPO / name, main / name)
     shared = REPO.parent / "shared"
@@ -289,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="run the mutants whose id contains this text")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--tests-dir", type=Path,
+                        help="judge another tests folder (e.g. an older version's, from git archive)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per mutant's test run")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTANTS if args.only in m.id]
@@ -299,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="glae-mutants-") as scratch:
-        main_dir = make_scratch(Path(scratch))
+        main_dir = make_scratch(Path(scratch), args.tests_dir)
         check_scratch_is_imported(main_dir)
         baseline = sorted({test for mutant in chosen for test in mutant.tests})
         passed, detail = run_tests(main_dir, tuple(baseline), args.timeout)
