@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. stage1.epochs=3")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
+    plan = commands.add_parser("plan", help="start or resume, in the background, every unfinished run of a plan file")
+    plan.add_argument("plan", metavar="PLAN", help="plan YAML (benchmarks/plans/); rerunning it is harmless")
+    plan.add_argument("--status", action="store_true", help="print where each run stands and exit")
+    plan.add_argument("--foreground", action="store_true", help="train in this process instead of in the background")
+
     evaluate = commands.add_parser("eval", help="evaluate a model on a dataset (flip TTA, routing, reports)")
     evaluate.add_argument("--checkpoint", help="model file (.safetensors) written by glae train; default: the shipped model")
     _add_data_arguments(evaluate, required=True)
@@ -75,17 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="model file (.safetensors) or ONNX export (.onnx); default: the model shipped with GLAE")
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON: [{file, faces: [{box, age, ...}], error}]")
+    output.add_argument("--jsonl", action="store_true", help="print JSON Lines, one {file, faces, error} per photo as it is done (large runs)")
     output.add_argument("--csv", action="store_true", help="print CSV, one row per face")
     predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies with boxes, landmarks and ages here")
     predict.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
     predict.add_argument("--batch-size", type=int, default=32)
+    _add_face_filter_arguments(predict)
     predict.add_argument("--device", default="auto")
-    output.add_argument("--jsonl", action="store_true", help="print JSON Lines, one {file, faces, error} per photo as it is done (large runs)")
 
     export = commands.add_parser("export", help="export a model to ONNX, both heads and routing in the graph")
     export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
     export.add_argument("--model", help="model file (.safetensors); default: the model shipped with GLAE")
-    _add_face_filter_arguments(predict)
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (lower it for older runtimes)")
 
     serve = commands.add_parser("serve", help="a web page and a JSON API (POST /api/predict) for the ages in photos")
@@ -96,12 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=float, default=ServeSettings.max_upload_mb, help="largest upload (413 above)")
     serve.add_argument("--max-pixels", type=int, default=ServeSettings.max_pixels, help="largest image in pixels (422 above)")
     serve.add_argument("--max-faces", type=int, default=ServeSettings.max_faces, help="faces estimated per photo, the largest first")
+    _add_face_filter_arguments(serve)
     serve.add_argument("--timeout", type=float, default=ServeSettings.timeout_s, help="seconds per request (504 after)")
     serve.add_argument("--workers", type=int, default=ServeSettings.workers, help="inference threads")
     serve.add_argument("--queue", type=int, default=ServeSettings.queue, help="requests waiting for a worker before 503")
     serve.add_argument("--header-timeout", type=float, default=ServeSettings.header_timeout_s, help="seconds a connection may take to send its request headers")
     serve.add_argument("--max-connections", type=int, default=ServeSettings.max_connections, help="open connections; one more gets 503 and is closed")
-    _add_face_filter_arguments(serve)
     return parser
 
 
@@ -148,6 +153,18 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError("no dataset: pass --data PATH (or set data.path in the config)")
     final = train(config, args.out, show_progress=not args.no_progress)
     print(f"final model: {final}")
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from .plan import describe, execute, load_plan, start_in_background
+
+    if args.status:
+        print(describe(load_plan(args.plan)))
+        return 0
+    if args.foreground:
+        return 1 if execute(load_plan(args.plan)) else 0
+    print(start_in_background(args.plan))
     return 0
 
 
@@ -287,12 +304,13 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_faces=args.max_faces,
         timeout_s=args.timeout, workers=args.workers, queue=args.queue,
         header_timeout_s=args.header_timeout, max_connections=args.max_connections,
+        min_face_score=args.min_face_score, min_face_size=args.min_face_size,
     )
     serve(args.model, settings, args.host, args.port, args.device)
     return 0
 
 
-COMMANDS = {"train": run_train, "eval": run_eval, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
+COMMANDS = {"train": run_train, "plan": run_plan, "eval": run_eval, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
 
 
 def _one_line(error: BaseException) -> str:
@@ -304,7 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        min_face_score=args.min_face_score, min_face_size=args.min_face_size,
         return COMMANDS[args.command](args)
     except TrainingDiverged as error:
         print(f"error: training diverged: {_one_line(error)}", file=sys.stderr)

@@ -35,6 +35,8 @@ class DataConfig:
     clip_ages: bool = False  # ages above model.max_age: error (False) or clip to K (True)
     use_label_std: bool = False  # Gaussian σ from the annotated apparent-age std where known (LAP 2015)
     num_workers: int = 2  # loader processes; 0 loads in the training process
+    cache: bool = True  # decode + resize training images once into a memory-mapped file (glae/data/cache.py)
+    cache_dir: str | None = None  # where; None = $GLAE_CACHE_DIR or ~/.cache/glae/images
 
 
 @dataclass
@@ -47,6 +49,9 @@ class StageConfig:
     sampling: Literal["instance", "class"] = "instance"
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke runs); None = a full pass
     init_from: str | None = None  # stage 2 only: a stage-1 checkpoint of another run to start from
+    # Stage 2 only: the balanced head starts as a copy of the trained vanilla head, or
+    # freshly initialised ("retrains a balanced classifier", as classifier re-training does).
+    head_init: Literal["copy", "fresh"] = "copy"
 
 
 @dataclass
@@ -57,11 +62,15 @@ class TrainConfig:
     stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=2, sampling="class", lr=0.01))
     loss: Literal["kl", "base", "sum"] = "sum"  # ℓ_kl (Eq. 2), ℓ_base (Eq. 5) or L_sum (Eq. 10, needs head glae)
     sigma: float = 1.0  # σ of the Gaussian label distribution (Eq. 1)
-    augment: bool = True  # ColorJitter + RandAugment + flip in training
+    augment: bool = True  # ColorJitter + RandAugment in training (Section V-A)
+    # Random horizontal flips in training. The paper lists none, and a flip is exactly the
+    # perturbation Adaptive Routing measures (Eq. 11); the UTKFace configs keep them on.
+    train_flip: bool = False
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     amp: bool = False  # bfloat16 autocast on CUDA (no effect on the CPU)
     channels_last: bool = True  # 3x faster ResNet training on CPU here
+    compile: bool = False  # torch.compile the training step's model (docs/training_speed.md)
     # Not in the paper, so off by default: clipping at 5 held back short runs badly (a
     # gradient norm of 15-35 is normal here), see the clipping table in docs/results.md.
     clip_grad_norm: float | None = None

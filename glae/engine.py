@@ -81,7 +81,8 @@ def barrier(context: DistributedContext) -> None:
 
 
 def unwrap(model: nn.Module) -> AgeModel:
-    """The model inside a DDP wrapper; saving and inference always go through it."""
+    """The model inside ``torch.compile`` and DDP wrappers; saving and inference always go through it."""
+    model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
 
 

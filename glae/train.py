@@ -40,6 +40,7 @@ from .checkpoint import (
 )
 from .config import StageConfig, TrainConfig, config_from_dict, config_to_dict, dump_config
 from .data import DatasetIndex, Split, check_ages, load_dataset, random_split, split_from_field, split_from_lists
+from .data.cache import CachedImages, open_image_cache
 from .data.images import AgeImageDataset, ages_of
 from .data.samplers import EpochSampler
 from .data.transforms import train_transform
@@ -103,18 +104,42 @@ def make_split(config: TrainConfig, index: DatasetIndex) -> Split:
     )
 
 
+EXECUTION_SETTINGS = ("data.num_workers", "data.cache", "data.cache_dir")
+"""Settings that change how fast a run goes, never its numbers: a resume may change them."""
+
+
+def _identity(config: TrainConfig) -> dict[str, Any]:
+    record = config_to_dict(config)
+    for key in EXECUTION_SETTINGS:
+        section, name = key.split(".")
+        record[section].pop(name)
+    return record
+
+
+def has_begun(out_dir: Path) -> bool:
+    """Whether training wrote anything a rerun would build on (a checkpoint or a model)."""
+    return any((out_dir / name).exists() for name in ("checkpoints/last.pt", "stage1.safetensors", "model.safetensors"))
+
+
 def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedContext) -> None:
-    """Record the config, or check that a resumed run uses the same one."""
+    """Record the config, or check that a resumed run uses the same one.
+
+    Only a run that has begun training is protected: one that failed at start (no data,
+    wrong format) is re-recorded with the corrected settings, its stale split removed.
+    """
     config_file = out_dir / "config.yaml"
-    if config_file.exists():
+    if config_file.exists() and has_begun(out_dir):
         saved = config_from_dict(yaml.safe_load(config_file.read_text()))
-        if config_to_dict(saved) != config_to_dict(config):
+        if _identity(saved) != _identity(config):
             raise RunFolderError(
                 f"{out_dir} holds a run with a different configuration ({config_file}); "
                 "use a new --out folder, or rerun with the same settings to resume"
             )
     elif context.is_main:
+        if config_file.exists() and config_file.read_text() != dump_config(config):
+            (out_dir / "split.json").unlink(missing_ok=True)
         atomic_write_text(config_file, dump_config(config))
+    barrier(context)
 
 
 def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, context: DistributedContext) -> Split:
@@ -158,11 +183,25 @@ class StageRunner:
         self.head = STAGES[stage]
         self.checkpoint_path = out_dir / "checkpoints" / "last.pt"
 
+    def _training_images(self) -> AgeImageDataset:
+        """The training part, read through the decoded-image cache unless ``data.cache`` is off."""
+        config = self.config
+        transform = train_transform(config.model.input_size, config.augment, config.train_flip)
+        samples = self.split.train
+        if not config.data.cache:
+            return AgeImageDataset(samples, transform)
+        folder = Path(config.data.cache_dir) if config.data.cache_dir else None
+        cache = open_image_cache([s.path for s in samples], config.model.input_size, folder)
+        usable = cache.usable()
+        if not usable:
+            raise ValueError("no training image could be read (see the skipped files above)")
+        return AgeImageDataset([samples[i] for i in usable], transform, CachedImages(cache, usable))
+
     def _loader(self) -> tuple[DataLoader, EpochSampler]:
         config, device = self.config, self.context.device
-        dataset = AgeImageDataset(self.split.train, train_transform(config.model.input_size, config.augment))
+        dataset = self._training_images()
         sampler = EpochSampler(
-            ages_of(self.split.train), self.stage_config.sampling,
+            ages_of(dataset.samples), self.stage_config.sampling,
             seed=config.seed * 10 + self.stage, num_replicas=self.context.world_size, rank=self.context.rank,
         )
         workers = config.data.num_workers
@@ -205,9 +244,13 @@ class StageRunner:
             torch.set_rng_state(resume["rng"])
             start_epoch, start_step = resume["epoch"], resume["step"]
             log.info("stage %d: resuming at epoch %d, step %d", self.stage, start_epoch + 1, start_step)
-        wrapped = self.model
+        wrapped: torch.nn.Module = self.model
         if context.distributed:
             wrapped = DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+        if self.config.compile:
+            # Only the training step is compiled; evaluation and saving use the plain model,
+            # whose parameters the compiled one shares.
+            wrapped = torch.compile(wrapped)
         settings = EpochSettings(
             head=self.head, loss=self.config.loss, sigma=self.config.sigma, use_label_std=self.config.data.use_label_std,
             device=context.device, amp=self.config.amp, channels_last=self.config.channels_last,
@@ -259,8 +302,10 @@ def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def start_stage2(model: AgeModel, config: TrainConfig) -> None:
-    """Freeze backbone + vanilla head; the balanced head starts as a copy of the vanilla one.
+    """Freeze backbone + vanilla head and set the balanced head's starting weights.
 
+    ``stage2.head_init``: ``copy`` starts the balanced head from the trained vanilla head;
+    ``fresh`` re-initialises it (seeded by ``seed``), as classifier re-training does.
     ``stage2.init_from`` replaces the stage-1 weights with another run's stage-1 model.
     """
     if config.stage2.init_from:
@@ -268,7 +313,14 @@ def start_stage2(model: AgeModel, config: TrainConfig) -> None:
         if dataclasses.replace(source.config, pretrained=model.config.pretrained) != model.config:
             raise ValueError(f"stage2.init_from {config.stage2.init_from}: its model settings differ from this run's")
         model.load_state_dict(source.state_dict())
-    model.heads["balanced"].load_state_dict(model.heads["vanilla"].state_dict())
+    if config.stage2.head_init == "copy":
+        model.heads["balanced"].load_state_dict(model.heads["vanilla"].state_dict())
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed * 10 + 2)
+            for module in model.heads["balanced"].modules():
+                if module is not model.heads["balanced"] and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
     freeze_for_stage2(model)
 
 

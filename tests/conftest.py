@@ -53,6 +53,12 @@ def overrides():
     return build
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache_in_temp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Training runs of the tests cache decoded images in a temporary folder, not in ~/.cache."""
+    os.environ["GLAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _single_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     """Subprocesses inherit a fixed thread count, so their float results are reproducible."""

@@ -12,15 +12,19 @@ PIXEL_MEAN = (127.5 / 255,) * 3
 PIXEL_STD = (128 / 255,) * 3
 
 
-def train_transform(input_size: int, augment: bool = True) -> T.Compose:
-    """Resize, horizontal flip, ColorJitter, RandAugment (N=2, M=9), normalize.
+def train_transform(input_size: int, augment: bool = True, flip: bool = False) -> T.Compose:
+    """Resize, then (``augment``) ColorJitter + RandAugment (N=2, M=9), then normalize.
 
-    ``augment=False`` keeps only resize + normalize (for ablations and debugging).
+    ``flip`` adds a random horizontal flip before the colour changes; the paper's
+    augmentations (Section V-A) have none. ``augment=False`` keeps only resize (+ flip) and
+    normalize, for ablations and debugging. Resize comes first and is deterministic, which
+    is what lets ``glae.data.cache`` store its output once.
     """
     steps: list = [T.Resize((input_size, input_size), antialias=True)]
+    if flip:
+        steps.append(T.RandomHorizontalFlip())
     if augment:
         steps += [
-            T.RandomHorizontalFlip(),
             T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
             T.RandAugment(num_ops=2, magnitude=9),
         ]

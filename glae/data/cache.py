@@ -1,0 +1,169 @@
+"""Decoded, resized training images kept as uint8 arrays in a memory-mapped file.
+
+On two CPU cores the loader processes compete with the model step for the same cores, and
+every epoch they decode the same JPEGs and resize them to the same size (``Resize`` is the
+first, deterministic step of both the train and the eval transform). The cache does that
+once: a file of ``[N, S, S, 3]`` uint8 pixels, exactly what ``Resize`` gives, so training
+on it sees bit-identical images and resumed runs stay identical.
+
+* **Keyed** by the file list, each file's size and mtime, and the size S: change any of
+  them and a new cache is built; an old one is never reused for other data.
+* **Never half-written**: pixels and the record of what was skipped go to temporary files
+  that are renamed into place only when complete; the record is renamed last, and a cache
+  counts only when its record exists. A ``kill -9`` leaves temporary files that the next
+  build removes.
+* **Outside the repo**: ``$GLAE_CACHE_DIR`` or ``~/.cache/glae/images`` (``data.cache_dir``).
+* **Bad files** (corrupt, vanished, permission denied) are reported and skipped, as they
+  would be without the cache, and nothing else is lost.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torchvision import transforms as T
+
+from .images import ImageReadError, read_rgb
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+"""Bump when the stored pixels would differ for the same files (e.g. another resize)."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GLAE_CACHE_DIR") or Path.home() / ".cache" / "glae" / "images")
+
+
+def cache_key(paths: Sequence[Path], size: int) -> str:
+    """A digest of what the pixels depend on: format, size, and each file's path, size and mtime.
+
+    A file that cannot be stat'ed enters the key as missing, so its reappearance rebuilds.
+    """
+    digest = hashlib.sha256(f"glae-image-cache {CACHE_FORMAT} {size}\n".encode())
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class ImageCache:
+    """The pixels of ``paths`` at ``size``; ``problems`` maps an index to why it was skipped."""
+
+    path: Path
+    pixels: np.ndarray  # [N, S, S, 3] uint8, memory-mapped read-only
+    problems: dict[int, str]
+
+    def __getstate__(self) -> dict:
+        """Pickled by path (for spawned loader workers), never by copying the pixels."""
+        return {"path": self.path, "problems": self.problems}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path, self.problems = state["path"], state["problems"]
+        self.pixels = np.load(self.path, mmap_mode="r")
+
+    def image(self, index: int) -> Image.Image:
+        if index in self.problems:
+            raise ImageReadError(self.problems[index])
+        return Image.fromarray(np.asarray(self.pixels[index]))
+
+    def usable(self) -> list[int]:
+        return [i for i in range(len(self.pixels)) if i not in self.problems]
+
+
+class CachedImages:
+    """``index -> PIL image`` for ``AgeImageDataset``: picklable, so loader workers can use it."""
+
+    def __init__(self, cache: ImageCache, indices: Sequence[int]) -> None:
+        self.cache = cache
+        self.indices = list(indices)
+
+    def __call__(self, index: int) -> Image.Image:
+        return self.cache.image(self.indices[index])
+
+
+def _decode_resized(path: Path, resize: T.Resize) -> np.ndarray:
+    return np.asarray(resize(read_rgb(path)), dtype=np.uint8)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of a build that died (kill -9, power loss): only ever half-written."""
+    for stale in folder.glob("*.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+
+def _build(paths: Sequence[Path], size: int, pixels_file: Path, record_file: Path) -> None:
+    resize = T.Resize((size, size), antialias=True)
+    temp_pixels = pixels_file.with_name(f"{pixels_file.name}.tmp-{os.getpid()}")
+    temp_record = record_file.with_name(f"{record_file.name}.tmp-{os.getpid()}")
+    problems: dict[int, str] = {}
+    try:
+        pixels = np.lib.format.open_memmap(temp_pixels, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        for index, path in enumerate(paths):
+            try:
+                pixels[index] = _decode_resized(path, resize)
+            except (ImageReadError, OSError) as error:
+                problems[index] = str(error)
+        pixels.flush()
+        del pixels
+        with open(temp_pixels, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temp_pixels, pixels_file)
+        record = {"format": CACHE_FORMAT, "size": size, "count": len(paths), "problems": problems}
+        temp_record.write_text(json.dumps(record))
+        os.replace(temp_record, record_file)  # last: from here on the cache counts
+    finally:
+        temp_pixels.unlink(missing_ok=True)
+        temp_record.unlink(missing_ok=True)
+
+
+def _read(pixels_file: Path, record_file: Path) -> ImageCache | None:
+    try:
+        record = json.loads(record_file.read_text())
+        pixels = np.load(pixels_file, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if pixels.shape[0] != record.get("count") or pixels.shape[1:] != (record["size"], record["size"], 3):
+        return None
+    return ImageCache(pixels_file, pixels, {int(k): v for k, v in record["problems"].items()})
+
+
+def open_image_cache(paths: Sequence[Path], size: int, folder: Path | None = None) -> ImageCache:
+    """The cache of ``paths`` at ``size``, built first if missing or stale.
+
+    Concurrent callers (DDP ranks, two runs on the same data) wait for one builder through
+    a lock file instead of building twice.
+    """
+    folder = folder or default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = cache_key(paths, size)
+    pixels_file, record_file = folder / f"{key}.npy", folder / f"{key}.json"
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = _read(pixels_file, record_file)
+        if cache is None:
+            _remove_stale_temporaries(folder)
+            log.info("image cache: decoding %d images at %d px into %s (once)", len(paths), size, pixels_file)
+            _build(paths, size, pixels_file, record_file)
+            cache = _read(pixels_file, record_file)
+            if cache is None:
+                raise OSError(f"image cache {pixels_file} could not be read back after building it")
+    for reason in cache.problems.values():
+        log.warning("image cache: skipped %s", reason)
+    return cache
+
+
+__all__ = ["CACHE_FORMAT", "CachedImages", "ImageCache", "cache_key", "default_cache_dir", "open_image_cache"]

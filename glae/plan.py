@@ -1,0 +1,243 @@
+"""A plan of training runs that outlives a stop: start or resume every unfinished run, in order.
+
+A plan is a small YAML file::
+
+    name: claims                       # results go to <results>/<name>/
+    data: ../shared/data/utkface       # --data of every run (paths relative to the working directory)
+    out: runs/claims                   # run folders, one per run (never committed)
+    results: benchmarks/results        # per-run metrics.jsonl and test_metrics.json, copied as they appear
+    runs:
+      - name: base_seed0
+        config: configs/claims_base.yaml
+        set: [seed=0]                  # --set overrides
+
+``glae plan PLAN`` starts one background process that trains the runs one after the other
+(``glae train``, which resumes a run from its last checkpoint), copies each run's
+``metrics.jsonl`` into the results folder after every epoch and its ``test_metrics.json``
+when it ends, and keeps ``status.json`` there. Rerunning the command at any time is
+harmless: a lock makes a second runner exit at once, finished runs are skipped, and an
+interrupted one resumes where it stopped, with the numbers an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .fileio import atomic_write_text
+
+SYNC_EVERY_S = 30.0
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    name: str
+    data: str
+    out: Path
+    results: Path
+    runs: list[PlannedRun]
+
+    @property
+    def results_dir(self) -> Path:
+        return self.results / self.name
+
+    def run_dir(self, run: PlannedRun) -> Path:
+        return self.out / run.name
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and check a plan file; every problem is one line naming the file and the entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"plan file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with name, data, out, results and runs")
+    missing = [key for key in ("name", "data", "out", "results", "runs") if key not in data]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(missing)}")
+    runs = []
+    for position, entry in enumerate(data["runs"] or []):
+        if not isinstance(entry, dict) or not {"name", "config"} <= set(entry):
+            raise ValueError(f"{path}: run {position + 1} needs a name and a config")
+        overrides = entry.get("set") or []
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise ValueError(f"{path}: run {entry['name']}: set must be a list of key=value strings")
+        runs.append(PlannedRun(str(entry["name"]), str(entry["config"]), overrides))
+    names = [run.name for run in runs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{path}: run names must be unique, repeated: {', '.join(duplicates)}")
+    if not runs:
+        raise ValueError(f"{path}: the plan has no runs")
+    return Plan(str(data["name"]), str(data["data"]), Path(data["out"]), Path(data["results"]), runs)
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "test_metrics.json").is_file() and (run_dir / "model.safetensors").is_file()
+
+
+def _copy_if_changed(source: Path, target: Path) -> None:
+    if not source.is_file():
+        return
+    data = source.read_bytes()
+    if not target.is_file() or target.read_bytes() != data:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, data.decode("utf-8"))
+
+
+def sync_results(plan: Plan, run: PlannedRun) -> None:
+    """Copy what the run folder holds so far into the repo's results folder."""
+    for name in ("metrics.jsonl", "test_metrics.json", "config.yaml"):
+        _copy_if_changed(plan.run_dir(run) / name, plan.results_dir / run.name / name)
+
+
+def run_state(plan: Plan, run: PlannedRun) -> dict[str, Any]:
+    """Where one run stands: finished, running/partial (epochs logged), or not started."""
+    run_dir = plan.run_dir(run)
+    history = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    state: dict[str, Any] = {"name": run.name, "config": run.config, "set": run.overrides, "epochs_logged": len(history)}
+    if is_finished(run_dir):
+        test = json.loads((run_dir / "test_metrics.json").read_text())
+        state.update(state="finished", test={"mode": test["mode"], "mae": test["mae"], "cmae": test["cmae"]})
+    else:
+        state["state"] = "partial" if history or run_dir.exists() else "not started"
+    if history:
+        state["last_epoch"] = {k: history[-1][k] for k in ("stage", "epoch", "train_loss", "train_images_per_s") if k in history[-1]}
+        state["last_epoch"]["val"] = history[-1].get("val")
+    return state
+
+
+def write_status(plan: Plan, current: str | None, failures: dict[str, str]) -> None:
+    status = {
+        "plan": plan.name, "updated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "running": current,
+        "runs": [dict(run_state(plan, run), **({"failed": failures[run.name]} if run.name in failures else {}))
+                 for run in plan.runs],
+    }
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(plan.results_dir / "status.json", json.dumps(status, indent=1) + "\n")
+
+
+def train_command(plan: Plan, run: PlannedRun) -> list[str]:
+    command = [sys.executable, "-m", "glae", "train", "--config", run.config, "--data", plan.data,
+               "--out", str(plan.run_dir(run)), "--no-progress"]
+    for override in run.overrides:
+        command += ["--set", override]
+    return command
+
+
+def _train(plan: Plan, run: PlannedRun, failures: dict[str, str]) -> None:
+    """Train (or resume) one run in a child process, syncing its results while it goes."""
+    log_file = plan.out / f"{run.name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    done = threading.Event()
+
+    def keep_syncing() -> None:
+        while not done.wait(SYNC_EVERY_S):
+            sync_results(plan, run)
+            write_status(plan, run.name, failures)
+
+    syncer = threading.Thread(target=keep_syncing, daemon=True)
+    syncer.start()
+    with open(log_file, "a") as log:
+        code = subprocess.call(train_command(plan, run), stdout=log, stderr=subprocess.STDOUT)
+    done.set()
+    syncer.join()
+    sync_results(plan, run)
+    if code != 0:
+        lines = log_file.read_text(errors="replace").strip().splitlines()
+        failures[run.name] = f"exit {code}: {lines[-1] if lines else 'no output'} (log {log_file})"
+    else:
+        failures.pop(run.name, None)
+    write_status(plan, None, failures)
+
+
+def execute(plan: Plan) -> int:
+    """Train every unfinished run in order, in this process; returns the number that failed.
+
+    Holds the plan's lock for its whole life: a second runner of the same plan leaves at once.
+    """
+    plan.out.mkdir(parents=True, exist_ok=True)
+    with open(plan.out / ".plan.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"plan {plan.name}: another runner is already working on it", file=sys.stderr)
+            return 0
+        failures: dict[str, str] = {}
+        for run in plan.runs:
+            if is_finished(plan.run_dir(run)):
+                sync_results(plan, run)
+                continue
+            write_status(plan, run.name, failures)
+            _train(plan, run, failures)
+        write_status(plan, None, failures)
+        return len(failures)
+
+
+def is_running(plan: Plan) -> bool:
+    lock_file = plan.out / ".plan.lock"
+    if not lock_file.exists():
+        return False
+    with open(lock_file, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
+
+def start_in_background(plan_file: str | Path) -> str:
+    """Start the runner detached from this terminal (it survives the shell); returns what happened."""
+    plan = load_plan(plan_file)
+    if is_running(plan):
+        return f"plan {plan.name}: already running; status in {plan.results_dir / 'status.json'}"
+    plan.out.mkdir(parents=True, exist_ok=True)
+    log_path = plan.out / "plan.log"
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "glae", "plan", str(plan_file), "--foreground"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ),
+        )
+    return (f"plan {plan.name}: started in the background (pid {process.pid}); "
+            f"log {log_path}, status {plan.results_dir / 'status.json'}")
+
+
+def describe(plan: Plan) -> str:
+    """One line per run, for ``glae plan PLAN --status``."""
+    lines = [f"plan {plan.name}: {'running' if is_running(plan) else 'not running'}"]
+    for run in plan.runs:
+        state = run_state(plan, run)
+        detail = f"{state['epochs_logged']} epochs logged"
+        if state["state"] == "finished":
+            detail = f"test {state['test']['mode']} MAE {state['test']['mae']:.3f} CMAE {state['test']['cmae']:.3f}"
+        lines.append(f"  {run.name:28s} {state['state']:12s} {detail}")
+    return "\n".join(lines)
+
+
+__all__ = ["Plan", "PlannedRun", "describe", "execute", "is_finished", "load_plan", "start_in_background", "sync_results"]

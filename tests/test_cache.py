@@ -1,0 +1,93 @@
+"""The decoded-image cache (glae.data.cache): same pixels, rebuilt when files change, never half-used."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from glae.data.cache import CachedImages, cache_key, open_image_cache
+from glae.data.datasets import AgeSample
+from glae.data.images import AgeImageDataset, read_rgb
+from glae.data.transforms import train_transform
+
+
+def _photos(folder: Path, count: int = 3) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        path = folder / f"{index}.jpg"
+        Image.fromarray(rng.integers(0, 255, (50 + index, 40, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_cached_pixels_are_exactly_what_resize_gives(tmp_path: Path) -> None:
+    paths = _photos(tmp_path)
+    cache = open_image_cache(paths, 32, tmp_path / "cache")
+    for index, path in enumerate(paths):
+        expected = np.asarray(T.Resize((32, 32), antialias=True)(read_rgb(path)))
+        np.testing.assert_array_equal(np.asarray(cache.image(index)), expected)
+
+
+def test_training_draws_are_identical_with_and_without_the_cache(tmp_path: Path) -> None:
+    """Same seeds, same augmented tensors: a run may switch the cache on or off and resume identically."""
+    paths = _photos(tmp_path)
+    samples = [AgeSample(path=p, age=20.0 + i) for i, p in enumerate(paths)]
+    transform = train_transform(32, augment=True, flip=True)
+    cache = open_image_cache(paths, 32, tmp_path / "cache")
+    plain = AgeImageDataset(samples, transform)
+    cached = AgeImageDataset(samples, transform, CachedImages(cache, range(len(paths))))
+    for key in [(0, 11), (1, 12), (2, 13)]:
+        assert torch.equal(plain[key][0], cached[key][0])
+
+
+def test_a_changed_file_gets_a_new_cache(tmp_path: Path) -> None:
+    paths = _photos(tmp_path)
+    before = cache_key(paths, 32)
+    assert cache_key(paths, 32) == before and cache_key(paths, 64) != before
+    Image.new("RGB", (60, 60), "white").save(paths[1])
+    os.utime(paths[1], ns=(1, 1))
+    assert cache_key(paths, 32) != before
+    cache = open_image_cache(paths, 32, tmp_path / "cache")
+    assert np.asarray(cache.image(1)).min() == 255  # the new content, not the old pixels
+
+
+def test_corrupt_and_vanished_files_are_reported_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = _photos(tmp_path, 4)
+    paths[1].write_bytes(b"\xff\xd8 not really a jpeg")
+    paths[2].unlink()
+    cache = open_image_cache(paths, 32, tmp_path / "cache")
+    assert cache.usable() == [0, 3]
+    assert set(cache.problems) == {1, 2}
+    assert str(paths[1]) in caplog.text and str(paths[2]) in caplog.text
+    assert np.asarray(cache.image(3)).shape == (32, 32, 3)
+
+
+def test_a_build_killed_midway_is_never_used(tmp_path: Path) -> None:
+    """Pixels without their record (what a kill -9 before the last rename leaves) are rebuilt."""
+    paths = _photos(tmp_path)
+    folder = tmp_path / "cache"
+    open_image_cache(paths, 32, folder)
+    key = cache_key(paths, 32)
+    (folder / f"{key}.json").unlink()
+    np.lib.format.open_memmap(folder / f"{key}.npy", mode="w+", dtype=np.uint8, shape=(3, 32, 32, 3))[:] = 7
+    (folder / f"{key}.npy.tmp-99999").write_bytes(b"half")
+    cache = open_image_cache(paths, 32, folder)
+    assert np.asarray(cache.image(0)).max() != 7 or np.asarray(cache.image(0)).min() != 7
+    assert not list(folder.glob("*.tmp-*"))
+
+
+def test_the_cache_pickles_by_path_not_by_pixels(tmp_path: Path) -> None:
+    import pickle
+
+    paths = _photos(tmp_path)
+    cache = open_image_cache(paths, 32, tmp_path / "cache")
+    data = pickle.dumps(cache)
+    assert len(data) < 2000
+    np.testing.assert_array_equal(np.asarray(pickle.loads(data).image(2)), np.asarray(cache.image(2)))

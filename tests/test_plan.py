@@ -1,0 +1,64 @@
+"""Plans of runs (glae.plan): every unfinished run trained in order, results synced, reruns harmless."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+
+import pytest
+
+from glae.plan import execute, load_plan
+
+TINY = ["data.limit=64", "model.input_size=64", "model.backbone=resnet18", "model.pretrained=false",
+        "stage1.epochs=1", "stage2.epochs=1", "stage1.max_steps_per_epoch=2", "stage2.max_steps_per_epoch=1",
+        "data.num_workers=0", "clip_grad_norm=5", "stage1.batch_size=8", "stage2.batch_size=8"]
+
+
+def _plan(tmp_path: Path, utkface: Path, runs: list[dict]) -> Path:
+    plan = {"name": "p", "data": str(utkface), "out": str(tmp_path / "runs"), "results": str(tmp_path / "results"), "runs": runs}
+    path = tmp_path / "plan.yaml"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+@pytest.mark.slow
+def test_plan_trains_each_run_once_and_a_failure_does_not_stop_the_rest(tmp_path: Path, utkface: Path) -> None:
+    plan_file = _plan(tmp_path, utkface, [
+        {"name": "broken", "config": str(tmp_path / "missing.yaml")},
+        {"name": "tiny", "config": "configs/smoke.yaml", "set": TINY},
+    ])
+    plan = load_plan(plan_file)
+    assert execute(plan) == 1
+    results = tmp_path / "results" / "p"
+    status = json.loads((results / "status.json").read_text())
+    states = {run["name"]: run for run in status["runs"]}
+    assert states["tiny"]["state"] == "finished" and "failed" not in states["tiny"]
+    assert "missing.yaml" in states["broken"]["failed"]
+    assert json.loads((results / "tiny" / "test_metrics.json").read_text())["n_images"] > 0
+    assert len((results / "tiny" / "metrics.jsonl").read_text().splitlines()) == 2  # one line per epoch, both stages
+    model = tmp_path / "runs" / "tiny" / "model.safetensors"
+    stamp = model.stat().st_mtime_ns
+    execute(plan)  # a rerun retrains nothing that finished
+    assert model.stat().st_mtime_ns == stamp
+
+
+def test_a_second_runner_of_the_same_plan_leaves_at_once(tmp_path: Path, utkface: Path, capsys) -> None:
+    plan = load_plan(_plan(tmp_path, utkface, [{"name": "tiny", "config": "configs/smoke.yaml", "set": TINY}]))
+    plan.out.mkdir(parents=True)
+    with open(plan.out / ".plan.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert execute(plan) == 0
+    assert "already working" in capsys.readouterr().err
+    assert not (plan.out / "tiny").exists()
+
+
+@pytest.mark.parametrize("runs, message", [
+    ([], "no runs"),
+    ([{"name": "a"}], "needs a name and a config"),
+    ([{"name": "a", "config": "c"}, {"name": "a", "config": "c"}], "repeated: a"),
+    ([{"name": "a", "config": "c", "set": "seed=1"}], "list of key=value"),
+])
+def test_bad_plans_are_refused_in_one_line(tmp_path: Path, runs: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_plan(_plan(tmp_path, tmp_path, runs))
