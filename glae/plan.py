@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .config import read_yaml_mapping
 from .fileio import atomic_write_text
 
 SYNC_EVERY_S = 30.0
@@ -64,15 +63,7 @@ class Plan:
 
 def load_plan(path: str | Path) -> Plan:
     """Read and check a plan file; every problem is one line naming the file and the entry."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"plan file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with name, data, out, results and runs")
+    data = read_yaml_mapping(path, "plan file")
     missing = [key for key in ("name", "data", "out", "results", "runs") if key not in data]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}")
