@@ -143,7 +143,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a mapping")
-        return _from_dict(annotation, value, key + ".")
+        return _from_dict(typing.cast(type, annotation), value, key + ".")  # an annotation: a class, not an instance
     if origin is typing.Literal:
         if value not in typing.get_args(annotation):
             raise ValueError(f"{key}: {value!r} is not one of {typing.get_args(annotation)}")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -82,13 +83,13 @@ def barrier(context: DistributedContext) -> None:
 
 def unwrap(model: nn.Module) -> AgeModel:
     """The model inside ``torch.compile`` and DDP wrappers; saving and inference always go through it."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
+    inner: nn.Module = getattr(model, "_orig_mod", model)
+    return cast(AgeModel, getattr(inner, "module", inner))
 
 
 def _freeze(module: nn.Module, frozen: bool) -> None:
     module.requires_grad_(not frozen)
-    module.frozen = frozen  # type: ignore[attr-defined]
+    setattr(module, "frozen", frozen)  # a plain flag that set_train_mode reads back
 
 
 def freeze_for_stage1(model: AgeModel) -> None:

@@ -22,8 +22,9 @@ import dataclasses
 import json
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -78,6 +79,7 @@ def seed_everything(seed: int) -> None:
 
 def load_samples(config: TrainConfig) -> DatasetIndex:
     """Load the dataset, report what was skipped, and enforce the model's age range."""
+    assert config.data.path is not None, "data.path is unset (the CLI requires --data)"
     index = load_dataset(config.data.path, config.data.format)
     log.info(index.summary())
     if config.data.clip_ages:
@@ -250,7 +252,7 @@ class StageRunner:
         if self.config.compile:
             # Only the training step is compiled; evaluation and saving use the plain model,
             # whose parameters the compiled one shares.
-            wrapped = torch.compile(wrapped)
+            wrapped = cast(torch.nn.Module, torch.compile(wrapped))  # a module compiles to an OptimizedModule
         settings = EpochSettings(
             head=self.head, loss=self.config.loss, sigma=self.config.sigma, use_label_std=self.config.data.use_label_std,
             device=context.device, amp=self.config.amp, channels_last=self.config.channels_last,
@@ -277,7 +279,7 @@ class StageRunner:
             "lr": scheduler.get_last_lr()[0],
         }
         if self.context.is_main and self.split.val:
-            mode = "vanilla" if self.stage == 1 else "routing"
+            mode: RoutingMode = "vanilla" if self.stage == 1 else "routing"
             val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, mode)
             record["val"] = {name: {"mae": m["mae"], "cmae": m["cmae"]} for name, m in val["modes"].items()}
         self.history.append(record)
@@ -320,7 +322,8 @@ def start_stage2(model: AgeModel, config: TrainConfig) -> None:
             torch.manual_seed(config.seed * 10 + 2)
             for module in model.heads["balanced"].modules():
                 if module is not model.heads["balanced"] and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+                    # Linear, norms...; torch types an unknown module attribute as Tensor | Module.
+                    cast("Callable[[], None]", module.reset_parameters)()
     freeze_for_stage2(model)
 
 

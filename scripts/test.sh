@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole test suite (sets up .venv first). Extra arguments go to pytest.
+# Type-check with mypy, then run the whole test suite (sets up .venv first). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -12,4 +12,6 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
       echo "warning: could not install chromium; tests/test_serve_browser.py will skip" >&2
   fi
 fi
+# Type check first (config in pyproject.toml): a type error fails the run before the tests.
+python -m mypy glae
 python -m pytest "$@"

@@ -428,7 +428,7 @@ def load_morph(csv_path: Path) -> DatasetIndex:
     columns, rows = _read_rows(csv_path)
     age_col = _column(csv_path, columns, ("age",))
     path_col = _column(csv_path, columns, _PATH_ALIASES)
-    extra = [name for name in ("race", "gender") if name in columns]
+    extra: list[str] = [name for name in ("race", "gender") if name in columns]
 
     def record(row: _Row) -> tuple[Path, AgeSample]:
         path = _image_path(csv_path, row, path_col)
@@ -511,7 +511,7 @@ def _read_apparent(
     image_col = _column(csv_path, columns, ("image", "file_name"))
     mean_col = _column(csv_path, columns, ("mean", "apparent_age_avg"))
     std_col = _column(csv_path, columns, ("stdv", "std", "apparent_age_std"))
-    extra = [name for name in ("real_age", "num_ratings") if name in columns]
+    extra: list[str] = [name for name in ("real_age", "num_ratings") if name in columns]
 
     def record(row: _Row) -> tuple[Path, AgeSample]:
         path = _image_path(csv_path, row, image_col, fallbacks)

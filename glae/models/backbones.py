@@ -23,9 +23,9 @@ import socket
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import timm
 import torch
@@ -104,17 +104,34 @@ class _TimmBackbone(Backbone):
         Raises:
             BackboneError: The model yields tokens instead of a spatial map.
         """
-        features = self.net.forward_features(images)
+        # timm models share no typed base class; torch types unknown attributes as Tensor | Module.
+        forward_features = cast(Callable[[Tensor], Tensor], self.net.forward_features)
+        features = forward_features(images)
         if getattr(self.net, "output_fmt", "NCHW") == "NHWC":
             # Swin-like models; the permuted view is simply channels_last memory.
             features = features.permute(0, 3, 1, 2)
         if features.ndim != 4:
             raise BackboneError(
-                f"timm model {self.net.pretrained_cfg.get('architecture', '?')} returns "
+                f"timm model {_timm_pretrained_cfg(self.net).get('architecture', '?')} returns "
                 f"{tuple(features.shape)} features, not a [B, C, H, W] map; GLAE's "
                 "Feature Rearrangement needs a convolutional (or hierarchical) backbone."
             )
         return features
+
+
+def _timm_pretrained_cfg(model: nn.Module) -> Mapping[str, Any]:
+    """The ``pretrained_cfg`` dict timm attaches to the models it builds."""
+    return cast(Mapping[str, Any], model.pretrained_cfg)
+
+
+def _timm_num_features(model: nn.Module) -> int:
+    """Channels of a headless timm model's feature map (its ``num_features``)."""
+    return cast(int, model.num_features)
+
+
+def _timm_feature_info(model: nn.Module) -> list[dict[str, Any]]:
+    """timm's per-stage ``feature_info`` (``num_chs``, ``reduction``, ``module``)."""
+    return cast("list[dict[str, Any]]", model.feature_info)
 
 
 _REGISTRY: dict[str, Callable[[bool], Backbone]] = {}
@@ -219,7 +236,8 @@ def _convert_lite0_state_dict(source: Mapping[str, Tensor], model: nn.Module) ->
     Raises:
         BackboneError: A tensor has no counterpart in ``model`` or a different shape.
     """
-    block_names = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    stages = cast("Iterable[nn.Sequential]", model.blocks)  # timm's EfficientNet: a Sequential of stages
+    block_names = [f"blocks.{s}.{j}" for s, stage in enumerate(stages) for j in range(len(stage))]
     target = model.state_dict()
     converted = {}
     for key, tensor in source.items():
@@ -261,7 +279,7 @@ def load_efficientnet_lite0_imagenet(classifier: bool = False) -> nn.Module:
     Raises:
         BackboneError: The package is missing or its file does not match.
     """
-    head = {} if classifier else {"num_classes": 0, "global_pool": ""}
+    head: dict[str, Any] = {} if classifier else {"num_classes": 0, "global_pool": ""}
     model = timm.create_model(_LITE0_ARCH, pretrained=False, **head)
     source = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
     state = _convert_lite0_state_dict(source, model)
@@ -283,7 +301,7 @@ def efficientnet_lite0(pretrained: bool = False) -> Backbone:
         model = load_efficientnet_lite0_imagenet(classifier=False)
     else:
         model = timm.create_model(_LITE0_ARCH, pretrained=False, num_classes=0, global_pool="")
-    return _TimmBackbone(model, model.num_features, model.feature_info[-1]["reduction"], TF_INPUT)
+    return _TimmBackbone(model, _timm_num_features(model), _timm_feature_info(model)[-1]["reduction"], TF_INPUT)
 
 
 # --------------------------------------------------------------------------- any timm model
@@ -306,7 +324,8 @@ def _weights_host_unreachable(name: str) -> str | None:
             return None
         url = constants.ENDPOINT
     else:
-        url = cfg.url
+        # timm types url as str | (url, hash) but its builder only ever loads a str; None: no host.
+        url = cast("str | None", cfg.url) or ""
     host = urllib.parse.urlsplit(url).hostname
     if not host:
         return None
@@ -338,12 +357,12 @@ def _timm_backbone(name: str, pretrained: bool) -> Backbone:
             raise BackboneError(
                 f"ImageNet weights for timm model {name} could not be downloaded (offline?). {advice}"
             ) from err
-    cfg = model.pretrained_cfg
+    cfg = _timm_pretrained_cfg(model)
     expected = InputNormalization(
         tuple(cfg.get("mean", IMAGENET_INPUT.mean)), tuple(cfg.get("std", IMAGENET_INPUT.std))
     )
-    reduction = model.feature_info[-1]["reduction"] if getattr(model, "feature_info", None) else 32
-    return _TimmBackbone(model, model.num_features, reduction, expected)
+    reduction = _timm_feature_info(model)[-1]["reduction"] if getattr(model, "feature_info", None) else 32
+    return _TimmBackbone(model, _timm_num_features(model), reduction, expected)
 
 
 # --------------------------------------------------------------------------- local weights files
@@ -356,6 +375,7 @@ def _read_weights_file(path: Path) -> dict[str, Tensor]:
     """Reads a state dict from ``.safetensors`` or a torch pickle (tensors only)."""
     if not path.is_file():
         raise BackboneError(f"Backbone weights file not found: {path}")
+    state: object  # a torch pickle may hold anything; checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
