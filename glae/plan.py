@@ -140,6 +140,16 @@ def train_command(plan: Plan, run: PlannedRun) -> list[str]:
     return command
 
 
+def training_environment() -> dict[str, str]:
+    """The runs' environment: OpenMP threads sleep at barriers instead of spinning.
+
+    Long runs share the machine with whatever else runs; with spinning threads a busy
+    neighbour process cut the two-thread step from 58 to 11 images/s, with sleeping ones
+    to 23 (docs/training_speed.md). A value the user set is kept.
+    """
+    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
 def _train(plan: Plan, run: PlannedRun, failures: dict[str, str]) -> None:
     """Train (or resume) one run in a child process, syncing its results while it goes."""
     log_file = plan.out / f"{run.name}.log"
@@ -154,7 +164,7 @@ def _train(plan: Plan, run: PlannedRun, failures: dict[str, str]) -> None:
     syncer = threading.Thread(target=keep_syncing, daemon=True)
     syncer.start()
     with open(log_file, "a") as log:
-        code = subprocess.call(train_command(plan, run), stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(train_command(plan, run), stdout=log, stderr=subprocess.STDOUT, env=training_environment())
     done.set()
     syncer.join()
     sync_results(plan, run)
