@@ -138,9 +138,10 @@ def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedC
                 "use a new --out folder, or rerun with the same settings to resume"
             )
     elif context.is_main:
-        if config_file.exists() and config_file.read_text() != dump_config(config):
+        record = dump_config(config)
+        if config_file.exists() and config_file.read_text() != record:
             (out_dir / "split.json").unlink(missing_ok=True)
-        atomic_write_text(config_file, dump_config(config))
+        atomic_write_text(config_file, record)
     barrier(context)
 
 
