@@ -39,11 +39,11 @@ ROWS: dict[str, list[str]] = {
     "base": ["model.head=gap", "loss=base", NO_STAGE2],
     "base_fr": ["model.head=fr", "loss=base", NO_STAGE2],
     "glae": [],
-    "k16_s8": ["model.kernel_size=16", "model.stride=8", NO_STAGE2],
-    "k32_s8": ["model.kernel_size=32", "model.stride=8", NO_STAGE2],
-    "k32_s16": ["model.kernel_size=32", "model.stride=16", NO_STAGE2],
-    "depth1": ["model.proj_depth=1", NO_STAGE2],
-    "depth2": ["model.proj_depth=2", NO_STAGE2],
+    "k16_s8": ["model.head_options.kernel_size=16", "model.head_options.stride=8", NO_STAGE2],
+    "k32_s8": ["model.head_options.kernel_size=32", "model.head_options.stride=8", NO_STAGE2],
+    "k32_s16": ["model.head_options.kernel_size=32", "model.head_options.stride=16", NO_STAGE2],
+    "depth1": ["model.head_options.proj_depth=1", NO_STAGE2],
+    "depth2": ["model.head_options.proj_depth=2", NO_STAGE2],
     # Stage 2 never changes the vanilla head, which is what the clipping table compares.
     "base_noclip": ["model.head=gap", "loss=base", NO_STAGE2, "clip_grad_norm=null"],
     "glae_noclip": [NO_STAGE2, "clip_grad_norm=null"],
@@ -60,7 +60,7 @@ ROWS.update({f"{method}_noclip_224": ROWS[f"{method}_noclip"] + ["model.input_si
 ROWS.update({f"{method}_noclip_224_lr0.0025": ROWS[f"{method}_noclip_224"] + ["stage1.lr=0.0025"] for method in ("base", "glae")})
 # Proj depth 2 puts BatchNorm between the flattened FR map and the holistic classifier, which
 # makes that branch's updates independent of the map's scale (first seed).
-ROWS.update({f"glae_noclip{suffix}_depth2": ROWS[f"glae_noclip{suffix}"] + ["model.proj_depth=2"] for suffix in ("", "_224")})
+ROWS.update({f"glae_noclip{suffix}_depth2": ROWS[f"glae_noclip{suffix}"] + ["model.head_options.proj_depth=2"] for suffix in ("", "_224")})
 SEEDED_ROWS = ("kl", "base", "base_fr", "glae", "base_noclip", "glae_noclip")  # mean ± std over seeds
 TABLES: dict[str, list[tuple[str, str]]] = {
     "table2": [("ℓ_kl", "kl"), ("ℓ_base", "base"), ("ℓ_base + FR", "base_fr"), ("ℓ_base + FR + PA", "glae")],

@@ -24,12 +24,13 @@ from glae.data import load_dataset
 from glae.data.images import AgeImageDataset
 from glae.data.samplers import EpochSampler
 from glae.data.transforms import train_transform
+from glae.models.glae import PAPER_INPUT
 from glae.engine import EpochSettings, train_one_epoch
 from glae.models import AgeModel, ModelConfig
 
 
 def make_loader(samples, size: int, batch: int, workers: int) -> DataLoader:
-    dataset = AgeImageDataset(samples, train_transform(size))
+    dataset = AgeImageDataset(samples, train_transform(size, PAPER_INPUT))
     sampler = EpochSampler([s.age for s in samples], "instance", seed=0)
     return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
                       persistent_workers=workers > 0)

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from glae.checkpoint import load_model, save_model
+from glae.config import config_from_dict, config_to_dict
 from glae.models import count_parameters
 from glae.predict import default_model_path
 
@@ -34,13 +35,13 @@ def training_lines(run: Path, config: dict) -> list[str]:
         return recipe.read_text().rstrip("\n").splitlines()
     return [
         f"- Training: `glae train --config configs/utkface_cpu_glae.yaml --data ../shared/data/utkface --out {run}`",
-        f"  (stage 1: {config['stage1']['epochs']} epochs, L_sum, instance-balanced; stage 2: {config['stage2']['epochs']} "
+        f"  (stage 1: {config['stages'][0]['epochs']} epochs, L_sum, instance-balanced; stage 2: {config['stages'][1]['epochs']} "
         "epochs, backbone frozen, class-balanced), on 2 CPU cores.",
     ]
 
 
 def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | None, peer: dict | None, speed: dict | None) -> str:
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = config_to_dict(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())))  # older run folders too
     split = json.loads((run / "split.json").read_text())
     test = json.loads((run / "test_metrics.json").read_text())
     lines = [

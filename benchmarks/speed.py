@@ -32,6 +32,7 @@ import torch
 
 from glae.losses import compute_loss
 from glae.models import AgeModel, ModelConfig
+from glae.models.heads import head_spec
 from glae.routing import route
 
 
@@ -57,7 +58,7 @@ def train_speed(args: argparse.Namespace, head: str) -> float:
     model.heads["balanced"].requires_grad_(False)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, nesterov=True)
     images, ages = _batch(args), torch.randint(1, 100, (args.batch,)).float()
-    loss_kind = "sum" if head == "glae" else "base"
+    loss_kind = head_spec(head).losses[0]
 
     def step() -> None:
         loss = compute_loss(loss_kind, model(images), ages)

@@ -40,9 +40,12 @@ from glae.data.cache import CachedImages, open_image_cache
 from glae.data.images import AgeImageDataset
 from glae.data.samplers import EpochSampler
 from glae.data.transforms import train_transform
-from glae.engine import EpochSettings, freeze_for_stage1, freeze_for_stage2, train_one_epoch
+from glae.config import PAPER_STAGES
+from glae.engine import EpochSettings, freeze, train_one_epoch
+from glae.train import frozen_parts
 from glae.losses import compute_loss
 from glae.models import AgeModel, ModelConfig
+from glae.models.glae import PAPER_INPUT
 
 SIZE, BATCH, MAX_AGE = 128, 32, 116
 
@@ -51,7 +54,7 @@ def _model() -> AgeModel:
     torch.manual_seed(0)
     config = ModelConfig(backbone="efficientnet_lite0", pretrained=True, head="glae", max_age=MAX_AGE, input_size=SIZE)
     model = AgeModel(config).to(memory_format=torch.channels_last)
-    freeze_for_stage1(model)
+    freeze(model, frozen_parts(PAPER_STAGES[0]))
     return model
 
 
@@ -88,7 +91,7 @@ def step_speed(kind: str, steps: int) -> dict[str, float]:
 def loop_speed(source: str, workers: int, compiled: bool, stage: int, steps: int, data: str, cache_dir: str) -> dict[str, float]:
     """Images/s of ``train_one_epoch`` fed by the real loader, after a 2-step warm-up."""
     samples = load_dataset(data, "utkface").samples[: BATCH * (steps + 8)]
-    transform = train_transform(SIZE, augment=True, flip=True)
+    transform = train_transform(SIZE, PAPER_INPUT, augment=True, flip=True)
     if source == "cache":
         cache = open_image_cache([s.path for s in samples], SIZE, Path(cache_dir))
         dataset = AgeImageDataset(samples, transform, CachedImages(cache, range(len(samples))))
@@ -99,7 +102,7 @@ def loop_speed(source: str, workers: int, compiled: bool, stage: int, steps: int
                         persistent_workers=workers > 0)
     model = _model()
     if stage == 2:
-        freeze_for_stage2(model)
+        freeze(model, frozen_parts(PAPER_STAGES[1]))
     optimizer = _optimizer(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     forward = torch.compile(model) if compiled else model

@@ -17,6 +17,7 @@ never half of one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -31,7 +32,8 @@ from torch import nn
 from .engine import unwrap
 from .config import model_config_from_dict
 from .fileio import atomic_write, atomic_write_bytes
-from .models.glae import AgeModel
+from .models.backbones import InputNormalization
+from .models.glae import PAPER_INPUT, AgeModel
 
 METADATA_KEY = "glae"
 
@@ -48,14 +50,18 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] |
         name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in model.state_dict().items()
     }
-    metadata = {METADATA_KEY: json.dumps({"model": model.config.to_dict(), "info": info or {}})}
+    record = {"model": model.config.to_dict(), "input": model.normalization._asdict(), "info": info or {}}
+    metadata = {METADATA_KEY: json.dumps(record)}
     # Serialized in memory, then written by Python: a full disk is then an OSError (ENOSPC),
     # where safetensors' own file writer can report success on a short write.
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The validated ``{"model": ..., "info": ...}`` record of a model file, without loading weights.
+    """The validated ``{"model": ..., "input": ..., "info": ...}`` record of a model file, without loading weights.
+
+    ``input`` is the pixel normalization the network was trained with (``mean``, ``std``
+    per RGB channel of [0, 1] pixels); files written before it was recorded used the paper's.
 
     This is the one place a model file's metadata is checked: every command that reads a
     model (eval, predict, serve, export, stage 2's init_from) gets one line naming the file
@@ -94,7 +100,29 @@ def _parse_record(path: Path, text: str) -> dict[str, Any]:
         model_config_from_dict(record["model"])
     except ValueError as error:
         raise CheckpointError(f"{where}: {error}; {advice}") from None
-    return {"model": record["model"], "info": record["info"]}
+    normalization = _parse_normalization(record.get("input", PAPER_INPUT._asdict()))
+    if normalization is None:
+        raise CheckpointError(f"{where}: key 'input' must hold 'mean' and 'std', three finite numbers each (std > 0); {advice}")
+    return {"model": record["model"], "input": normalization, "info": record["info"]}
+
+
+def _parse_normalization(value: Any) -> InputNormalization | None:
+    """Three finite means and three positive finite stds, or None when the record is malformed."""
+    if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+        return None
+    parts: list[tuple[float, float, float]] = []
+    for key in ("mean", "std"):
+        numbers = value[key]
+        if not (isinstance(numbers, (list, tuple)) and len(numbers) == 3 and all(_finite(x) for x in numbers)):
+            return None
+        parts.append((float(numbers[0]), float(numbers[1]), float(numbers[2])))
+    if min(parts[1]) <= 0:
+        return None
+    return InputNormalization(parts[0], parts[1])
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[AgeModel, dict[str, Any]]:
@@ -124,6 +152,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     _check_finite(path, state)
+    model.normalization = record["input"]  # what it was trained with, not what a rebuild without weights would pick
     return model.to(device).eval(), record["info"]
 
 

@@ -1,15 +1,14 @@
 """Experiment configuration: typed dataclasses, YAML files, ``key=value`` overrides.
 
 One YAML file describes one experiment (both stages); any field can be changed from the
-command line with ``--set stage1.epochs=3``. The resolved configuration is saved in the
+command line with ``--set stages.0.epochs=3`` (or its short form ``stage1.epochs=3``). The resolved configuration is saved in the
 run folder, so a run can always be repeated or resumed from its own record.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +16,10 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from .models.glae import ModelConfig
+from .models.glae import HEAD_NAMES, ModelConfig, migrate_model_settings
+from .models.heads import head_spec
+from .routing import ROUTING_MODES, RoutingMode
+from .typed import from_dict
 
 
 @dataclass
@@ -41,26 +43,43 @@ class DataConfig:
 
 @dataclass
 class StageConfig:
+    """One training stage: which head it trains, what stays fixed, how it samples and starts.
+
+    The paper's Algorithm 1 is two of these (``PAPER_STAGES``); a run may have any number.
+    """
+
+    head: str = "vanilla"  # the model head this stage trains (vanilla / balanced); every other head stays fixed
     epochs: int = 1  # 0 skips the stage
     batch_size: int = 32  # per process (paper: 32 per GPU)
     lr: float = 0.01  # OneCycle peak learning rate
     momentum: float = 0.9  # SGD with Nesterov momentum (Section V-A)
     weight_decay: float = 5e-4
-    sampling: Literal["instance", "class"] = "instance"
+    sampling: Literal["instance", "class"] = "instance"  # instance- or class-balanced batches
+    freeze: list[str] = field(default_factory=list)  # more parts kept fixed: "backbone" (its BatchNorm statistics too)
+    # How the trained head starts: as it is ("keep"), as a copy of the head ``copy_from``, or
+    # freshly initialised ("fresh", seeded), as classifier re-training does.
+    head_init: Literal["keep", "copy", "fresh"] = "keep"
+    copy_from: str = "vanilla"
+    val_mode: RoutingMode = "vanilla"  # head choice of the per-epoch validation (routing needs a trained balanced head)
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke runs); None = a full pass
-    init_from: str | None = None  # stage 2 only: a stage-1 checkpoint of another run to start from
-    # Stage 2 only: the balanced head starts as a copy of the trained vanilla head, or
-    # freshly initialised ("retrains a balanced classifier", as classifier re-training does).
-    head_init: Literal["copy", "fresh"] = "copy"
+    init_from: str | None = None  # start the stage from another run's model file (e.g. its stage1.safetensors)
+
+
+PAPER_STAGES = (
+    StageConfig(head="vanilla", epochs=10, sampling="instance"),
+    # Stage 2 (Section III-D): backbone frozen, class-balanced batches, a balanced head that
+    # starts from the trained vanilla one, validated with Adaptive Routing.
+    StageConfig(head="balanced", epochs=2, sampling="class", freeze=["backbone"], head_init="copy", val_mode="routing"),
+)
+"""Algorithm 1's two stages: the default when a config lists no ``stages``."""
 
 
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    stage1: StageConfig = field(default_factory=lambda: StageConfig(epochs=10, sampling="instance"))
-    stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=2, sampling="class", lr=0.01))
-    loss: Literal["kl", "base", "sum"] = "sum"  # ℓ_kl (Eq. 2), ℓ_base (Eq. 5) or L_sum (Eq. 10, needs head glae)
+    stages: list[StageConfig] = field(default_factory=lambda: [dataclasses.replace(s, freeze=list(s.freeze)) for s in PAPER_STAGES])
+    loss: str | None = None  # one of the head's losses; None = its default (glae: sum = Eq. 10; gap/fr: base = Eq. 5; ordinal: corn)
     sigma: float = 1.0  # σ of the Gaussian label distribution (Eq. 1)
     augment: bool = True  # ColorJitter + RandAugment in training (Section V-A)
     # Random horizontal flips in training. The paper lists none, and a flip is exactly the
@@ -77,31 +96,66 @@ class TrainConfig:
     checkpoint_every: int = 50  # steps between mid-epoch checkpoints (resume granularity)
     eval_batch_size: int = 64
 
+    @property
+    def training_loss(self) -> str:
+        """The loss the run trains with: ``loss``, or the head's default."""
+        return self.loss or head_spec(self.model.head).losses[0]
+
+    @property
+    def trains_balanced_head(self) -> bool:
+        return any(stage.epochs > 0 and stage.head == "balanced" for stage in self.stages)
+
     def validate(self) -> None:
         """Reject combinations that would train something other than what was asked."""
-        if self.loss == "sum" and self.model.head != "glae":
-            raise ValueError("loss 'sum' (L_loc + L_hol) needs model.head=glae; use loss 'base' or 'kl' for gap/fr heads")
-        if self.model.head == "glae" and self.loss != "sum":
-            raise ValueError("model.head=glae is trained with loss 'sum'; for the ablation rows use head gap or fr")
-        if self.stage1.epochs < 0 or self.stage2.epochs < 0:
-            raise ValueError("epochs must be >= 0")
         self.model.validate()
-        for name, value in (("stage1.batch_size", self.stage1.batch_size), ("stage2.batch_size", self.stage2.batch_size),
-                            ("eval_batch_size", self.eval_batch_size)):
-            if not 1 <= value <= MAX_BATCH_SIZE:
-                raise ValueError(f"{name} must be >= 1 and <= {MAX_BATCH_SIZE}, got {value}; fix it with --set {name}=N")
+        losses = head_spec(self.model.head).losses
+        if self.loss is not None and self.loss not in losses:
+            raise ValueError(f"loss {self.loss!r} is not one of {losses}, the losses model.head={self.model.head} trains with")
+        if not self.stages:
+            raise ValueError("stages is empty: a run needs at least one stage")
+        for index, stage in enumerate(self.stages):
+            _validate_stage(self.stages, index)
+        if not 1 <= self.eval_batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"eval_batch_size must be >= 1 and <= {MAX_BATCH_SIZE}, got {self.eval_batch_size}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.data.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
         check_device(self.device, "device")
-        for name, cap in (("stage1", self.stage1.max_steps_per_epoch), ("stage2", self.stage2.max_steps_per_epoch)):
-            if cap is not None and cap < 1:
-                raise ValueError(f"{name}.max_steps_per_epoch must be >= 1 or null, got {cap}")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
-        if self.stage1.epochs == 0 < self.stage2.epochs and not self.stage2.init_from:
-            raise ValueError("stage 2 without stage 1 needs stage2.init_from (a stage-1 model file to start from)")
+
+
+def _validate_stage(stages: list[StageConfig], index: int) -> None:
+    """One stage's settings, and what it needs from the stages before it; messages name ``stages.N.key``."""
+    stage, key = stages[index], f"stages.{index}"
+    parts = ("backbone", *HEAD_NAMES)
+    if stage.head not in HEAD_NAMES:
+        raise ValueError(f"{key}.head {stage.head!r} is not one of {HEAD_NAMES}")
+    if stage.epochs < 0:
+        raise ValueError(f"{key}.epochs must be >= 0, got {stage.epochs}")
+    if not 1 <= stage.batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"{key}.batch_size must be >= 1 and <= {MAX_BATCH_SIZE}, got {stage.batch_size}; fix it with --set {key}.batch_size=N")
+    if stage.max_steps_per_epoch is not None and stage.max_steps_per_epoch < 1:
+        raise ValueError(f"{key}.max_steps_per_epoch must be >= 1 or null, got {stage.max_steps_per_epoch}")
+    for part in stage.freeze:
+        if part not in parts:
+            raise ValueError(f"{key}.freeze: {part!r} is not one of {parts}")
+        if part == stage.head:
+            raise ValueError(f"{key}.freeze lists {part!r}, the head this stage trains")
+    if stage.head_init == "copy" and (stage.copy_from not in HEAD_NAMES or stage.copy_from == stage.head):
+        raise ValueError(f"{key}.copy_from must be another head than {stage.head!r}: one of {HEAD_NAMES}")
+    balanced_trained = any(s.epochs > 0 and s.head == "balanced" for s in stages[: index + 1])
+    if stage.val_mode not in ROUTING_MODES:
+        raise ValueError(f"{key}.val_mode {stage.val_mode!r} is not one of {ROUTING_MODES}")
+    if stage.epochs > 0 and stage.val_mode != "vanilla" and not balanced_trained:
+        raise ValueError(f"{key}.val_mode {stage.val_mode} needs a balanced head trained by this stage or an earlier one")
+    trained_before = any(s.epochs > 0 for s in stages[:index])
+    if stage.epochs > 0 and "backbone" in stage.freeze and not trained_before and not stage.init_from:
+        raise ValueError(
+            f"{key} freezes a backbone no earlier stage trained: it needs {key}.init_from "
+            "(a model file to start from, e.g. another run's stage1.safetensors)"
+        )
 
 
 MAX_BATCH_SIZE = 4096
@@ -130,78 +184,7 @@ def check_device(preference: str, key: str = "--device") -> None:
 
 def model_config_from_dict(data: Any) -> ModelConfig:
     """A ``ModelConfig`` from untrusted data (a model file's metadata): types checked, sizes validated."""
-    if not isinstance(data, dict):
-        raise ValueError(f"model: expected a mapping of model settings, got {type(data).__name__}")
-    config = _from_dict(ModelConfig, data, "model.")
-    config.validate()
-    return config
-
-
-def _convert(value: Any, annotation: Any, key: str) -> Any:
-    """Check and convert one YAML value against a dataclass field annotation."""
-    origin = typing.get_origin(annotation)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping")
-        return _from_dict(typing.cast(type, annotation), value, key + ".")  # an annotation: a class, not an instance
-    if origin is typing.Literal:
-        if value not in typing.get_args(annotation):
-            raise ValueError(f"{key}: {value!r} is not one of {typing.get_args(annotation)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, key)
-            except (TypeError, ValueError):
-                continue
-        raise ValueError(f"{key}: {value!r} does not fit {annotation}")
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            # PyYAML (YAML 1.1) reads 1e-3 as a string: accept numbers written that way.
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields_by_name = {f.name: f for f in dataclasses.fields(cls)}
-    names = set(fields_by_name)
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(prefix + k for k in sorted(unknown))}; known: {sorted(names)}")
-    values = {}
-    for name, value in data.items():
-        factory = fields_by_name[name].default_factory
-        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) and factory is not dataclasses.MISSING:
-            # A partial section keeps the rest of this field's own default: ``stage2.lr=0.1``
-            # must leave stage 2 class-balanced with its 2 epochs, not reset it to StageConfig().
-            values[name] = _from_dict(hints[name], value, prefix + name + ".", factory())
-        else:
-            values[name] = _convert(value, hints[name], prefix + name)
-    return cls(**values) if base is None else dataclasses.replace(base, **values)
+    return ModelConfig.from_dict(data)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -209,28 +192,88 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    config = _from_dict(TrainConfig, data)
+    data = with_stage_list(data)
+    if isinstance(data.get("model"), dict):
+        data = {**data, "model": migrate_model_settings(data["model"])}
+    config = from_dict(TrainConfig, data)
     config.validate()
     return config
 
 
+_STAGE_SECTION = re.compile(r"stage([1-9][0-9]*)")
+"""``stage1``, ``stage2``...: the older sections, and the short form of ``stages.0``, ``stages.1``."""
+
+
+def with_stage_list(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with an explicit ``stages`` list.
+
+    A config without one gets the paper's two stages; the older ``stage1`` / ``stage2``
+    sections (configs and run folders written before ``stages`` existed) are merged into
+    them, so their runs resume and reproduce unchanged.
+    """
+    sections = {key: data[key] for key in data if _STAGE_SECTION.fullmatch(key)}
+    if "stages" in data:
+        if sections:
+            raise ValueError(f"use either a stages list or {', '.join(sections)} sections, not both")
+        return data
+    stages = [dataclasses.asdict(stage) for stage in PAPER_STAGES]
+    for key, section in sections.items():
+        index = int(key[len("stage"):]) - 1
+        if index >= len(stages):
+            raise ValueError(f"{key}: the default has {len(stages)} stages; write a stages list for more")
+        if not isinstance(section, dict):
+            raise ValueError(f"{key}: expected a mapping")
+        section = dict(section)
+        if index == 0 and section.get("head_init") == "copy":
+            section.pop("head_init")  # older files recorded stage 2's setting for stage 1 too, where it did nothing
+        stages[index].update(section)
+    return {**{k: v for k, v in data.items() if k not in sections}, "stages": stages}
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings; values are parsed as YAML (``3``, ``true``, ``null``)."""
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``3``, ``true``, ``null``).
+
+    ``stages.N.key`` indexes the stage list; ``stageN.key`` is short for ``stages.(N-1).key``.
+    """
+    if overrides:
+        data = with_stage_list(data)
     for override in overrides:
         if "=" not in override:
             raise ValueError(f"--set expects key=value, got {override!r}")
         key, raw = override.split("=", 1)
         parts = key.strip().split(".")
-        node = data
+        if _STAGE_SECTION.fullmatch(parts[0]):
+            parts = ["stages", str(int(parts[0][len("stage"):]) - 1), *parts[1:]]
+        node: Any = data
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {part} is not a section")
+            node = _child(node, part, key)
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError as error:
             raise ValueError(f"--set {override}: not a YAML value ({error})") from None
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], key)] = value
+        else:
+            node[parts[-1]] = value
     return data
+
+
+def _child(node: Any, part: str, key: str) -> Any:
+    """The section ``part`` of ``node`` (created when missing), or the list entry it numbers."""
+    if isinstance(node, list):
+        return node[_list_index(node, part, key)]
+    if not isinstance(node, dict):
+        raise ValueError(f"--set {key}: {part} is not a section")
+    child = node.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise ValueError(f"--set {key}: {part} is not a section")
+    return child
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ValueError(f"--set {key}: {part} is not an index of a list of {len(node)} entries (0..{len(node) - 1})")
+    return int(part)
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
@@ -255,3 +298,20 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(config: TrainConfig) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "PAPER_STAGES",
+    "DataConfig",
+    "StageConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "check_device",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "model_config_from_dict",
+    "read_yaml_mapping",
+]

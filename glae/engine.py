@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -87,32 +87,22 @@ def unwrap(model: nn.Module) -> AgeModel:
     return cast(AgeModel, getattr(inner, "module", inner))
 
 
-def _freeze(module: nn.Module, frozen: bool) -> None:
-    module.requires_grad_(not frozen)
-    setattr(module, "frozen", frozen)  # a plain flag that set_train_mode reads back
+def freeze(model: AgeModel, names: Iterable[str]) -> None:
+    """Freeze the named parts (``backbone`` and head names) and let every other part learn.
 
-
-def freeze_for_stage1(model: AgeModel) -> None:
-    """Stage 1 trains the backbone and the vanilla head; the balanced head waits for stage 2.
-
-    Freezing it keeps it out of the optimizer and out of DDP's gradient bookkeeping (a
-    parameter that never receives a gradient stalls DDP).
+    Frozen parts leave the optimizer and DDP's gradient bookkeeping (a parameter that never
+    receives a gradient stalls DDP), and stay in eval mode, so a frozen backbone's
+    BatchNorm statistics cannot drift under class-balanced batches; ``set_train_mode``
+    keeps them there every epoch (the bug classifier-balancing had).
     """
-    _freeze(model.backbone, False)
-    _freeze(model.heads["vanilla"], False)
-    _freeze(model.heads["balanced"], True)
-
-
-def freeze_for_stage2(model: AgeModel) -> None:
-    """Stage 2: freeze the backbone and the vanilla head; only the balanced head learns.
-
-    The frozen parts are put in eval mode as well, so the backbone's BatchNorm statistics
-    cannot drift under class-balanced batches; ``set_train_mode`` keeps them there every
-    epoch (the bug classifier-balancing had).
-    """
-    _freeze(model.backbone, True)
-    _freeze(model.heads["vanilla"], True)
-    _freeze(model.heads["balanced"], False)
+    parts: dict[str, nn.Module] = {"backbone": model.backbone, **model.heads}
+    names = set(names)
+    unknown = names - set(parts)
+    if unknown:
+        raise ValueError(f"cannot freeze {sorted(unknown)}: the model's parts are {sorted(parts)}")
+    for name, module in parts.items():
+        module.requires_grad_(name not in names)
+        setattr(module, "frozen", name in names)  # a plain flag that set_train_mode reads back
     set_train_mode(model)
 
 
@@ -272,8 +262,7 @@ __all__ = [
     "EpochSettings",
     "TrainingDiverged",
     "barrier",
-    "freeze_for_stage1",
-    "freeze_for_stage2",
+    "freeze",
     "init_distributed",
     "pick_device",
     "predict_views_dataset",

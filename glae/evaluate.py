@@ -75,7 +75,7 @@ def evaluate_samples(
 ) -> dict[str, Any]:
     """One flip-TTA pass of ``model`` over ``samples`` (the heads ``mode`` needs), then the report."""
     loader = DataLoader(
-        AgeImageDataset(samples, eval_transform(model.config.input_size)),
+        AgeImageDataset(samples, eval_transform(model.config.input_size, model.normalization)),
         batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
     )
     views, ages, stds = predict_views_dataset(model, loader, device, heads_for(mode), channels_last, amp, show_progress)

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data.transforms import PIXEL_MEAN, PIXEL_STD
 from .fileio import atomic_write
 from .models.glae import AgeModel
 from .routing import RoutingMode, heads_for, route, routing_mode
@@ -73,8 +72,8 @@ def onnx_metadata(model: AgeModel, mode: RoutingMode, info: dict[str, Any]) -> d
         "input_size": config.input_size,
         "max_age": config.max_age,
         # eval_transform: resize to S x S, RGB scaled to [0, 1], then (x - mean) / std per channel.
-        "pixel_mean": list(PIXEL_MEAN),
-        "pixel_std": list(PIXEL_STD),
+        "pixel_mean": list(model.normalization.mean),
+        "pixel_std": list(model.normalization.std),
     }
     return {METADATA_PREFIX + key: json.dumps(value) for key, value in values.items()}
 

@@ -24,12 +24,27 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES: tuple[str, ...] = ("kl", "base", "sum")
-"""Names accepted by :func:`compute_loss`: Eq. 2 alone, Eq. 5, and Eq. 10."""
+LossFunction = Callable[[dict[str, Tensor], Tensor, "float | Tensor"], Tensor]
+"""``loss(outputs, ages, sigma) -> scalar``: a head's outputs dict, ``[B]`` ages, Eq. 1's σ."""
+
+LOSSES: dict[str, LossFunction] = {}
+"""Training losses by the name used in configs (``loss``); each head lists the ones it takes."""
+
+
+def register_loss(name: str) -> Callable[[LossFunction], LossFunction]:
+    """Decorator: the function becomes the loss ``name`` of :func:`compute_loss`."""
+
+    def decorator(function: LossFunction) -> LossFunction:
+        LOSSES[name] = function
+        return function
+
+    return decorator
 
 
 def _check_ages(ages: Tensor) -> None:
@@ -255,18 +270,76 @@ def glae_loss(
     return local_loss(local_logits, ages, sigma) + holistic_loss(holistic_logits, ages, sigma)
 
 
+def corn_loss(logits: Tensor, ages: Tensor) -> Tensor:
+    """CORN loss (Shi, Cao & Raschka, 2021) of ``K`` conditional rank scores.
+
+    Task ``k`` asks "older than k?" and is trained only on samples older than ``k - 1``
+    (the condition of ``P(age > k | age > k-1)``): binary cross-entropy summed over every
+    task's samples, divided by their number.
+
+    Args:
+        logits: ``[B, K]`` rank scores.
+        ages: ``[B]`` true ages (real values are fine: the tasks compare ``age > k``).
+
+    Returns:
+        Scalar tensor.
+
+    Example:
+        >>> round(corn_loss(torch.zeros(1, 2), torch.tensor([1.0])).item(), 4)  # two tasks, both log 2
+        0.6931
+    """
+    _check_logits(logits, ages, 2, "logits")
+    ages = ages.to(device=logits.device, dtype=logits.dtype).unsqueeze(1)
+    ranks = torch.arange(logits.shape[1], device=logits.device, dtype=logits.dtype)
+    in_task = (ages > ranks - 1).to(logits.dtype)
+    older = (ages > ranks).to(logits.dtype)
+    log_yes = F.logsigmoid(logits)
+    log_no = log_yes - logits  # log(1 - sigmoid(x)) = logsigmoid(x) - x
+    total = -(in_task * (older * log_yes + (1 - older) * log_no)).sum()
+    return total / in_task.sum().clamp_min(1)
+
+
+@register_loss("kl")
+def _kl_named(outputs: dict[str, Tensor], ages: Tensor, sigma: float | Tensor) -> Tensor:
+    """Eq. 2 alone on the holistic logits (Table II's ℓ_kl row)."""
+    logits = outputs["logits"]
+    _check_logits(logits, ages, 2, "logits")
+    return kl_loss(_target_for(logits, ages, sigma), logits)
+
+
+@register_loss("base")
+def _base_named(outputs: dict[str, Tensor], ages: Tensor, sigma: float | Tensor) -> Tensor:
+    """Eq. 5 on the holistic logits."""
+    return base_loss(outputs["logits"], ages, sigma)
+
+
+@register_loss("sum")
+def _sum_named(outputs: dict[str, Tensor], ages: Tensor, sigma: float | Tensor) -> Tensor:
+    """Eq. 10: the local branch's pixels plus the holistic branch."""
+    if "local_logits" not in outputs:
+        raise ValueError("loss 'sum' (Eq. 10) needs outputs['local_logits'] from a local branch")
+    return glae_loss(outputs["logits"], outputs["local_logits"], ages, sigma)
+
+
+@register_loss("corn")
+def _corn_named(outputs: dict[str, Tensor], ages: Tensor, sigma: float | Tensor) -> Tensor:
+    """CORN on an ordinal head's rank scores (σ is not used: there is no label distribution)."""
+    return corn_loss(outputs["logits"], ages)
+
+
 def compute_loss(
     kind: str,
     outputs: dict[str, Tensor],
     ages: Tensor,
     sigma: float | Tensor = 1.0,
 ) -> Tensor:
-    """Training loss named by ``kind`` from a head's outputs.
+    """Training loss named by ``kind`` (a key of :data:`LOSSES`) from a head's outputs.
 
     Args:
         kind: ``"kl"`` (Eq. 2 alone on ``outputs["logits"]``), ``"base"``
-            (Eq. 5 on ``outputs["logits"]``) or ``"sum"`` (Eq. 10 on
-            ``outputs["logits"]`` and ``outputs["local_logits"]``).
+            (Eq. 5 on ``outputs["logits"]``), ``"sum"`` (Eq. 10 on
+            ``outputs["logits"]`` and ``outputs["local_logits"]``) or ``"corn"``
+            (rank scores of the ordinal head).
         outputs: a head's outputs, ``{"logits": [B, C]}`` plus
             ``"local_logits": [B, N, C]`` for heads with a local branch.
         ages: ``[B]`` true ages.
@@ -276,18 +349,10 @@ def compute_loss(
         Scalar tensor.
     """
     if kind not in LOSSES:
-        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+        raise ValueError(f"unknown loss {kind!r}; expected one of {tuple(LOSSES)}")
     if "logits" not in outputs:
         raise ValueError("outputs has no 'logits'")
-    logits = outputs["logits"]
-    if kind == "kl":
-        _check_logits(logits, ages, 2, "logits")
-        return kl_loss(_target_for(logits, ages, sigma), logits)
-    if kind == "base":
-        return base_loss(logits, ages, sigma)
-    if "local_logits" not in outputs:
-        raise ValueError("loss 'sum' (Eq. 10) needs outputs['local_logits'] from a local branch")
-    return glae_loss(logits, outputs["local_logits"], ages, sigma)
+    return LOSSES[kind](outputs, ages, sigma)
 
 
 def flip_kl(p: Tensor, p_flip: Tensor, eps: float = 1e-8) -> Tensor:

@@ -174,7 +174,7 @@ class AgeEstimator:
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
         self.predictor = predictor
-        self.transform = eval_transform(predictor.config.input_size)
+        self.transform = eval_transform(predictor.config.input_size, predictor.normalization)
         self.batch_size = batch_size
         self.margin = margin
         self.face_filter = FaceFilter(min_face_score, min_face_size)

@@ -21,14 +21,17 @@ from torch import Tensor
 from .checkpoint import CheckpointError, load_model
 from .config import model_config_from_dict
 from .export import INPUT_NAME, METADATA_PREFIX, ROUTED_OUTPUTS, MissingExtraError, RoutedAgeModel
+from .models.backbones import InputNormalization
 from .models.glae import AgeModel, ModelConfig
 from .routing import ROUTING_MODES, RoutingMode, routing_mode
 
 
 class RoutedPredictor(Protocol):
-    """What a caller needs from a model: its configuration (input size, age range) and routed predictions."""
+    """What a caller needs from a model: its configuration (input size, age range), the pixel
+    normalization it was trained with, and routed predictions."""
 
     config: ModelConfig
+    normalization: InputNormalization
 
     def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalized ``[B, 3, S, S]`` -> ``(ages [B], probs [B, K+1], used_balanced [B] bool)``, on the CPU."""
@@ -45,6 +48,7 @@ class TorchRoutedPredictor:
     def __init__(self, model: AgeModel, mode: RoutingMode) -> None:
         self.routed = RoutedAgeModel(model.to(memory_format=torch.channels_last), mode).eval()
         self.config = model.config
+        self.normalization = model.normalization
         self.mode = mode
 
     @classmethod
@@ -72,6 +76,7 @@ class OnnxAgeModel:
         self.session = session
         self.metadata = metadata
         self.config = ModelConfig.from_dict(metadata["model"])
+        self.normalization = InputNormalization(tuple(metadata["pixel_mean"]), tuple(metadata["pixel_std"]))
         self.info: dict[str, Any] = metadata["info"]
         self.mode: RoutingMode = metadata["routing_mode"]
 

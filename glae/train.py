@@ -5,15 +5,17 @@ A run folder holds::
     config.yaml            the resolved configuration
     split.json             the train/val/test lists (relative to the data folder)
     checkpoints/last.pt    training state for resume (model, optimizer, scheduler, RNG, counters)
-    stage1.safetensors     the model after stage 1 (vanilla head trained)
+    stageN.safetensors     the model after stage N, for every stage but the last (stage1: vanilla head trained)
     model.safetensors      the final model (both heads when stage 2 ran) -- what eval/predict use
     metrics.jsonl          one line per epoch (train loss, images/s, validation metrics)
     tensorboard/           the same numbers for TensorBoard
     test_metrics.json      the final model on the test split, every routing mode
     report/                Markdown + PNG report of that evaluation
 
-Stages are data, not code (as in classifier-balancing): stage 2 is stage 1 with the
-backbone frozen, class-balanced sampling and the balanced head as the one trained.
+Stages are data, not code (as in classifier-balancing): ``config.stages`` lists them, each
+naming the head it trains, what it freezes, how it samples, how its head starts and the
+mode it validates in. The paper's stage 2 is stage 1 with the backbone frozen,
+class-balanced sampling and the balanced head as the one trained.
 """
 
 from __future__ import annotations
@@ -49,8 +51,7 @@ from .engine import (
     DistributedContext,
     EpochSettings,
     barrier,
-    freeze_for_stage1,
-    freeze_for_stage2,
+    freeze,
     init_distributed,
     steps_per_epoch,
     train_one_epoch,
@@ -58,14 +59,11 @@ from .engine import (
 )
 from .evaluate import evaluate_samples
 from .fileio import atomic_write_text
-from .models import AgeModel
+from .models import HEAD_NAMES, AgeModel
 from .reports import write_reports
 from .routing import RoutingMode
 
 log = logging.getLogger(__name__)
-
-STAGES = {1: "vanilla", 2: "balanced"}
-
 
 class RunFolderError(ValueError):
     """The run folder belongs to a different experiment."""
@@ -120,7 +118,10 @@ def _identity(config: TrainConfig) -> dict[str, Any]:
 
 def has_begun(out_dir: Path) -> bool:
     """Whether training wrote anything a rerun would build on (a checkpoint or a model)."""
-    return any((out_dir / name).exists() for name in ("checkpoints/last.pt", "stage1.safetensors", "model.safetensors"))
+    return (
+        any((out_dir / name).exists() for name in ("checkpoints/last.pt", "model.safetensors"))
+        or any(out_dir.glob("stage*.safetensors"))
+    )
 
 
 def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedContext) -> None:
@@ -166,7 +167,11 @@ def evaluate_model(model: AgeModel, samples: list, config: TrainConfig, device: 
 
 
 class StageRunner:
-    """Runs one stage epoch by epoch, checkpointing so that it can resume at any step."""
+    """Runs one stage epoch by epoch, checkpointing so that it can resume at any step.
+
+    ``stage`` is the stage's number, counted from 1 (``config.stages[stage - 1]``); it
+    seeds the sampler and names the stage in checkpoints, logs and TensorBoard.
+    """
 
     def __init__(
         self, stage: int, config: TrainConfig, model: AgeModel, split: Split, out_dir: Path,
@@ -174,7 +179,7 @@ class StageRunner:
         show_progress: bool,
     ) -> None:
         self.stage = stage
-        self.stage_config: StageConfig = config.stage1 if stage == 1 else config.stage2
+        self.stage_config: StageConfig = config.stages[stage - 1]
         self.config = config
         self.model = model
         self.split = split
@@ -183,13 +188,13 @@ class StageRunner:
         self.writer = writer
         self.history = history
         self.show_progress = show_progress and context.is_main
-        self.head = STAGES[stage]
+        self.head = self.stage_config.head
         self.checkpoint_path = out_dir / "checkpoints" / "last.pt"
 
     def _training_images(self) -> AgeImageDataset:
         """The training part, read through the decoded-image cache unless ``data.cache`` is off."""
         config = self.config
-        transform = train_transform(config.model.input_size, config.augment, config.train_flip)
+        transform = train_transform(config.model.input_size, unwrap(self.model).normalization, config.augment, config.train_flip)
         samples = self.split.train
         if not config.data.cache:
             return AgeImageDataset(samples, transform)
@@ -255,7 +260,7 @@ class StageRunner:
             # whose parameters the compiled one shares.
             wrapped = cast(torch.nn.Module, torch.compile(wrapped))  # a module compiles to an OptimizedModule
         settings = EpochSettings(
-            head=self.head, loss=self.config.loss, sigma=self.config.sigma, use_label_std=self.config.data.use_label_std,
+            head=self.head, loss=self.config.training_loss, sigma=self.config.sigma, use_label_std=self.config.data.use_label_std,
             device=context.device, amp=self.config.amp, channels_last=self.config.channels_last,
             max_steps=steps, description="", show_progress=self.show_progress,
             clip_grad_norm=self.config.clip_grad_norm,
@@ -280,15 +285,14 @@ class StageRunner:
             "lr": scheduler.get_last_lr()[0],
         }
         if self.context.is_main and self.split.val:
-            mode: RoutingMode = "vanilla" if self.stage == 1 else "routing"
-            val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, mode)
+            val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, self.stage_config.val_mode)
             record["val"] = {name: {"mae": m["mae"], "cmae": m["cmae"]} for name, m in val["modes"].items()}
         self.history.append(record)
         self._save(epoch + 1, 0, optimizer, scheduler)
         if self.context.is_main:
             write_history(self.out_dir, self.history)
             if self.writer is not None:
-                global_epoch = epoch + 1 + (self.config.stage1.epochs if self.stage == 2 else 0)
+                global_epoch = epoch + 1 + sum(stage.epochs for stage in self.config.stages[: self.stage - 1])
                 for key in ("train_loss", "train_images_per_s", "lr"):
                     self.writer.add_scalar(f"stage{self.stage}/{key}", record[key], global_epoch)
                 for mode, values in record.get("val", {}).items():
@@ -304,32 +308,40 @@ def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
 
 
-def start_stage2(model: AgeModel, config: TrainConfig) -> None:
-    """Freeze backbone + vanilla head and set the balanced head's starting weights.
+def frozen_parts(stage: StageConfig) -> set[str]:
+    """What a stage keeps fixed: what it lists, and every head but the one it trains."""
+    return set(stage.freeze) | (set(HEAD_NAMES) - {stage.head})
 
-    ``stage2.head_init``: ``copy`` starts the balanced head from the trained vanilla head;
-    ``fresh`` re-initialises it (seeded by ``seed``), as classifier re-training does.
-    ``stage2.init_from`` replaces the stage-1 weights with another run's stage-1 model.
+
+def begin_stage(model: AgeModel, config: TrainConfig, number: int) -> None:
+    """Set up stage ``number`` (from 1) before its first step: starting weights, its head, what is frozen.
+
+    ``init_from`` replaces the weights with another run's model file (e.g. its
+    stage1.safetensors). ``head_init``: ``copy`` starts the trained head as a copy of
+    ``copy_from``; ``fresh`` re-initialises it (seeded by ``seed``), as classifier
+    re-training does; ``keep`` leaves it as it is.
     """
-    if config.stage2.init_from:
-        source, _ = load_model(config.stage2.init_from)
+    stage = config.stages[number - 1]
+    if stage.init_from:
+        source, _ = load_model(stage.init_from)
         if dataclasses.replace(source.config, pretrained=model.config.pretrained) != model.config:
-            raise ValueError(f"stage2.init_from {config.stage2.init_from}: its model settings differ from this run's")
+            raise ValueError(f"stages.{number - 1}.init_from {stage.init_from}: its model settings differ from this run's")
         model.load_state_dict(source.state_dict())
-    if config.stage2.head_init == "copy":
-        model.heads["balanced"].load_state_dict(model.heads["vanilla"].state_dict())
-    else:
+    head = model.heads[stage.head]
+    if stage.head_init == "copy":
+        head.load_state_dict(model.heads[stage.copy_from].state_dict())
+    elif stage.head_init == "fresh":
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed * 10 + 2)
-            for module in model.heads["balanced"].modules():
-                if module is not model.heads["balanced"] and hasattr(module, "reset_parameters"):
+            torch.manual_seed(config.seed * 10 + number)
+            for module in head.modules():
+                if module is not head and hasattr(module, "reset_parameters"):
                     # Linear, norms...; torch types an unknown module attribute as Tensor | Module.
                     cast("Callable[[], None]", module.reset_parameters)()
-    freeze_for_stage2(model)
+    freeze(model, frozen_parts(stage))
 
 
 def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) -> Path:
-    """Run (or resume) both stages and the final test evaluation; returns the final model file."""
+    """Run (or resume) every stage and the final test evaluation; returns the final model file."""
     out_dir = Path(out_dir)
     context = init_distributed(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -345,29 +357,32 @@ def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) 
     checkpoint_path = out_dir / "checkpoints" / "last.pt"
     state = load_training_state(checkpoint_path) if checkpoint_path.exists() else None
     history: list[dict[str, Any]] = list(state["history"]) if state else []
-    stage1_file = out_dir / "stage1.safetensors"
     writer = SummaryWriter(str(out_dir / "tensorboard")) if context.is_main else None
-    stages = [stage for stage in (1, 2) if (config.stage1 if stage == 1 else config.stage2).epochs > 0]
     if state is not None:
         model.load_state_dict(state["model"])
-    for stage in stages:
-        epochs = (config.stage1 if stage == 1 else config.stage2).epochs
-        finished = state is not None and (state["stage"], state["epoch"]) >= (stage, epochs)
+    numbers = [number for number, stage in enumerate(config.stages, start=1) if stage.epochs > 0]
+    for number in numbers:
+        stage = config.stages[number - 1]
+        finished = state is not None and (state["stage"], state["epoch"]) >= (number, stage.epochs)
         if not finished:
-            resume = state if state is not None and state["stage"] == stage else None
-            if stage == 1:
-                freeze_for_stage1(model)
-            elif resume is None:
-                start_stage2(model, config)
+            resume = state if state is not None and state["stage"] == number else None
+            if resume is None:
+                begin_stage(model, config, number)
             else:
-                freeze_for_stage2(model)
-            StageRunner(stage, config, model, split, out_dir, context, writer, history, show_progress).run(resume)
-        if stage == 1 and context.is_main and not stage1_file.exists():
-            save_model(stage1_file, model, {"stages": [1], "balanced_trained": False})
+                freeze(model, frozen_parts(stage))
+            StageRunner(number, config, model, split, out_dir, context, writer, history, show_progress).run(resume)
+        stage_file = out_dir / f"stage{number}.safetensors"
+        if number < len(config.stages) and context.is_main and not stage_file.exists():
+            save_model(stage_file, model, {"stages": numbers[: numbers.index(number) + 1], "balanced_trained": _balanced_trained(config, number)})
         barrier(context)
     if writer is not None:
         writer.close()
-    return finish(config, model, split, index, out_dir, context, stages)
+    return finish(config, model, split, index, out_dir, context, numbers)
+
+
+def _balanced_trained(config: TrainConfig, up_to: int) -> bool:
+    """Whether a stage up to number ``up_to`` trained the balanced head (routing needs it)."""
+    return any(stage.epochs > 0 and stage.head == "balanced" for stage in config.stages[:up_to])
 
 
 def finish(
@@ -376,11 +391,11 @@ def finish(
 ) -> Path:
     """Save the final model, evaluate it on the test split, write the reports."""
     final = out_dir / "model.safetensors"
-    balanced = 2 in stages
+    balanced = config.trains_balanced_head
     if context.is_main:
         info = {
             "stages": stages, "balanced_trained": balanced, "data_format": config.data.format,
-            "train_images": len(split.train), "loss": config.loss, "seed": config.seed,
+            "train_images": len(split.train), "loss": config.training_loss, "seed": config.seed,
         }
         save_model(final, model, info)
         if split.test:

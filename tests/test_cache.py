@@ -15,6 +15,7 @@ from glae.data.cache import CachedImages, cache_key, open_image_cache
 from glae.data.datasets import AgeSample
 from glae.data.images import AgeImageDataset, read_rgb
 from glae.data.transforms import train_transform
+from glae.models.glae import PAPER_INPUT
 
 
 def _photos(folder: Path, count: int = 3) -> list[Path]:
@@ -39,7 +40,7 @@ def test_training_draws_are_identical_with_and_without_the_cache(tmp_path: Path)
     """Same seeds, same augmented tensors: a run may switch the cache on or off and resume identically."""
     paths = _photos(tmp_path)
     samples = [AgeSample(path=p, age=20.0 + i) for i, p in enumerate(paths)]
-    transform = train_transform(32, augment=True, flip=True)
+    transform = train_transform(32, PAPER_INPUT, augment=True, flip=True)
     cache = open_image_cache(paths, 32, tmp_path / "cache")
     plain = AgeImageDataset(samples, transform)
     cached = AgeImageDataset(samples, transform, CachedImages(cache, range(len(paths))))

@@ -21,7 +21,8 @@ from glae.checkpoint import (
     save_training_state,
 )
 from glae.fileio import atomic_write, atomic_write_text
-from glae.models.glae import AgeModel, ModelConfig
+from glae.models.backbones import IMAGENET_INPUT, TF_INPUT
+from glae.models.glae import PAPER_INPUT, AgeModel, ModelConfig
 
 torch.set_num_threads(1)
 
@@ -29,7 +30,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def model() -> AgeModel:
     torch.manual_seed(0)
-    net = AgeModel(ModelConfig(backbone="resnet18", max_age=10, input_size=64, proj_depth=1, hidden_dim=16))
+    net = AgeModel(ModelConfig(backbone="resnet18", max_age=10, input_size=64, head_options={"proj_depth": 1, "hidden_dim": 16}))
     # give BatchNorm non-default running statistics, so they are part of what must round-trip
     net.train()
     with torch.no_grad():
@@ -57,7 +58,8 @@ def test_save_load_round_trip(tmp_path: Path, model: AgeModel) -> None:
     got = loaded.predict_views(images)
     for head in ("vanilla", "balanced"):
         assert torch.equal(got[head], expected[head])
-    assert read_model_metadata(path) == {"model": model.config.to_dict(), "info": info}
+    assert read_model_metadata(path) == {"model": model.config.to_dict(), "input": PAPER_INPUT, "info": info}
+    assert loaded.normalization == model.normalization == PAPER_INPUT
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
@@ -236,7 +238,11 @@ def _with_metadata(source: Path, target: Path, record: object) -> Path:
         ({"model": {"max_age": "ten"}, "info": {}}, r"model\.max_age: expected an integer, got 'ten'"),
         ({"model": {"max_age": None}, "info": {}}, r"model\.max_age: expected an integer, got None"),
         ({"model": {"input_size": 0}, "info": {}}, r"model\.input_size must be an integer in 32\.\.1024, got 0"),
-        ({"model": {"head": "mystery"}, "info": {}}, r"model\.head: 'mystery' is not one of"),
+        ({"model": {"head": "mystery"}, "info": {}}, r"unknown head 'mystery'; choose one of"),
+        ({"model": {"head_options": {"proj_depth": -1}}, "info": {}}, r"model\.head_options\.proj_depth must be an integer in 0\.\.8"),
+        ({"model": {}, "input": {"mean": [0.5, 0.5], "std": [1, 1, 1]}, "info": {}}, r"key 'input' must hold 'mean' and 'std'"),
+        ({"model": {}, "input": {"mean": [0, 0, 0], "std": [1, 0, 1]}, "info": {}}, r"key 'input' must hold .*std > 0"),
+        ({"model": {}, "input": {"mean": [0, 0, "NaN"], "std": [1, 1, 1]}, "info": {}}, r"key 'input' must hold"),
         ({"model": {"colour": 1}, "info": {}}, r"unknown setting\(s\) model\.colour"),
     ],
 )
@@ -310,3 +316,32 @@ def test_full_disk_while_saving_a_model(tmp_path: Path, model: AgeModel, monkeyp
     monkeypatch.undo()
     assert load_model(tmp_path / "model.safetensors")[1] == {"version": 1}
     assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_normalization_travels_in_the_model_file(tmp_path: Path) -> None:
+    """A model is used with the pixel normalization it was trained with, even where rebuilding
+    it without its pretrained weights would pick another one."""
+    torch.manual_seed(0)
+    pretrained = AgeModel(ModelConfig(backbone="efficientnet_lite0", pretrained=True, max_age=10, input_size=64))
+    assert pretrained.normalization == TF_INPUT  # "backbone": what the Lite0 ImageNet weights expect
+    save_model(tmp_path / "lite0.safetensors", pretrained)
+    loaded, _ = load_model(tmp_path / "lite0.safetensors")
+    assert loaded.config.pretrained is False and loaded.normalization == TF_INPUT
+    named = AgeModel(ModelConfig(backbone="resnet18", max_age=10, input_size=32, normalization="imagenet"))
+    assert named.normalization == IMAGENET_INPUT
+    assert AgeModel(ModelConfig(backbone="resnet18", max_age=10, input_size=32)).normalization == PAPER_INPUT  # from scratch
+
+
+def test_model_files_from_before_head_options_and_normalization_load(tmp_path: Path, model: AgeModel) -> None:
+    """Older files kept the head settings flat in the model record and no normalization: they
+    load with the same network and the paper's normalization, which they were trained with."""
+    save_model(tmp_path / "new.safetensors", model)
+    config = model.config.to_dict()
+    flat = {key: value for key, value in config.items() if key not in ("head_options", "normalization")}
+    old = {**flat, **config["head_options"]}
+    path = _with_metadata(tmp_path / "new.safetensors", tmp_path / "old.safetensors", {"model": old, "info": {}})
+    loaded, _ = load_model(path)
+    assert loaded.config.head_options == model.config.head_options
+    assert loaded.config.normalization == "paper" and loaded.normalization == PAPER_INPUT
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name

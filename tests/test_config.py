@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from glae.config import TrainConfig, apply_overrides, config_to_dict, dump_config, load_config
+from glae.config import TrainConfig, apply_overrides, config_from_dict, config_to_dict, dump_config, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -17,10 +17,13 @@ def test_defaults_are_valid_and_follow_the_paper() -> None:
     config = load_config(None)
     assert config == TrainConfig()
     config.validate()
-    assert config.model.head == "glae" and config.loss == "sum"
+    assert config.model.head == "glae" and config.training_loss == "sum"
     assert config.model.max_age == 100 and config.model.input_size == 224
-    assert config.stage1.sampling == "instance"
-    assert config.stage2.sampling == "class"  # stage 2 is class-balanced
+    first, second = config.stages
+    assert (first.head, first.sampling, first.freeze, first.val_mode) == ("vanilla", "instance", [], "vanilla")
+    # Stage 2: frozen backbone, class-balanced, the balanced head starts from the vanilla one.
+    assert (second.head, second.sampling, second.freeze) == ("balanced", "class", ["backbone"])
+    assert (second.head_init, second.copy_from, second.val_mode) == ("copy", "vanilla", "routing")
     assert config.sigma == 1.0
 
 
@@ -38,18 +41,18 @@ def test_yaml_file_and_overrides(tmp_path: Path) -> None:
             "stage2.lr=1e-3",  # float in exponent form
             "amp=true",  # bool
             "data.limit=null",  # null
-            "model.embed_dim=64",  # nested int | None
+            "model.head_options.embed_dim=64",  # the head's own setting, int | None
             "sigma=2",  # an int is accepted for a float field
             "model.pretrained=/tmp/weights.pth",  # bool | str takes a string
             "clip_grad_norm=null",
         ],
     )
     assert config.model.backbone == "resnet50" and config.model.max_age == 116
-    assert config.stage1.epochs == 7 and config.stage1.lr == 0.05
-    assert config.stage2.lr == pytest.approx(1e-3)
+    assert config.stages[0].epochs == 7 and config.stages[0].lr == 0.05
+    assert config.stages[1].lr == pytest.approx(1e-3)
     assert config.amp is True
     assert config.data.limit is None and config.data.path == "/nowhere"
-    assert config.model.embed_dim == 64
+    assert config.model.head_options["embed_dim"] == 64
     assert config.sigma == 2.0 and isinstance(config.sigma, float)
     assert config.model.pretrained == "/tmp/weights.pth"
     assert config.clip_grad_norm is None
@@ -58,14 +61,14 @@ def test_yaml_file_and_overrides(tmp_path: Path) -> None:
 def test_partial_section_keeps_the_rest_of_its_defaults(tmp_path: Path) -> None:
     # Changing one stage-2 setting must not turn stage 2 into an instance-balanced 1-epoch stage.
     config = load_config(None, ["stage2.lr=0.1", "stage1.batch_size=8"])
-    assert config.stage2.lr == 0.1
-    assert config.stage2.sampling == "class" and config.stage2.epochs == 2
-    assert config.stage1.batch_size == 8 and config.stage1.epochs == 10
+    assert config.stages[1].lr == 0.1
+    assert config.stages[1].sampling == "class" and config.stages[1].epochs == 2
+    assert config.stages[0].batch_size == 8 and config.stages[0].epochs == 10
     path = tmp_path / "partial.yaml"
     path.write_text("stage2:\n  epochs: 5\n  lr: 5e-4\n")  # PyYAML reads 5e-4 as a string
     config = load_config(path)
-    assert config.stage2.epochs == 5 and config.stage2.sampling == "class"
-    assert config.stage2.lr == pytest.approx(5e-4)
+    assert config.stages[1].epochs == 5 and config.stages[1].sampling == "class"
+    assert config.stages[1].lr == pytest.approx(5e-4)
 
 
 def test_dump_and_reload_round_trip(tmp_path: Path) -> None:
@@ -77,7 +80,7 @@ def test_dump_and_reload_round_trip(tmp_path: Path) -> None:
 
 
 def test_unknown_key_names_it_with_its_section() -> None:
-    with pytest.raises(ValueError, match=r"stage1\.epoch\b"):
+    with pytest.raises(ValueError, match=r"stages\.0\.epoch\b"):
         load_config(None, ["stage1.epoch=3"])
     with pytest.raises(ValueError, match=r"model\.depth"):
         load_config(None, ["model.depth=1"])
@@ -88,12 +91,12 @@ def test_unknown_key_names_it_with_its_section() -> None:
 @pytest.mark.parametrize(
     ("override", "pattern"),
     [
-        ("stage1.epochs=2.5", r"stage1\.epochs.*integer"),
-        ("stage1.epochs=true", r"stage1\.epochs.*integer"),
+        ("stage1.epochs=2.5", r"stages\.0\.epochs.*integer"),
+        ("stage1.epochs=true", r"stages\.0\.epochs.*integer"),
         ("amp=yes please", r"amp.*true/false"),
         ("sigma=wide", r"sigma.*number"),
         ("model.backbone=18", r"model\.backbone.*string"),
-        ("stage2.sampling=random", r"stage2\.sampling.*not one of"),
+        ("stage2.sampling=random", r"stages\.1\.sampling.*not one of"),
         ("loss=mse", r"loss.*not one of"),
         ("data.limit=ten", r"data\.limit"),
         ("model=resnet18", r"model.*mapping"),
@@ -113,7 +116,7 @@ def test_override_syntax_errors() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [["loss=base"], ["loss=kl"], ["model.head=gap"], ["model.head=fr", "loss=sum"]],
+    [["loss=base"], ["loss=kl"], ["model.head=gap", "loss=sum"], ["model.head=fr", "loss=sum"], ["model.head=ordinal", "loss=base"]],
 )
 def test_loss_head_mismatch_raises(overrides: list[str]) -> None:
     with pytest.raises(ValueError, match="loss|head"):
@@ -159,22 +162,35 @@ def test_every_shipped_config_loads(path: Path) -> None:
     "override, message",
     [
         ("checkpoint_every=0", "checkpoint_every must be >= 1"),
-        ("stage1.batch_size=0", "stage1.batch_size must be >= 1"),
+        ("stage1.batch_size=0", "stages.0.batch_size must be >= 1"),
         ("stage2.max_steps_per_epoch=0", "max_steps_per_epoch must be >= 1"),
         ("sigma=0", "sigma must be > 0"),
-        ("stage1.epochs=0", "needs stage2.init_from"),
+        ("stage1.epochs=0", r"needs stages\.1\.init_from"),
         ("stage1.lr=[1", "not a YAML value"),
         ("model.input_size=0", r"model\.input_size must be an integer in 32\.\.1024, got 0"),
         ("model.input_size=-5", r"model\.input_size .* got -5"),
-        ("model.stride=0", r"model\.stride must be .* got 0"),
-        ("model.kernel_size=0", r"model\.kernel_size must be .* got 0"),
+        ("model.stride=0", r"model\.head_options\.stride must be .* got 0"),
+        ("model.head_options.kernel_size=0", r"model\.head_options\.kernel_size must be .* got 0"),
+        ("model.head=mlp", r"unknown head 'mlp'; choose one of \['fr', 'gap', 'glae', 'ordinal'\]"),
+        ("model.normalization=cifar", r"model\.normalization 'cifar' is not one of backbone, paper"),
+        ("stages.2.epochs=1", r"2 is not an index of a list of 2 entries"),
+        ("stage2.freeze=[vanilla, balanced]", r"stages\.1\.freeze lists 'balanced', the head this stage trains"),
+        ("stage2.head_init=copy", None),
+        ("stage2.copy_from=balanced", r"stages\.1\.copy_from must be another head"),
+        ("stage2.head_init=keep", None),
+        ("stage2.head=vanilla", r"stages\.1\.copy_from must be another head than .vanilla."),
+        ("stage2.val_mode=balanced", None),
+        ("stage1.val_mode=routing", r"stages\.0\.val_mode routing needs a balanced head"),
         ("model.max_age=1000000", r"model\.max_age must be an integer in 1\.\.200"),
-        ("stage1.batch_size=100000000", r"stage1\.batch_size must be >= 1 and <= 4096"),
+        ("stage1.batch_size=100000000", r"stages\.0\.batch_size must be >= 1 and <= 4096"),
         ("eval_batch_size=100000000", r"eval_batch_size must be >= 1 and <= 4096"),
         ("device=banana", r"device 'banana' is not a device; use auto, cpu, cuda"),
     ],
 )
-def test_settings_that_cannot_work_are_refused_up_front(override: str, message: str) -> None:
+def test_settings_that_cannot_work_are_refused_up_front(override: str, message: str | None) -> None:
+    if message is None:  # a control: the same key with a value that works
+        load_config(None, [override])
+        return
     with pytest.raises(ValueError, match=message):
         load_config(None, [override])
 
@@ -193,3 +209,41 @@ def test_cuda_without_a_gpu_is_refused_in_one_line(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"device cuda:3: this machine has 1 CUDA GPU\(s\)"):
         load_config(None, ["device=cuda:3"])
+
+
+def test_older_stage_sections_and_flat_head_settings_still_load() -> None:
+    """A run folder's config.yaml from before ``stages`` and ``head_options`` resumes unchanged."""
+    old = {
+        "model": {"backbone": "resnet18", "pretrained": False, "head": "glae", "max_age": 116, "input_size": 128,
+                  "upscale": 16, "kernel_size": 16, "stride": 16, "proj_depth": 1, "embed_dim": None, "hidden_dim": 64},
+        "stage1": {"epochs": 12, "lr": 0.005, "sampling": "instance", "head_init": "copy", "init_from": None},
+        "stage2": {"epochs": 3, "lr": 0.0025, "sampling": "class", "head_init": "fresh", "init_from": None},
+        "loss": "sum",
+    }
+    config = config_from_dict(old)
+    assert config.model.head_options == {"upscale": 16, "kernel_size": 16, "stride": 16, "proj_depth": 1, "embed_dim": None, "hidden_dim": 64}
+    assert config.model.normalization == "paper"  # what every run before the setting was trained with
+    first, second = config.stages
+    assert (first.head, first.epochs, first.lr, first.head_init, first.freeze) == ("vanilla", 12, 0.005, "keep", [])
+    assert (second.head, second.epochs, second.head_init, second.freeze, second.val_mode) == ("balanced", 3, "fresh", ["backbone"], "routing")
+    assert config_from_dict(yaml.safe_load(dump_config(config))) == config
+
+
+def test_a_stage_list_in_yaml_and_its_short_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "three.yaml"
+    path.write_text(
+        "stages:\n"
+        "  - {head: vanilla, epochs: 2}\n"
+        "  - {head: balanced, epochs: 1, freeze: [backbone], head_init: fresh, sampling: class, val_mode: routing}\n"
+        "  - {head: vanilla, epochs: 1, lr: 0.001}\n"
+    )
+    config = load_config(path, ["stage3.lr=0.002", "stages.1.epochs=4"])
+    assert [(s.head, s.epochs) for s in config.stages] == [("vanilla", 2), ("balanced", 4), ("vanilla", 1)]
+    assert config.stages[2].lr == 0.002 and config.stages[2].sampling == "instance"
+    with pytest.raises(ValueError, match="either a stages list or stage1"):
+        config_from_dict({"stages": [{}], "stage1": {"epochs": 1}})
+
+
+@pytest.mark.parametrize(("head", "loss"), [("glae", "sum"), ("fr", "base"), ("gap", "base"), ("ordinal", "corn")])
+def test_each_head_brings_its_default_loss(head: str, loss: str) -> None:
+    assert load_config(None, [f"model.head={head}"]).training_loss == loss

@@ -11,7 +11,8 @@ import torch
 from glae.checkpoint import CheckpointError, save_model
 from glae.cli import main
 from glae.data.images import read_rgb
-from glae.data.transforms import PIXEL_MEAN, PIXEL_STD, eval_transform
+from glae.data.transforms import eval_transform
+from glae.models.glae import PAPER_INPUT
 from glae.export import ROUTED_OUTPUTS
 from glae.models.glae import AgeModel, ModelConfig
 from glae.predictors import OnnxAgeModel, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
@@ -46,7 +47,7 @@ def exported(routed_model: AgeModel, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def crops(utkface: Path) -> torch.Tensor:
     """The first 8 real UTKFace crops, preprocessed as ``glae eval`` does: ``[8, 3, 64, 64]``."""
-    transform = eval_transform(CONFIG.input_size)
+    transform = eval_transform(CONFIG.input_size, PAPER_INPUT)
     return torch.stack([transform(read_rgb(path)) for path in sorted(utkface.glob("*.jpg"))[:8]])
 
 
@@ -94,8 +95,9 @@ def test_metadata_round_trip(routed_model: AgeModel, exported: tuple[Path, Path]
     assert onnx_model.info == {"balanced_trained": True}
     assert onnx_model.mode == "routing"
     assert (onnx_model.config.input_size, onnx_model.config.max_age) == (64, 116)
-    assert onnx_model.metadata["pixel_mean"] == list(PIXEL_MEAN)
-    assert onnx_model.metadata["pixel_std"] == list(PIXEL_STD)
+    assert onnx_model.metadata["pixel_mean"] == list(routed_model.normalization.mean)
+    assert onnx_model.metadata["pixel_std"] == list(routed_model.normalization.std)
+    assert onnx_model.normalization == routed_model.normalization
 
 
 def test_load_routed_predictor_picks_the_backend_from_the_file(exported: tuple[Path, Path]) -> None:

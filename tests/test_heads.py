@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -10,10 +12,12 @@ from glae.losses import compute_loss, expected_age
 from glae.models.backbones import create_backbone
 from glae.models.glae import HEAD_NAMES, AgeModel, ModelConfig
 from glae.models.heads import (
+    HEADS,
     FeatureRearrangement,
     GAPHead,
     GLAEHead,
     HolisticBranch,
+    OrdinalHead,
     RearrangedGAPHead,
     create_head,
     local_branch,
@@ -326,3 +330,68 @@ def test_age_model_heads_and_predict_views() -> None:
     assert not torch.allclose(views["vanilla"], views["balanced"])
     only = model.predict_views(images, heads=("vanilla",))
     assert set(only) == {"vanilla"}
+
+
+def test_ordinal_head_turns_rank_scores_into_an_age_distribution() -> None:
+    """CORN: P(age > k) = prod_{j<=k} sigmoid(f_j); P(age = k) = P(age > k-1) - P(age > k)."""
+    head = create_head("ordinal", 2, 3, (1, 1))
+    assert isinstance(head, OrdinalHead)
+    _set(head.classifier, [[1, 0], [0, 1]], [0.0, 0.0])
+    features = torch.tensor([[[[0.0]], [[0.0]]], [[[math.log(3.0)]], [[-math.log(3.0)]]]])
+    outputs = head(features)
+    assert outputs["logits"].shape == (2, 2)  # K rank scores for ages 0..K, K = 2
+    probs = head.probabilities(outputs)
+    # Row 0: sigmoid(0) = 0.5 twice -> P(>0) = 0.5, P(>1) = 0.25 -> [0.5, 0.25, 0.25].
+    # Row 1: sigmoid(log 3) = 0.75, sigmoid(-log 3) = 0.25 -> P(>0) = 0.75, P(>1) = 0.1875.
+    expected = torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.5625, 0.1875]])
+    assert torch.allclose(probs, expected, atol=1e-6)
+    assert torch.allclose(expected_age(probs), torch.tensor([0.75, 0.9375]))  # = P(>0) + P(>1)
+
+
+def test_ordinal_head_probabilities_stay_a_distribution_for_any_scores() -> None:
+    head = create_head("ordinal", 4, 101, (2, 2))
+    probs = head.probabilities({"logits": torch.randn(64, 100) * 20})
+    assert bool((probs >= 0).all())
+    assert torch.allclose(probs.sum(-1), torch.ones(64), atol=1e-5)
+
+
+def test_ordinal_model_predicts_views_through_its_own_probabilities() -> None:
+    """AgeModel asks each head for its distribution: the ordinal head's is not a softmax of its scores."""
+    torch.manual_seed(0)
+    model = AgeModel(ModelConfig(backbone="resnet18", head="ordinal", max_age=10, input_size=32)).eval()
+    images = _images(32)
+    views = model.predict_views(images)
+    with torch.no_grad():
+        for head in HEAD_NAMES:
+            outputs = model(images, head=head)
+            assert outputs["logits"].shape == (2, 10)
+            assert views[head].shape == (2, 2, 11)
+            assert torch.allclose(views[head][0], model.heads[head].probabilities(outputs), atol=1e-6)
+
+
+def test_corn_training_fits_ages_through_the_model() -> None:
+    """A few optimizer steps on the CORN loss bring the ordinal head's expected ages to the labels."""
+    torch.manual_seed(0)
+    model = AgeModel(ModelConfig(backbone="resnet18", head="ordinal", max_age=10, input_size=32)).train()
+    images = _images(32, batch=4)
+    ages = torch.tensor([1.0, 4.0, 7.0, 9.0])
+    optimizer = torch.optim.Adam([*model.backbone.parameters(), *model.heads["vanilla"].parameters()], lr=3e-3)
+    for _ in range(60):
+        loss = compute_loss("corn", model(images, head="vanilla"), ages)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        predicted = expected_age(model.probabilities(model(images, head="vanilla")))
+    assert (predicted - ages).abs().max() < 0.5, predicted
+
+
+def test_head_registry_lists_each_head_with_its_losses() -> None:
+    assert {name: spec.losses for name, spec in HEADS.items()} == {
+        "glae": ("sum",), "fr": ("base", "kl"), "gap": ("base", "kl"), "ordinal": ("corn",),
+    }
+    with pytest.raises(ValueError, match=r"model\.head_options\.proj_depth: expected an integer"):
+        create_head("glae", 512, 11, (1, 1), proj_depth="deep")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) model\.head_options\.upscale"):
+        create_head("gap", 512, 11, (1, 1), upscale=4)

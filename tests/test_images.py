@@ -16,6 +16,7 @@ from PIL import Image
 from glae.data.datasets import AgeSample
 from glae.data.images import AgeImageDataset, ImageReadError, read_rgb
 from glae.data.transforms import eval_transform, train_transform
+from glae.models.glae import PAPER_INPUT
 
 
 def _rgb(image: Image.Image) -> np.ndarray:
@@ -205,7 +206,7 @@ def face(tmp_path: Path) -> AgeSample:
 
 
 def test_dataset_seeded_augmentation(face: AgeSample) -> None:
-    dataset = AgeImageDataset([face, face], train_transform(32))
+    dataset = AgeImageDataset([face, face], train_transform(32, PAPER_INPUT))
     torch.manual_seed(123)
     a, age, std = dataset[(0, 7)]
     torch.manual_seed(456)  # the global RNG must not matter
@@ -225,7 +226,7 @@ def test_dataset_seeded_augmentation(face: AgeSample) -> None:
 
 def test_dataset_age_std_and_plain_index(tmp_path: Path, face: AgeSample) -> None:
     sample = AgeSample(path=face.path, age=20.5, age_std=3.25)
-    dataset = AgeImageDataset([sample], eval_transform(16))
+    dataset = AgeImageDataset([sample], eval_transform(16, PAPER_INPUT))
     image, age, std = dataset[0]
     assert image.shape == (3, 16, 16)
     assert (age, std) == (20.5, 3.25)
@@ -236,7 +237,7 @@ def test_eval_transform_normalization(tmp_path: Path) -> None:
     pixels[:4] = 255
     path = tmp_path / "half.png"
     Image.fromarray(pixels).save(path)
-    dataset = AgeImageDataset([AgeSample(path=path, age=1.0)], eval_transform(8))
+    dataset = AgeImageDataset([AgeSample(path=path, age=1.0)], eval_transform(8, PAPER_INPUT))
     image, _, _ = dataset[0]
     assert torch.allclose(image[:, :4], torch.full((3, 4, 8), (255 - 127.5) / 128), atol=1e-6)
     assert torch.allclose(image[:, 4:], torch.full((3, 4, 8), -127.5 / 128), atol=1e-6)

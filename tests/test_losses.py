@@ -161,7 +161,7 @@ def test_glae_loss_and_compute_loss_dispatch():
     total = glae_loss(logits, local_logits, ages)
     assert torch.allclose(total, local_loss(local_logits, ages) + base_loss(logits, ages))
     outputs = {"logits": logits, "local_logits": local_logits}
-    assert LOSSES == ("kl", "base", "sum")
+    assert tuple(LOSSES) == ("kl", "base", "sum", "corn")
     assert torch.allclose(compute_loss("sum", outputs, ages), total)
     assert torch.allclose(compute_loss("base", outputs, ages), base_loss(logits, ages))
     target = gaussian_label_distribution(ages, 6)
@@ -271,3 +271,18 @@ def test_flip_kl_clamps_zero_probabilities():
 def test_invalid_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_corn_loss_hand_values() -> None:
+    """Task k ("older than k?") counts only samples older than k - 1; the loss averages over those."""
+    # Age 0: only task 0 applies (answer no): -log(1 - sigmoid(0)) = log 2.
+    assert math.isclose(losses.corn_loss(torch.zeros(1, 2), torch.tensor([0.0])).item(), math.log(2), rel_tol=1e-6)
+    logits = torch.tensor([[2.0, -1.0]])
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    # Age 1: task 0 yes (-log sigmoid(2)), task 1 no (-log(1 - sigmoid(-1))).
+    expected = (softplus(-2.0) + softplus(-1.0)) / 2
+    assert math.isclose(losses.corn_loss(logits, torch.tensor([1.0])).item(), expected, rel_tol=1e-6)
+    # Both samples together: 1 task for age 0, 2 for age 1, averaged over the 3 answers.
+    both = losses.corn_loss(torch.cat([torch.zeros(1, 2), logits]), torch.tensor([0.0, 1.0])).item()
+    assert math.isclose(both, (math.log(2) + softplus(-2.0) + softplus(-1.0)) / 3, rel_tol=1e-6)
+    assert losses.compute_loss("corn", {"logits": logits}, torch.tensor([1.0])).item() == pytest.approx(expected)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from glae.cli import main
 from glae.data.transforms import train_transform
+from glae.models.glae import PAPER_INPUT
 
 
 @pytest.mark.slow
@@ -39,7 +40,7 @@ def _left_half_white(size: int = 16) -> Image.Image:
 @pytest.mark.parametrize("flip, mirrored_share", [(False, 0.0), (True, 0.5)])
 def test_training_flip_switch(flip: bool, mirrored_share: float) -> None:
     """train_flip=false (the paper's augmentations) never mirrors a face; true mirrors half of them."""
-    transform = train_transform(16, augment=False, flip=flip)
+    transform = train_transform(16, PAPER_INPUT, augment=False, flip=flip)
     mirrored = 0
     for seed in range(200):
         torch.manual_seed(seed)

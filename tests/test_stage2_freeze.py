@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from glae.config import TrainConfig
-from glae.engine import freeze_for_stage2, set_train_mode
+from glae.engine import freeze, set_train_mode
 from glae.losses import compute_loss
 from glae.models.glae import AgeModel, ModelConfig
-from glae.train import start_stage2
+from glae.train import begin_stage, frozen_parts
 
 torch.set_num_threads(1)
 
@@ -27,6 +27,22 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 def _model() -> AgeModel:
     torch.manual_seed(0)
     return AgeModel(ModelConfig(backbone="resnet18", max_age=10, input_size=64))
+
+
+def freeze_for_stage2(model: AgeModel) -> None:
+    """What the paper's stage 2 (the default config's second stage) keeps fixed."""
+    assert frozen_parts(TrainConfig().stages[1]) == {"backbone", "vanilla"}
+    freeze(model, frozen_parts(TrainConfig().stages[1]))
+
+
+def test_stage1_freezes_only_the_head_it_does_not_train() -> None:
+    model = _model()
+    freeze(model, frozen_parts(TrainConfig().stages[0]))
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.heads["vanilla"].parameters())
+    assert not any(p.requires_grad for p in model.heads["balanced"].parameters())
+    with pytest.raises(ValueError, match=r"cannot freeze \['neck'\]"):
+        freeze(model, {"neck"})
 
 
 def test_freeze_sets_modes_and_requires_grad() -> None:
@@ -86,7 +102,7 @@ def test_stage2_steps_change_only_the_balanced_head() -> None:
 def _stage2_config(head_init: str | None = None, seed: int = 0) -> TrainConfig:
     config = TrainConfig(seed=seed)
     if head_init is not None:
-        config.stage2 = dataclasses.replace(config.stage2, head_init=head_init)
+        config.stages[1] = dataclasses.replace(config.stages[1], head_init=head_init)
     return config
 
 
@@ -98,7 +114,7 @@ def test_stage2_balanced_head_starts_as_a_copy_of_the_trained_vanilla_head() -> 
             parameter.add_(0.25)
     vanilla_before = _snapshot(model.heads["vanilla"])
     backbone_before = _snapshot(model.backbone)
-    start_stage2(model, _stage2_config())
+    begin_stage(model, _stage2_config(), 2)
     balanced = model.heads["balanced"].state_dict()
     assert balanced.keys() == vanilla_before.keys()
     for name, tensor in vanilla_before.items():
@@ -118,15 +134,15 @@ def test_stage2_fresh_head_is_reinitialised_from_the_run_seed() -> None:
     with torch.no_grad():
         for parameter in second.heads["balanced"].parameters():
             parameter.mul_(-3.0)
-    start_stage2(first, _stage2_config("fresh"))
-    start_stage2(second, _stage2_config("fresh"))
+    begin_stage(first, _stage2_config("fresh"), 2)
+    begin_stage(second, _stage2_config("fresh"), 2)
     fresh = first.heads["balanced"].state_dict()
     for name, tensor in second.heads["balanced"].state_dict().items():
         assert torch.equal(tensor, fresh[name]), name
     vanilla = first.heads["vanilla"].state_dict()
     assert not torch.equal(fresh["rearrange.conv.weight"], vanilla["rearrange.conv.weight"])
     other_seed = _model()
-    start_stage2(other_seed, _stage2_config("fresh", seed=1))
+    begin_stage(other_seed, _stage2_config("fresh", seed=1), 2)
     assert not torch.equal(other_seed.heads["balanced"].state_dict()["rearrange.conv.weight"], fresh["rearrange.conv.weight"])
     assert all(p.requires_grad for p in first.heads["balanced"].parameters())
     assert not any(p.requires_grad for p in first.backbone.parameters())

@@ -183,3 +183,47 @@ def test_stage2_starts_from_another_runs_stage1_checkpoint(utkface: Path, tmp_pa
         if not name.startswith("heads.balanced"):
             assert torch.equal(tensor, model.state_dict()[name]), name
     assert not torch.equal(stage1.heads["balanced"].holistic.classifier.weight, model.heads["balanced"].holistic.classifier.weight)
+
+
+def test_ordinal_head_trains_both_stages_and_routes(utkface: Path, tmp_path: Path, overrides) -> None:
+    """A head added as registry entries (``model.head=ordinal``, its CORN loss) runs the whole
+    pipeline: both stages, routing in validation and test, a model file that predicts."""
+    run = tmp_path / "ordinal"
+    code = main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *overrides("model.head=ordinal")])
+    assert code == 0
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in history] == [(1, 1), (1, 2), (2, 1)]
+    assert set(history[-1]["val"]) >= {"routing", "vanilla", "balanced"}
+    report = json.loads((run / "test_metrics.json").read_text())
+    assert report["mode"] == "routing" and math.isfinite(report["mae"]) and report["routing"] is not None
+    model, info = load_model(run / "model.safetensors")
+    assert info["loss"] == "corn" and info["balanced_trained"] and model.config.head == "ordinal"
+    views = model.predict_views(torch.zeros(1, 3, 64, 64))
+    assert torch.allclose(views["balanced"].sum(-1), torch.ones(2, 1), atol=1e-5)
+
+
+def test_a_stage_list_of_three_trains_in_order(utkface: Path, tmp_path: Path, overrides) -> None:
+    """Stages are data: a third stage (the vanilla head again, backbone frozen) runs after the
+    paper's two, logs as stage 3, and leaves the balanced head as stage 2 trained it."""
+    run = tmp_path / "three"
+    config = tmp_path / "three.yaml"
+    config.write_text(
+        "stages:\n"
+        "  - {head: vanilla, epochs: 1}\n"
+        "  - {head: balanced, epochs: 1, freeze: [backbone], head_init: copy, sampling: class, val_mode: routing}\n"
+        "  - {head: vanilla, epochs: 1, freeze: [backbone], val_mode: routing}\n"
+    )
+    code = main(["train", "--config", str(config), "--data", str(utkface), "--out", str(run), "--no-progress",
+                 *overrides("stage1.epochs=1", "stage2.epochs=1", "stage3.batch_size=8")])
+    assert code == 0
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in history] == [(1, 1), (2, 1), (3, 1)]
+    after_two, _ = load_model(run / "stage2.safetensors")
+    final, info = load_model(run / "model.safetensors")
+    assert info["stages"] == [1, 2, 3]
+    for name, tensor in after_two.state_dict().items():
+        changed = not torch.equal(tensor, final.state_dict()[name])
+        if name.startswith("heads.vanilla") and name.endswith("weight"):
+            assert changed, name  # stage 3 trained it
+        elif not name.startswith("heads.vanilla"):
+            assert not changed, name  # backbone and balanced head stayed

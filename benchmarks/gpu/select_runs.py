@@ -102,7 +102,7 @@ def publish(device_run: Path, args: argparse.Namespace, method: str, mode: str, 
     info = {**info, "data_format": "utkface", "trained_on": "UTKFace train part packed by benchmarks/gpu/pack_utkface.py (128 px WebP)"}
     save_model(out / "model.safetensors", model, info, half=True)
     atomic_write_text(out / "recipe.md", RECIPE.format(
-        candidates=", ".join(candidates), stage1=config.stage1, stage2=config.stage2, method=method,
+        candidates=", ".join(candidates), stage1=config.stages[0], stage2=config.stages[1], method=method,
         clip=f"gradient-norm clip {config.clip_grad_norm}" if config.clip_grad_norm else "no gradient clipping",
     ))
     report = evaluate_model(model, split.test, config, torch.device("cpu"), mode)

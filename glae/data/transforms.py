@@ -1,18 +1,18 @@
 """Train and eval presets of Section V-A.
 
-Pixels are normalized as the paper does, (x - 127.5) / 128, which for a [0, 1] tensor is
-``Normalize(mean=127.5/255, std=128/255)``.
+Pixels are normalized with the model's ``InputNormalization`` (``AgeModel.normalization``,
+recorded in every model file): the paper's (x - 127.5) / 128 for networks trained from
+scratch and for every documented config, or what a backbone's pretrained weights expect.
 """
 
 from __future__ import annotations
 
 from torchvision import transforms as T
 
-PIXEL_MEAN = (127.5 / 255,) * 3
-PIXEL_STD = (128 / 255,) * 3
+from ..models.backbones import InputNormalization
 
 
-def train_transform(input_size: int, augment: bool = True, flip: bool = False) -> T.Compose:
+def train_transform(input_size: int, normalization: InputNormalization, augment: bool = True, flip: bool = False) -> T.Compose:
     """Resize, then (``augment``) ColorJitter + RandAugment (N=2, M=9), then normalize.
 
     ``flip`` adds a random horizontal flip before the colour changes; the paper's
@@ -28,10 +28,10 @@ def train_transform(input_size: int, augment: bool = True, flip: bool = False) -
             T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
             T.RandAugment(num_ops=2, magnitude=9),
         ]
-    steps += [T.ToTensor(), T.Normalize(PIXEL_MEAN, PIXEL_STD)]
+    steps += [T.ToTensor(), T.Normalize(normalization.mean, normalization.std)]
     return T.Compose(steps)
 
 
-def eval_transform(input_size: int) -> T.Compose:
+def eval_transform(input_size: int, normalization: InputNormalization) -> T.Compose:
     """Resize and normalize only: test-time flips happen on the batch (``AgeModel.predict_views``)."""
-    return T.Compose([T.Resize((input_size, input_size), antialias=True), T.ToTensor(), T.Normalize(PIXEL_MEAN, PIXEL_STD)])
+    return T.Compose([T.Resize((input_size, input_size), antialias=True), T.ToTensor(), T.Normalize(normalization.mean, normalization.std)])

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from .backbones import create_backbone
-from .heads import HeadKind, create_head
+from ..typed import from_dict
+from .backbones import IMAGENET_INPUT, TF_INPUT, InputNormalization, create_backbone
+from .heads import HEADS, AgeHead, create_head, head_spec, parse_head_options
 
 HEAD_NAMES = ("vanilla", "balanced")
+
+PAPER_INPUT = InputNormalization((127.5 / 255,) * 3, (128 / 255,) * 3)
+"""The paper's ``(x - 127.5) / 128`` (Section V-A), for networks trained from scratch."""
+
+NORMALIZATIONS: dict[str, InputNormalization] = {"paper": PAPER_INPUT, "imagenet": IMAGENET_INPUT, "tensorflow": TF_INPUT}
+"""Named pixel normalizations ``model.normalization`` may pick besides ``backbone``."""
+
+LEGACY_HEAD_SETTINGS = {"upscale": 16, "kernel_size": 16, "stride": 16, "proj_depth": 0, "embed_dim": None, "hidden_dim": 512}
+"""Head settings that model files and configs before ``model.head_options`` kept at the top
+of the model section, with the defaults they had."""
 
 
 @dataclass
@@ -20,15 +32,19 @@ class ModelConfig:
 
     backbone: str = "resnet18"  # resnet18 / resnet50 (the paper's), efficientnet_lite0, or any timm name
     pretrained: bool | str = False  # True: ImageNet weights (offline only for efficientnet_lite0); or a local file
-    head: HeadKind = "glae"  # glae = FR + PA; fr = FR + GAP; gap = the plain GAP + linear baseline
+    head: str = "glae"  # a registered head (glae.models.heads.HEADS): glae = FR + PA; fr = FR + GAP; gap; ordinal
+    head_options: dict[str, Any] = field(default_factory=dict)  # the head's own settings, e.g. {proj_depth: 1}; defaults filled in
     max_age: int = 100  # K: the heads score ages 0..K (paper 100; UTKFace needs 116)
     input_size: int = 224  # square input side in pixels (paper 224; smaller for CPU runs)
-    upscale: int = 16  # FR pixel-shuffle factor r
-    kernel_size: int = 16  # FR convolution kernel (r or 2r, Table III)
-    stride: int = 16  # FR convolution stride (r or r/2, Table III)
-    proj_depth: int = 0  # depth of PA's Proj MLP (Table IV: 0, 1 or 2)
-    embed_dim: int | None = None  # Proj output width; None = K+1 (see HolisticBranch)
-    hidden_dim: int = 512  # width of Proj's hidden layers when proj_depth > 0
+    # Pixel normalization: "backbone" = what the backbone's pretrained weights expect, or the
+    # paper's (x - 127.5) / 128 when it trains from scratch; or one of NORMALIZATIONS.
+    normalization: str = "backbone"
+
+    def __post_init__(self) -> None:
+        # Completed at construction, so that two configs of the same network compare equal
+        # and a model file records every head setting.
+        if self.head in HEADS and isinstance(self.head_options, dict):
+            self.head_options = dataclasses.asdict(parse_head_options(self.head, self.head_options))
 
     @property
     def num_classes(self) -> int:
@@ -39,11 +55,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        """A validated config from a mapping (a model file's metadata, a config's model section)."""
+        config = from_dict(cls, migrate_model_settings(data), "model.")
+        config.validate()
+        return config
 
     def validate(self) -> None:
         """Refuse sizes that would crash deep inside the network or allocate without bound.
@@ -51,21 +66,44 @@ class ModelConfig:
         The caps are far above any face model (the paper: K=100, 224 px, r=k=s=16) and far
         below what exhausts memory; every message names the ``--set model.*`` key.
         """
-        limits = {
-            "max_age": (1, 200),  # K: nobody is older than 200 years; K+1 output channels
-            "input_size": (32, 1024),  # the backbone needs a few pixels per stride; 4x the paper's side
-            "upscale": (1, 64),
-            "kernel_size": (1, 64),
-            "stride": (1, 64),
-            "proj_depth": (0, 8),
-            "hidden_dim": (1, 8192),
-        }
-        if self.embed_dim is not None:
-            limits["embed_dim"] = (1, 8192)
-        for name, (low, high) in limits.items():
+        head_spec(self.head)
+        parse_head_options(self.head, self.head_options)
+        if self.normalization != "backbone" and self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"model.normalization {self.normalization!r} is not one of backbone, {', '.join(NORMALIZATIONS)}"
+            )
+        for name, (low, high) in {"max_age": (1, 200), "input_size": (32, 1024)}.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"model.{name} must be an integer in {low}..{high}, got {value!r}; fix it with --set model.{name}=N")
+
+
+def migrate_model_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """Move the flat head settings of older files and configs into ``head_options``.
+
+    A complete old record (a model file or a run folder's config.yaml, which always held
+    all six settings) was trained on the paper's normalization, so it gets ``paper``. A
+    flat setting the head does not have is dropped when it holds its old default, and
+    refused otherwise (``--set model.proj_depth=2`` on a gap head means nothing).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"model: expected a mapping of model settings, got {type(data).__name__}")
+    legacy = {name: data[name] for name in LEGACY_HEAD_SETTINGS if name in data}
+    if not legacy:
+        return data
+    migrated = {name: value for name, value in data.items() if name not in LEGACY_HEAD_SETTINGS}
+    if len(legacy) == len(LEGACY_HEAD_SETTINGS):
+        migrated.setdefault("normalization", "paper")
+    head = migrated.get("head", "glae")
+    known = {f.name for f in fields(HEADS[head].options)} if head in HEADS else set(legacy)
+    options = dict(migrated.get("head_options") or {})
+    for name, value in legacy.items():
+        if name in known:
+            options.setdefault(name, value)
+        elif value != LEGACY_HEAD_SETTINGS[name]:
+            raise ValueError(f"model.{name} is not a setting of head {head!r}; its settings: {sorted(known) or 'none'}")
+    migrated["head_options"] = options
+    return migrated
 
 
 class AgeModel(nn.Module):
@@ -83,21 +121,11 @@ class AgeModel(nn.Module):
         feature_size = self._feature_size(config.input_size)
         self.heads = nn.ModuleDict(
             {
-                name: create_head(
-                    config.head,
-                    self.backbone.out_channels,
-                    config.num_classes,
-                    feature_size,
-                    config.upscale,
-                    config.kernel_size,
-                    config.stride,
-                    config.proj_depth,
-                    config.embed_dim,
-                    config.hidden_dim,
-                )
+                name: create_head(config.head, self.backbone.out_channels, config.num_classes, feature_size, **config.head_options)
                 for name in HEAD_NAMES
             }
         )
+        self.normalization = resolve_normalization(config, self.backbone.expected_input)
 
     def _feature_size(self, input_size: int) -> tuple[int, int]:
         """Spatial size of the backbone map, measured once: strides differ between timm models."""
@@ -128,10 +156,21 @@ class AgeModel(nn.Module):
         batch = torch.cat([images, images.flip(-1)])
         features = self.forward_features(batch)
         return {
-            head: self.forward_head(features, head)["logits"].float().softmax(-1).unflatten(0, (2, images.shape[0]))
+            head: self.probabilities(self.forward_head(features, head), head).unflatten(0, (2, images.shape[0]))
             for head in heads
         }
+
+    def probabilities(self, outputs: dict[str, Tensor], head: str = "vanilla") -> Tensor:
+        """``[B, K+1]`` age distribution from one head's outputs, as that head defines it."""
+        return cast(AgeHead, self.heads[head]).probabilities(outputs)
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def resolve_normalization(config: ModelConfig, backbone_expects: InputNormalization) -> InputNormalization:
+    """The pixel normalization a network is trained and used with (see ``ModelConfig.normalization``)."""
+    if config.normalization != "backbone":
+        return NORMALIZATIONS[config.normalization]
+    return backbone_expects if config.pretrained else PAPER_INPUT

@@ -1,22 +1,40 @@
-"""Age heads: Feature Rearrangement (FR), Pixel-level Auxiliary learning (PA) and the GAP baseline.
+"""Age heads: Feature Rearrangement (FR), Pixel-level Auxiliary learning (PA), the GAP
+baseline and an ordinal (CORN) head, behind a registry.
 
 Every head maps a backbone feature map ``[B, C, H, W]`` to a dict of scores:
 
-* ``"logits"``: ``[B, K+1]`` holistic age scores (the prediction used at test time);
+* ``"logits"``: the holistic scores used at test time (``[B, K+1]`` for softmax heads,
+  ``[B, K]`` rank scores for the ordinal head);
 * ``"local_logits"``: ``[B, H'W', K+1]`` per-pixel scores of the PA local branch,
   present only in training mode (the paper removes the local classifiers at test time).
 
-Heads never apply a loss or a softmax; ``glae.losses`` does.
+Heads never apply a loss; ``glae.losses`` does. Each head turns its scores into an age
+distribution over ``0..K`` (``AgeHead.probabilities``), which is all that inference,
+Adaptive Routing and the metrics read. A new head is one ``@register_head`` entry here
+(its settings class, its losses) and, if it needs one, one ``@register_loss`` entry in
+``glae.losses``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-HeadKind = Literal["gap", "fr", "glae"]
+from ..typed import from_dict
+
+
+class AgeHead(nn.Module):
+    """A head: ``forward`` gives scores, ``probabilities`` the age distribution they mean."""
+
+    def probabilities(self, outputs: dict[str, Tensor]) -> Tensor:
+        """``[B, K+1]`` probabilities of the ages ``0..K`` (a softmax of ``logits`` by default)."""
+        return outputs["logits"].float().softmax(-1)
 
 
 class FeatureRearrangement(nn.Module):
@@ -43,7 +61,7 @@ class FeatureRearrangement(nn.Module):
         if upscale < 1 or in_channels % (upscale * upscale):
             raise ValueError(
                 f"Feature Rearrangement needs the channel count C={in_channels} to be divisible "
-                f"by r*r={upscale * upscale} (r={upscale}); pick another r (model.upscale) or backbone"
+                f"by r*r={upscale * upscale} (r={upscale}); pick another r (model.head_options.upscale) or backbone"
             )
         self.upscale = upscale
         self.rearranged_channels = in_channels // (upscale * upscale)
@@ -85,7 +103,7 @@ class HolisticBranch(nn.Module):
     gives the K+1 scores. ``embed_dim`` defaults to K+1: with ResNet-18/50 at 224 px,
     depth 0 adds about 0.5 M parameters, the size of the jump Table IV reports between the
     plain backbone and depth 0 (23 M) better than a C-wide embedding (10 M) would. Both
-    widths are configurable (``model.embed_dim``, ``model.hidden_dim``).
+    widths are configurable (``model.head_options.embed_dim``, ``hidden_dim``).
     """
 
     def __init__(
@@ -114,7 +132,7 @@ class HolisticBranch(nn.Module):
         return self.classifier(self.proj(age_maps))
 
 
-class GLAEHead(nn.Module):
+class GLAEHead(AgeHead):
     """FR + PA: the head GLAE trains in both stages (Algorithm 1, lines 7-10)."""
 
     def __init__(
@@ -142,7 +160,7 @@ class GLAEHead(nn.Module):
         return outputs
 
 
-class RearrangedGAPHead(nn.Module):
+class RearrangedGAPHead(AgeHead):
     """Table II's "+FR" row: FR gives K+1 age channels, GAP turns them into scores (no PA)."""
 
     def __init__(self, in_channels: int, num_classes: int, upscale: int = 16, kernel_size: int = 16, stride: int = 16) -> None:
@@ -153,7 +171,7 @@ class RearrangedGAPHead(nn.Module):
         return {"logits": self.rearrange(features).mean(dim=(2, 3))}
 
 
-class GAPHead(nn.Module):
+class GAPHead(AgeHead):
     """The plain baseline of Table II (ℓ_kl and ℓ_base rows): GAP + linear classifier."""
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
@@ -164,35 +182,164 @@ class GAPHead(nn.Module):
         return {"logits": self.classifier(features.mean(dim=(2, 3)))}
 
 
-def create_head(
-    kind: HeadKind,
-    in_channels: int,
-    num_classes: int,
-    feature_size: tuple[int, int],
-    upscale: int = 16,
-    kernel_size: int = 16,
-    stride: int = 16,
-    proj_depth: int = 0,
-    embed_dim: int | None = None,
-    hidden_dim: int = 512,
-) -> nn.Module:
-    """Build a head by the name used in configs: ``gap`` | ``fr`` | ``glae``."""
-    if kind == "glae":
-        return GLAEHead(in_channels, num_classes, feature_size, upscale, kernel_size, stride, proj_depth, embed_dim, hidden_dim)
-    if kind == "fr":
-        return RearrangedGAPHead(in_channels, num_classes, upscale, kernel_size, stride)
-    if kind == "gap":
-        return GAPHead(in_channels, num_classes)
-    raise ValueError(f"unknown head {kind!r}; choose gap, fr or glae")
+class OrdinalHead(AgeHead):
+    """CORN (Shi, Cao & Raschka, 2021): GAP, then K rank scores ``f_k = P(age > k | age > k-1)``.
+
+    The probabilities of "older than k" are cumulative products of sigmoids, so they
+    always decrease with k and every age gets a non-negative probability: the head plugs
+    into expectation, intervals and Adaptive Routing like the softmax heads.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(in_channels, num_classes - 1)
+
+    def forward(self, features: Tensor) -> dict[str, Tensor]:
+        return {"logits": self.classifier(features.mean(dim=(2, 3)))}
+
+    def probabilities(self, outputs: dict[str, Tensor]) -> Tensor:
+        """``P(age = k) = P(age > k-1) - P(age > k)``, with ``P(age > -1) = 1`` and ``P(age > K) = 0``."""
+        older = torch.sigmoid(outputs["logits"].float()).cumprod(-1)
+        ones = older.new_ones(older.shape[:-1] + (1,))
+        survival = torch.cat([ones, older, torch.zeros_like(ones)], dim=-1)
+        return survival[..., :-1] - survival[..., 1:]
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """What every head builder gets: the backbone map's channels and size, and K+1."""
+
+    in_channels: int
+    feature_size: tuple[int, int]
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A registered head: its builder, its settings class and the losses it trains with (first = default)."""
+
+    build: Callable[[HeadInputs, Any], AgeHead]
+    options: type
+    losses: tuple[str, ...]
+
+
+HEADS: dict[str, HeadSpec] = {}
+"""Heads by the name used in configs (``model.head``)."""
+
+
+def register_head(name: str, options: type, losses: tuple[str, ...]) -> Callable:
+    """Decorator: ``build(inputs, options) -> AgeHead`` becomes the head ``name``."""
+
+    def decorator(build: Callable[[HeadInputs, Any], AgeHead]) -> Callable[[HeadInputs, Any], AgeHead]:
+        HEADS[name] = HeadSpec(build, options, losses)
+        return build
+
+    return decorator
+
+
+def _check_range(options: Any, limits: dict[str, tuple[int, int]]) -> None:
+    for name, (low, high) in limits.items():
+        value = getattr(options, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(
+                f"model.head_options.{name} must be an integer in {low}..{high}, got {value!r}; "
+                f"fix it with --set model.head_options.{name}=N"
+            )
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A head without settings of its own."""
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class FROptions:
+    """Feature Rearrangement: pixel-shuffle factor r, kernel and stride (Table III: r or 2r, r or r/2)."""
+
+    upscale: int = 16
+    kernel_size: int = 16
+    stride: int = 16
+
+    def validate(self) -> None:
+        _check_range(self, {"upscale": (1, 64), "kernel_size": (1, 64), "stride": (1, 64)})
+
+
+@dataclass(frozen=True)
+class GLAEOptions(FROptions):
+    """FR plus PA's Proj (Table IV): depth, embedding width (None = K+1) and hidden width."""
+
+    proj_depth: int = 0
+    embed_dim: int | None = None
+    hidden_dim: int = 512
+
+    def validate(self) -> None:
+        super().validate()
+        _check_range(self, {"proj_depth": (0, 8), "embed_dim": (1, 8192), "hidden_dim": (1, 8192)})
+
+
+@register_head("glae", GLAEOptions, losses=("sum",))
+def _glae(inputs: HeadInputs, options: GLAEOptions) -> AgeHead:
+    """FR + PA, trained on L_sum (Eq. 10)."""
+    return GLAEHead(inputs.in_channels, inputs.num_classes, inputs.feature_size, **dataclasses.asdict(options))
+
+
+@register_head("fr", FROptions, losses=("base", "kl"))
+def _fr(inputs: HeadInputs, options: FROptions) -> AgeHead:
+    """Table II's "+FR" row."""
+    return RearrangedGAPHead(inputs.in_channels, inputs.num_classes, **dataclasses.asdict(options))
+
+
+@register_head("gap", NoOptions, losses=("base", "kl"))
+def _gap(inputs: HeadInputs, options: NoOptions) -> AgeHead:
+    """Table II's baseline rows (ℓ_base, ℓ_kl)."""
+    return GAPHead(inputs.in_channels, inputs.num_classes)
+
+
+@register_head("ordinal", NoOptions, losses=("corn",))
+def _ordinal(inputs: HeadInputs, options: NoOptions) -> AgeHead:
+    """GAP + CORN rank scores."""
+    return OrdinalHead(inputs.in_channels, inputs.num_classes)
+
+
+def head_spec(name: str) -> HeadSpec:
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; choose one of {sorted(HEADS)} (--set model.head=NAME)")
+    return HEADS[name]
+
+
+def parse_head_options(name: str, options: Mapping[str, Any]) -> Any:
+    """The head's settings object from a mapping: types and ranges checked, defaults filled in."""
+    spec = head_spec(name)
+    parsed = from_dict(spec.options, dict(options), "model.head_options.")
+    parsed.validate()
+    return parsed
+
+
+def create_head(name: str, in_channels: int, num_classes: int, feature_size: tuple[int, int], **options: Any) -> AgeHead:
+    """Build a head by the name used in configs, e.g. ``create_head("glae", 512, 101, (7, 7), proj_depth=1)``."""
+    parsed = parse_head_options(name, options)
+    return head_spec(name).build(HeadInputs(in_channels, feature_size, num_classes), parsed)
 
 
 __all__ = [
+    "HEADS",
+    "AgeHead",
     "FeatureRearrangement",
     "GAPHead",
     "GLAEHead",
-    "HeadKind",
+    "HeadInputs",
+    "HeadSpec",
     "HolisticBranch",
+    "OrdinalHead",
     "RearrangedGAPHead",
     "create_head",
+    "head_spec",
     "local_branch",
+    "parse_head_options",
+    "register_head",
 ]
