@@ -1,5 +1,6 @@
 """Datasets and evaluation protocols: loading age labels and splitting them reproducibly."""
 
+from glae.data.config import DataConfig
 from glae.data.datasets import (
     DATASET_FORMATS,
     IMAGE_EXTENSIONS,
@@ -25,6 +26,7 @@ __all__ = [
     "DATASET_FORMATS",
     "IMAGE_EXTENSIONS",
     "AgeSample",
+    "DataConfig",
     "DatasetError",
     "DatasetIndex",
     "SkippedFile",
