@@ -80,7 +80,7 @@ def seed_everything(seed: int) -> None:
 def load_samples(config: TrainConfig) -> DatasetIndex:
     """Load the dataset, report what was skipped, and enforce the model's age range."""
     assert config.data.path is not None, "data.path is unset (the CLI requires --data)"
-    index = load_dataset(config.data.path, config.data.format)
+    index = load_dataset(config.data.path, config.data.format, config.data.csv_columns)
     log.info(index.summary())
     if config.data.clip_ages:
         limit = config.model.max_age

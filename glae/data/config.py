@@ -6,14 +6,17 @@ registry can read it without importing the experiment config above it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from glae.data.datasets import CsvColumns
 
 
 @dataclass
 class DataConfig:
     path: str | None = None  # dataset folder or manifest; None = use --data on the command line
     format: str = "utkface"  # adapter name (glae.data.DATASET_FORMATS)
+    csv_columns: CsvColumns = field(default_factory=CsvColumns)  # format csv: the column of each label, e.g. path: file
     protocol: Literal["random", "field", "lists"] = "random"  # seeded 80-20, the dataset's own split, or list files
     test_fraction: float = 0.2  # paper: 80-20
     val_fraction: float = 0.1  # carved from the training part, for model selection; never the test part
