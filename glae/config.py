@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from .data.config import DataConfig
+from .data.protocols import check_protocol
 from .models.glae import ModelConfig
 
 
@@ -74,8 +75,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1 and <= {MAX_BATCH_SIZE}, got {value}; fix it with --set {name}=N")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if self.data.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
+        self.data.validate()
+        check_protocol(self.data.protocol)
         check_device(self.device, "device")
         for name, cap in (("stage1", self.stage1.max_steps_per_epoch), ("stage2", self.stage2.max_steps_per_epoch)):
             if cap is not None and cap < 1:

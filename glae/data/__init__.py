@@ -13,19 +13,25 @@ from glae.data.datasets import (
     load_dataset,
 )
 from glae.data.protocols import (
+    PROTOCOLS,
     Split,
     balanced_test_subset,
+    check_protocol,
     leave_one_subject_out,
     morph_partial_filter,
     random_split,
+    register_protocol,
+    split_dataset,
     split_from_field,
     split_from_lists,
+    subject_fold,
     subset_then_random_split,
 )
 
 __all__ = [
     "DATASET_FORMATS",
     "IMAGE_EXTENSIONS",
+    "PROTOCOLS",
     "AgeSample",
     "CsvColumns",
     "DataConfig",
@@ -35,11 +41,15 @@ __all__ = [
     "Split",
     "balanced_test_subset",
     "check_ages",
+    "check_protocol",
     "leave_one_subject_out",
     "load_dataset",
     "morph_partial_filter",
     "random_split",
+    "register_protocol",
+    "split_dataset",
     "split_from_field",
     "split_from_lists",
+    "subject_fold",
     "subset_then_random_split",
 ]
