@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .checkpoint import CheckpointError
 from .config import MAX_BATCH_SIZE, check_device
-from .data import DATASET_FORMATS, DatasetError
+from .data import DATASET_FORMATS, CsvColumns, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
 from .export import MissingExtraError
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a model on a dataset (flip TTA, routing, reports)")
     evaluate.add_argument("--checkpoint", help="model file (.safetensors) written by glae train; default: the shipped model")
     _add_data_arguments(evaluate, required=True)
+    evaluate.add_argument("--csv-column", dest="csv_columns", action="append", default=[], metavar="FIELD=NAME", help="format csv: read FIELD (path, age, std, subject, split) from column NAME, e.g. age=real_age")
     evaluate.add_argument("--mode", choices=ROUTING_MODES, default=None, help="head choice for the top-level numbers (default: routing when the model has a balanced head)")
     evaluate.add_argument("--split", type=Path, help="a run's split.json: evaluate only one part of it (see --part)")
     evaluate.add_argument("--part", choices=("train", "val", "test"), help="with --split: the part to evaluate (default: test)")
@@ -196,6 +198,18 @@ def _read_split(path: Path) -> dict[str, list[str]]:
     return data
 
 
+def _csv_columns(pairs: list[str]) -> CsvColumns:
+    """``--csv-column FIELD=NAME`` pairs as the column names of a csv manifest."""
+    fields = {field.name for field in dataclasses.fields(CsvColumns)}
+    renamed = {}
+    for pair in pairs:
+        label, _, name = pair.partition("=")
+        if label not in fields or not name:
+            raise ValueError(f"--csv-column expects FIELD=NAME with FIELD one of {', '.join(sorted(fields))}, got {pair!r}")
+        renamed[label] = name
+    return CsvColumns(**renamed)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import Split, balanced_test_subset, load_dataset
@@ -206,10 +220,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from .routing import routing_mode
 
     _check_eval_arguments(args)
+    csv_columns = _csv_columns(args.csv_columns)
     device = pick_device(args.device)
     checkpoint = resolve_model_path(args.checkpoint)
     model, info = load_model(checkpoint, device)
-    index = load_dataset(args.data, args.format or info.get("data_format", "utkface"))
+    index = load_dataset(args.data, args.format or info.get("data_format", "utkface"), csv_columns)
     logging.getLogger(__name__).info(index.summary())
     samples = index.samples
     if args.split is not None:

@@ -16,29 +16,12 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from .data.config import DataConfig
+from .data.protocols import check_protocol
 from .models.glae import HEAD_NAMES, ModelConfig, migrate_model_settings
 from .models.heads import head_spec
 from .routing import ROUTING_MODES, RoutingMode
 from .typed import from_dict
-
-
-@dataclass
-class DataConfig:
-    path: str | None = None  # dataset folder or manifest; None = use --data on the command line
-    format: str = "utkface"  # adapter name (glae.data.DATASET_FORMATS)
-    protocol: Literal["random", "field", "lists"] = "random"  # seeded 80-20, the dataset's own split, or list files
-    test_fraction: float = 0.2  # paper: 80-20
-    val_fraction: float = 0.1  # carved from the training part, for model selection; never the test part
-    split_seed: int = 0  # fixes the split independently of the training seed
-    train_list: str | None = None  # protocol "lists": one relative path per line
-    val_list: str | None = None
-    test_list: str | None = None
-    limit: int | None = None  # use a seeded random subset of N images (smoke tests, quick checks)
-    clip_ages: bool = False  # ages above model.max_age: error (False) or clip to K (True)
-    use_label_std: bool = False  # Gaussian σ from the annotated apparent-age std where known (LAP 2015)
-    num_workers: int = 2  # loader processes; 0 loads in the training process
-    cache: bool = True  # decode + resize training images once into a memory-mapped file (glae/data/cache.py)
-    cache_dir: str | None = None  # where; None = $GLAE_CACHE_DIR or ~/.cache/glae/images
 
 
 @dataclass
@@ -119,8 +102,8 @@ class TrainConfig:
             raise ValueError(f"eval_batch_size must be >= 1 and <= {MAX_BATCH_SIZE}, got {self.eval_batch_size}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if self.data.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
+        self.data.validate()
+        check_protocol(self.data.protocol)
         check_device(self.device, "device")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")

@@ -42,7 +42,7 @@ from .checkpoint import (
     save_training_state,
 )
 from .config import StageConfig, TrainConfig, config_from_dict, config_to_dict, dump_config
-from .data import DatasetIndex, Split, check_ages, load_dataset, random_split, split_from_field, split_from_lists
+from .data import DatasetIndex, Split, check_ages, load_dataset, split_dataset
 from .data.cache import CachedImages, open_image_cache
 from .data.images import AgeImageDataset, ages_of
 from .data.samplers import EpochSampler
@@ -78,7 +78,7 @@ def seed_everything(seed: int) -> None:
 def load_samples(config: TrainConfig) -> DatasetIndex:
     """Load the dataset, report what was skipped, and enforce the model's age range."""
     assert config.data.path is not None, "data.path is unset (the CLI requires --data)"
-    index = load_dataset(config.data.path, config.data.format)
+    index = load_dataset(config.data.path, config.data.format, config.data.csv_columns)
     log.info(index.summary())
     if config.data.clip_ages:
         limit = config.model.max_age
@@ -88,20 +88,8 @@ def load_samples(config: TrainConfig) -> DatasetIndex:
 
 
 def make_split(config: TrainConfig, index: DatasetIndex) -> Split:
-    """Apply the configured protocol (after the optional seeded ``limit`` subset)."""
-    data = config.data
-    samples = sorted(index.samples, key=lambda s: str(s.path))
-    if data.limit is not None and data.limit < len(samples):
-        samples = random.Random(data.split_seed).sample(samples, data.limit)
-    if data.protocol == "random":
-        return random_split(samples, data.test_fraction, data.val_fraction, data.split_seed)
-    if data.protocol == "field":
-        return split_from_field(samples)
-    if not (data.train_list and data.test_list):
-        raise ValueError("protocol 'lists' needs data.train_list and data.test_list")
-    return split_from_lists(
-        samples, Path(data.train_list), Path(data.test_list), Path(data.val_list) if data.val_list else None
-    )
+    """Apply the configured protocol (``data.protocol``, registered in glae.data.PROTOCOLS)."""
+    return split_dataset(index.samples, config.data)
 
 
 EXECUTION_SETTINGS = ("data.num_workers", "data.cache", "data.cache_dir")

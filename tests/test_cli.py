@@ -27,6 +27,24 @@ def test_eval_split_that_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFi
     assert "split.json does not exist" in _error(capsys)
 
 
+def test_eval_csv_column_that_is_not_field_equals_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--data", str(tmp_path), "--csv-column", "file"]) == 2
+    assert "--csv-column expects FIELD=NAME with FIELD one of age, path, split, std, subject, got 'file'" in _error(capsys)
+
+
+def test_eval_reads_a_manifest_by_its_own_column_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (48, 48), (120, 90, 60)).save(tmp_path / name)
+    (tmp_path / "table.csv").write_text("File,Years\na.jpg,30\nb.jpg,40\n")
+    argv = ["eval", "--data", str(tmp_path / "table.csv"), "--format", "csv", "--workers", "0", "--device", "cpu"]
+    assert main([*argv, "--csv-column", "path=file", "--csv-column", "age=years"]) == 0
+    assert "on 2 images" in capsys.readouterr().out
+    assert main(argv) == 2
+    assert "missing required column 'path' for the path" in _error(capsys)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from glae.data import split_from_field
-from glae.data import AgeSample, DatasetError, check_ages, load_dataset
+from glae.data import AgeSample, CsvColumns, DatasetError, check_ages, load_dataset
 
 UTKFACE = Path("/work/shared/data/utkface")
 
@@ -248,6 +248,40 @@ def test_generic_csv_manifest(tmp_path: Path) -> None:
     assert (y.age, y.age_std, y.subject, y.split) == (40.0, None, None, "test")
     assert y.path.resolve() == (tmp_path / "faces" / "y.jpg").resolve()
     assert _skipped(index) == {"empty.jpg": "empty file"}
+
+
+def test_csv_manifest_with_renamed_columns(tmp_path: Path) -> None:
+    """A table with its own column names (any case) reads like a manifest with the default names;
+    a column that now names no label, here `path`, is kept as an attribute like any other."""
+    _jpeg(tmp_path / "faces" / "x.jpg")
+    _jpeg(tmp_path / "faces" / "y.jpg")
+    csv_path = _write(
+        tmp_path / "table.csv",
+        "File,Real_Age,SD,person,part,path\nfaces/x.jpg,30,2.5,p1,train,a\nfaces/y.jpg,41.5,,p2,test,b\n",
+    )
+    names = CsvColumns(path="file", age="Real_Age", std="sd", subject="PERSON", split="part")
+
+    x, y = load_dataset(csv_path, "csv", names).samples
+
+    assert x == AgeSample(tmp_path / "faces" / "x.jpg", 30.0, age_std=2.5, subject="p1", split="train")
+    assert y == AgeSample(tmp_path / "faces" / "y.jpg", 41.5, subject="p2", split="test")
+    assert (x.attributes, y.attributes) == ({"path": "a"}, {"path": "b"})
+
+
+def test_csv_renamed_column_that_is_missing_names_the_columns_found(tmp_path: Path) -> None:
+    csv_path = _write(tmp_path / "m.csv", "path,age\na.jpg,3\n")
+    with pytest.raises(DatasetError) as error:
+        load_dataset(csv_path, "csv", CsvColumns(age="real_age"))
+    assert str(error.value) == (
+        f"{csv_path}: missing required column 'real_age' for the age (rename it with "
+        "data.csv_columns.age or --csv-column age=NAME); columns found: path, age"
+    )
+
+
+def test_csv_column_names_for_another_format_are_refused(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "25_1_2_20170116174525125.jpg.chip.jpg")
+    with pytest.raises(DatasetError, match="apply to format csv only, not 'utkface'"):
+        load_dataset(tmp_path, "utkface", CsvColumns(path="file"))
 
 
 # --- Errors --------------------------------------------------------------------------

@@ -8,18 +8,27 @@ from pathlib import Path
 
 import pytest
 
+from glae.config import load_config
 from glae.data import (
+    PROTOCOLS,
     AgeSample,
+    DataConfig,
     DatasetError,
+    DatasetIndex,
     Split,
     balanced_test_subset,
     leave_one_subject_out,
     morph_partial_filter,
     random_split,
+    register_protocol,
+    split_dataset,
     split_from_field,
     split_from_lists,
+    subject_fold,
     subset_then_random_split,
 )
+from glae.data import protocols
+from glae.train import make_split
 
 ROOT = Path("/data/set")
 
@@ -240,3 +249,109 @@ def test_balanced_subset_bins_apparent_ages_half_up() -> None:
     test = [AgeSample(ROOT / f"{i}.jpg", age) for i, age in enumerate([20.5, 20.5, 21.0, 20.0])]
     subset = balanced_test_subset(test, per_age=3)
     assert sorted(s.age for s in subset) == [20.5, 20.5, 21.0]
+
+
+# --- the registry: data.protocol -> split --------------------------------------------
+
+
+def _names(samples: list[AgeSample]) -> list[str]:
+    return [s.path.name for s in samples]
+
+
+def test_the_protocols_a_config_can_name() -> None:
+    assert sorted(PROTOCOLS) == ["field", "lists", "lopo", "morph_partial", "random"]
+
+
+def test_random_protocol_is_the_same_split_as_before_the_registry() -> None:
+    """Pinned from the code before the registry (glae.train.make_split's if-chain): runs
+    split before it, and their published numbers, keep exactly these images."""
+    split = split_dataset(_samples(20), DataConfig())
+    assert _names(split.test) == ["012.jpg", "013.jpg", "004.jpg", "014.jpg"]
+    assert _names(split.val) == ["000.jpg", "009.jpg"]
+    assert len(split.train) == 14
+    limited = split_dataset(list(reversed(_samples(20))), DataConfig(limit=10))
+    assert (_names(limited.train), _names(limited.val), _names(limited.test)) == (
+        ["005.jpg", "006.jpg", "011.jpg", "016.jpg", "002.jpg", "003.jpg", "019.jpg"],
+        ["001.jpg"],
+        ["008.jpg", "018.jpg"],
+    )
+    reseeded = split_dataset(_samples(20), DataConfig(split_seed=3, val_fraction=0.25))
+    assert _names(reseeded.test) == ["015.jpg", "006.jpg", "011.jpg", "002.jpg"]
+
+
+def test_lopo_tests_on_exactly_the_chosen_subject() -> None:
+    """Subjects sorted: s0..s4, so fold 2 is s2, the images i with i % 5 == 2."""
+    samples = _samples(50)
+    split = split_dataset(samples, DataConfig(protocol="lopo", fold=2))
+    assert _names(split.test) == [f"{i:03d}.jpg" for i in range(2, 50, 5)]
+    assert _paths(split.train) == _paths(samples) - _paths(split.test)
+    assert split.val == []
+    by_path = sorted(samples, key=lambda s: str(s.path))  # the order split_dataset hands on
+    assert subject_fold(by_path, 2) == ("s2", split) == ("s2", dict(leave_one_subject_out(by_path))["s2"])
+
+
+def test_lopo_fold_past_the_last_subject_says_how_many_there_are() -> None:
+    message = "data.fold=5, but the 50 images have 5 subjects (folds 0..4); fix it with --set data.fold=N"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        split_dataset(_samples(50), DataConfig(protocol="lopo", fold=5))
+
+
+def test_morph_partial_protocol_sizes() -> None:
+    """Races cycle W, white, B, 'w ', H: 30 of 50 are Caucasian; 20% test = 6, 10% val = 3."""
+    races = ["W", "white", "B", "w ", "H"]
+    samples = [AgeSample(ROOT / f"{i:02d}.jpg", 30, attributes={"race": races[i % 5]}) for i in range(50)]
+    split = split_dataset(samples, DataConfig(protocol="morph_partial"))
+    assert (len(split.train), len(split.val), len(split.test)) == (21, 3, 6)
+    kept = {f"{i:02d}.jpg" for i in range(50) if i % 5 in (0, 1, 3)}
+    assert set(_names(split.train + split.val + split.test)) == kept
+    assert split == subset_then_random_split(samples, morph_partial_filter, 0.2, 0.1, seed=0)
+
+
+def test_field_protocol_uses_the_datasets_own_split() -> None:
+    samples = [AgeSample(ROOT / f"{i}.jpg", 30, split=part) for i, part in enumerate(["test", "train", "valid", "train"])]
+    split = split_dataset(samples, DataConfig(protocol="field"))
+    assert (_names(split.train), _names(split.val), _names(split.test)) == (["1.jpg", "3.jpg"], ["2.jpg"], ["0.jpg"])
+
+
+def test_lists_protocol_reads_the_configured_files(tmp_path: Path) -> None:
+    (tmp_path / "train.txt").write_text("s0/000.jpg\ns1/001.jpg\n")
+    (tmp_path / "test.txt").write_text("s2/002.jpg\n")
+    data = DataConfig(protocol="lists", train_list=str(tmp_path / "train.txt"), test_list=str(tmp_path / "test.txt"))
+    split = split_dataset(_samples(10), data)
+    assert (_names(split.train), split.val, _names(split.test)) == (["000.jpg", "001.jpg"], [], ["002.jpg"])
+
+
+def test_lists_protocol_without_lists_names_the_settings() -> None:
+    with pytest.raises(ValueError, match=re.escape("--set data.train_list=FILE --set data.test_list=FILE")):
+        split_dataset(_samples(10), DataConfig(protocol="lists", train_list="train.txt"))
+
+
+def test_unknown_protocol_lists_the_known_ones() -> None:
+    message = "data.protocol 'kfold' is unknown; known: field, lists, lopo, morph_partial, random"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        split_dataset(_samples(10), DataConfig(protocol="kfold"))
+
+
+def test_a_registered_protocol_is_reachable_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocols, "PROTOCOLS", dict(PROTOCOLS))
+
+    @register_protocol("oldest_test")
+    def oldest_test(samples, data: DataConfig) -> Split:
+        return Split(train=[s for s in samples if s.age < 26], test=[s for s in samples if s.age >= 26])
+
+    split = split_dataset(_samples(14), DataConfig(protocol="oldest_test"))
+    assert _names(split.test) == ["006.jpg", "013.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sizes"),
+    [
+        ([], (35, 5, 10)),
+        (["data.protocol=lopo", "data.fold=4"], (40, 0, 10)),
+        (["data.protocol=random", "data.limit=20", "data.val_fraction=0"], (16, 0, 4)),
+    ],
+)
+def test_the_training_run_splits_with_the_configured_protocol(overrides: list[str], sizes: tuple[int, int, int]) -> None:
+    index = DatasetIndex(ROOT, "csv", _samples(50), [])
+    split = make_split(load_config(None, overrides), index)
+    assert (len(split.train), len(split.val), len(split.test)) == sizes

@@ -464,28 +464,61 @@ def load_mivia(csv_path: Path) -> DatasetIndex:
     return _finish(csv_path, "mivia", *_collect(record(row) for row in rows))
 
 
-def load_manifest(csv_path: Path) -> DatasetIndex:
-    """Generic manifest: header with `path, age` and optional `std, subject, split`.
+@dataclass(frozen=True)
+class CsvColumns:
+    """The column of a `csv` manifest that holds each label (case ignored).
+
+    The defaults are the manifest's own names; renaming them reads an existing table
+    (``file,real_age``) without rewriting it. `std`, `subject` and `split` are optional:
+    a manifest without those columns simply has no such labels.
+    """
+
+    path: str = "path"
+    age: str = "age"
+    std: str = "std"
+    subject: str = "subject"
+    split: str = "split"
+
+
+def _header(name: str) -> str:
+    """A configured column name in the form `_read_rows` keys columns by."""
+    return name.strip().lower()
+
+
+def _required(csv_path: Path, columns: Sequence[str], name: str, label: str) -> str:
+    """A required manifest column, or an error naming the setting that renames it."""
+    column = _header(name)
+    if column not in columns:
+        raise DatasetError(
+            f"{csv_path}: missing required column {column!r} for the {label} (rename it with "
+            f"data.csv_columns.{label} or --csv-column {label}=NAME); columns found: {', '.join(columns)}"
+        )
+    return column
+
+
+def load_manifest(csv_path: Path, names: CsvColumns = CsvColumns()) -> DatasetIndex:
+    """Generic manifest: a header naming the `names` columns; `path` and `age` are required.
 
     Any other column is kept in `attributes`, so a user can attach labels such as gender
     without a new adapter.
     """
     _require_file(csv_path, "csv")
     columns, rows = _read_rows(csv_path)
-    path_col = _column(csv_path, columns, ("path",))
-    age_col = _column(csv_path, columns, ("age",))
-    known = {"path", "age", "std", "subject", "split"}
+    path_col = _required(csv_path, columns, names.path, "path")
+    age_col = _required(csv_path, columns, names.age, "age")
+    std_col, subject_col, split_col = (_header(name) for name in (names.std, names.subject, names.split))
+    known = {path_col, age_col, std_col, subject_col, split_col}
     extra = [name for name in columns if name not in known]
 
     def record(row: _Row) -> tuple[Path, AgeSample]:
         path = _image_path(csv_path, row, path_col)
-        std = _number(csv_path, row, "std", "std") if _optional(row, "std") else None
+        std = _number(csv_path, row, std_col, "std") if _optional(row, std_col) else None
         return path, AgeSample(
             path,
             _number(csv_path, row, age_col, "age"),
             age_std=std,
-            subject=_optional(row, "subject"),
-            split=_optional(row, "split"),
+            subject=_optional(row, subject_col),
+            split=_optional(row, split_col),
             attributes={name: row.values[name] for name in extra},
         )
 
@@ -604,8 +637,11 @@ DATASET_FORMATS: dict[str, Callable[[Path], DatasetIndex]] = {
 }
 
 
-def load_dataset(path: str | Path, format: str) -> DatasetIndex:
+def load_dataset(path: str | Path, format: str, csv_columns: CsvColumns = CsvColumns()) -> DatasetIndex:
     """Load a dataset in one of the `DATASET_FORMATS` layouts.
+
+    `csv_columns` renames the columns of the `csv` format; the other formats have fixed
+    names, so renaming there is refused rather than ignored.
 
     Raises:
         DatasetError: Unknown format, missing path, or a dataset with no usable image.
@@ -615,6 +651,12 @@ def load_dataset(path: str | Path, format: str) -> DatasetIndex:
         raise DatasetError(
             f"unknown dataset format {format!r}; known: {', '.join(sorted(DATASET_FORMATS))}"
         )
+    if csv_columns != CsvColumns():
+        if format != "csv":
+            raise DatasetError(
+                f"CSV column names (data.csv_columns, --csv-column) apply to format csv only, not {format!r}"
+            )
+        return load_manifest(_existing(path), csv_columns)
     return loader(_existing(path))
 
 

@@ -3,10 +3,15 @@
 Every split is deterministic (seeded, and independent of the order samples were loaded in)
 so that a run can be repeated, and can be saved as relative paths in a run folder and
 re-created exactly later with `Split.from_json`.
+
+`PROTOCOLS` maps each ``data.protocol`` name to a function of the samples and the data
+config (`register_protocol`); `split_dataset` applies the configured one. A new protocol
+is one registered function at the end of this file.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -15,7 +20,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from glae.data.config import DataConfig
 from glae.data.datasets import AgeSample, DatasetError
+
+log = logging.getLogger(__name__)
 
 _PARTS = ("train", "val", "test")
 _SPLIT_NAMES = {
@@ -233,14 +241,35 @@ def leave_one_subject_out(samples: Sequence[AgeSample]) -> Iterator[tuple[str, S
     Raises:
         DatasetError: If any sample has no subject.
     """
+    subjects = _subjects(samples)
+    return ((subject, _subject_fold(samples, subject)) for subject in subjects)
+
+
+def subject_fold(samples: Sequence[AgeSample], fold: int) -> tuple[str, Split]:
+    """Fold `fold` of `leave_one_subject_out` (its subject and split), without the others.
+
+    Raises:
+        DatasetError: If any sample has no subject.
+        ValueError: If there are not `fold` + 1 subjects.
+    """
+    subjects = _subjects(samples)
+    if not 0 <= fold < len(subjects):
+        raise ValueError(
+            f"data.fold={fold}, but the {len(samples)} images have {len(subjects)} subjects "
+            f"(folds 0..{len(subjects) - 1}); fix it with --set data.fold=N"
+        )
+    return subjects[fold], _subject_fold(samples, subjects[fold])
+
+
+def _subjects(samples: Sequence[AgeSample]) -> list[str]:
+    """Sorted subject ids; every sample needs one, or its image would be in no fold."""
     anonymous = [s for s in samples if s.subject is None]
     if anonymous:
         raise DatasetError(
             f"{len(anonymous)} samples have no subject, e.g. {anonymous[0].path}; "
             "leave-one-subject-out needs a subject for every sample"
         )
-    subjects = sorted({str(s.subject) for s in samples})
-    return ((subject, _subject_fold(samples, subject)) for subject in subjects)
+    return sorted({str(s.subject) for s in samples})
 
 
 def _subject_fold(samples: Sequence[AgeSample], subject: str) -> Split:
@@ -314,3 +343,90 @@ def balanced_test_subset(
         elif keep_short_ages:
             subset += group
     return subset
+
+
+# ---------------------------------------------------------------------------------------
+# Registry: the data.protocol names
+# ---------------------------------------------------------------------------------------
+
+ProtocolFunction = Callable[[Sequence[AgeSample], DataConfig], Split]
+"""A protocol: the samples (sorted by path, after ``data.limit``) and the data config -> the split."""
+
+PROTOCOLS: dict[str, ProtocolFunction] = {}
+
+
+def register_protocol(name: str) -> Callable[[ProtocolFunction], ProtocolFunction]:
+    """Registers a protocol as ``data.protocol: name`` (a decorator, like ``register_backbone``)."""
+
+    def register(protocol: ProtocolFunction) -> ProtocolFunction:
+        PROTOCOLS[name] = protocol
+        return protocol
+
+    return register
+
+
+def check_protocol(name: str) -> None:
+    """Refuse an unregistered ``data.protocol``, listing the registered ones."""
+    if name not in PROTOCOLS:
+        raise ValueError(
+            f"data.protocol {name!r} is unknown; known: {', '.join(sorted(PROTOCOLS))}; "
+            "fix it with --set data.protocol=NAME"
+        )
+
+
+def split_dataset(samples: Sequence[AgeSample], data: DataConfig) -> Split:
+    """The configured protocol's split, after the optional seeded ``data.limit`` subset.
+
+    Samples are sorted by path first, so the subset, like every protocol, depends only on
+    the set of samples, never on the order they were loaded in.
+    """
+    check_protocol(data.protocol)
+    ordered = _by_path(samples)
+    if data.limit is not None and data.limit < len(ordered):
+        ordered = random.Random(data.split_seed).sample(ordered, data.limit)
+    return PROTOCOLS[data.protocol](ordered, data)
+
+
+@register_protocol("random")
+def _random_protocol(samples: Sequence[AgeSample], data: DataConfig) -> Split:
+    """Seeded random split: ``test_fraction`` for testing, ``val_fraction`` carved from training."""
+    return random_split(samples, data.test_fraction, data.val_fraction, data.split_seed)
+
+
+@register_protocol("field")
+def _field_protocol(samples: Sequence[AgeSample], data: DataConfig) -> Split:
+    """The split shipped with the dataset (LAP 2015's files, a manifest's split column)."""
+    return split_from_field(samples)
+
+
+@register_protocol("lists")
+def _lists_protocol(samples: Sequence[AgeSample], data: DataConfig) -> Split:
+    """Published list files: ``train_list`` and ``test_list``, ``val_list`` optional."""
+    if not (data.train_list and data.test_list):
+        raise ValueError(
+            "protocol lists needs data.train_list and data.test_list; "
+            "set them with --set data.train_list=FILE --set data.test_list=FILE"
+        )
+    val_list = Path(data.val_list) if data.val_list else None
+    return split_from_lists(samples, Path(data.train_list), Path(data.test_list), val_list)
+
+
+@register_protocol("lopo")
+def _lopo_protocol(samples: Sequence[AgeSample], data: DataConfig) -> Split:
+    """Leave one person out: fold ``data.fold`` tests on one subject and trains on all others.
+
+    A full evaluation runs every fold (one run per ``data.fold``) and pools their test
+    errors. There is no validation part (the protocol trains on every other subject), so
+    the fractions are not used.
+    """
+    subject, split = subject_fold(samples, data.fold)
+    log.info("lopo fold %d: testing on subject %s (%d images)", data.fold, subject, len(split.test))
+    return split
+
+
+@register_protocol("morph_partial")
+def _morph_partial_protocol(samples: Sequence[AgeSample], data: DataConfig) -> Split:
+    """MORPH II partial: the Caucasian subset (`morph_partial_filter`), then the random split."""
+    return subset_then_random_split(
+        samples, morph_partial_filter, data.test_fraction, data.val_fraction, data.split_seed
+    )

@@ -1,0 +1,53 @@
+"""The ``data`` section of an experiment: which dataset, how it is read and how it is split.
+
+It lives with the data code (as ``ModelConfig`` lives with the model) so that the protocol
+registry can read it without importing the experiment config above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from glae.data.datasets import CsvColumns
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # dataset folder or manifest; None = use --data on the command line
+    format: str = "utkface"  # adapter name (glae.data.DATASET_FORMATS)
+    csv_columns: CsvColumns = field(default_factory=CsvColumns)  # format csv: the column of each label, e.g. path: file
+    protocol: str = "random"  # a name in glae.data.PROTOCOLS: random, field, lists, lopo, morph_partial
+    test_fraction: float = 0.2  # random, morph_partial: paper 80-20
+    val_fraction: float = 0.1  # random, morph_partial: carved from the training part, for model selection; never the test part
+    split_seed: int = 0  # fixes the split (and the limit subset) independently of the training seed
+    train_list: str | None = None  # protocol "lists": one relative path per line
+    val_list: str | None = None
+    test_list: str | None = None
+    fold: int = 0  # protocol lopo: the held-out subject, an index into the sorted subject ids (FG-NET: 0..81)
+    limit: int | None = None  # use a seeded random subset of N images (smoke tests, quick checks)
+    clip_ages: bool = False  # ages above model.max_age: error (False) or clip to K (True)
+    use_label_std: bool = False  # Gaussian σ from the annotated apparent-age std where known (LAP 2015)
+    num_workers: int = 2  # loader processes; 0 loads in the training process
+    cache: bool = True  # decode + resize training images once into a memory-mapped file (glae/data/cache.py)
+    cache_dir: str | None = None  # where; None = $GLAE_CACHE_DIR or ~/.cache/glae/images
+
+    def validate(self) -> None:
+        """Refuse values no dataset could satisfy, in one line naming the setting that fixes it.
+
+        Whether the protocol exists and whether `fold` names a subject are checked where
+        the registry and the dataset are known (glae.data.protocols).
+        """
+        for name, value in (("test_fraction", self.test_fraction), ("val_fraction", self.val_fraction)):
+            if not 0 <= value < 1:
+                raise ValueError(f"data.{name} must be in [0, 1), got {value}; fix it with --set data.{name}=F")
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"data.test_fraction + data.val_fraction must be < 1 to leave training images, got "
+                f"{self.test_fraction} + {self.val_fraction}; lower one with --set data.val_fraction=F"
+            )
+        if self.fold < 0:
+            raise ValueError(f"data.fold must be >= 0, got {self.fold}; fix it with --set data.fold=N")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"data.limit must be >= 1 or null, got {self.limit}; fix it with --set data.limit=N")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
