@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from glae.predict import AgeEstimator
+from glae.estimator import AgeEstimator
 
 
 def rate(estimator: AgeEstimator, files: list[Path], aligned: bool) -> float:

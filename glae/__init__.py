@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     """``glae.AgeEstimator`` imports torch only when used, so ``import glae`` stays light."""
     if name == "AgeEstimator":
-        from .predict import AgeEstimator
+        from .estimator import AgeEstimator
 
         return AgeEstimator
     raise AttributeError(f"module 'glae' has no attribute {name!r}")

@@ -201,7 +201,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .data import Split, balanced_test_subset, load_dataset
     from .engine import pick_device
     from .evaluate import evaluate_samples
-    from .predict import resolve_model_path
+    from .estimator import resolve_model_path
     from .reports import markdown_report, write_reports
     from .routing import routing_mode
 
@@ -253,8 +253,8 @@ def run_align(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .predict import AgeEstimator, expand_image_paths
-    from .predict_report import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, TableOutput, check_annotate_folder, write_predictions
+    from .estimator import AgeEstimator, expand_image_paths
+    from .predict_output import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, TableOutput, check_annotate_folder, write_predictions
 
     paths = expand_image_paths(args.paths)
     if not paths:
@@ -285,7 +285,7 @@ def _check_export_target(onnx: Path, model: Path) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .export import export_onnx
-    from .predict import resolve_model_path
+    from .estimator import resolve_model_path
 
     model_path = resolve_model_path(args.model)
     _check_export_target(args.onnx, model_path)

@@ -14,7 +14,7 @@ from glae.data.images import read_rgb
 from glae.data.transforms import PIXEL_MEAN, PIXEL_STD, eval_transform
 from glae.export import ROUTED_OUTPUTS
 from glae.models.glae import AgeModel, ModelConfig
-from glae.predictors import OnnxAgeModel, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
+from glae.inference_backends import OnnxAgeModel, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
 from glae.routing import route
 
 pytest.importorskip("onnxruntime")

@@ -24,7 +24,7 @@ from glae.cli import main
 from glae.faces.detector import DetectedFace
 from glae.faces.filtering import FaceFilter
 from glae.imageformats import image_extensions, image_format
-from glae.predict import AgeEstimator
+from glae.estimator import AgeEstimator
 from glae.serve import ServeSettings
 from glae.serve.client import LocalServer, free_port, get_json, post_image
 from glae.serve.inference import LargestFaces
@@ -106,7 +106,7 @@ def test_page_health_and_json_errors(server: LocalServer) -> None:
 
 
 def test_cli_fails_in_one_line_without_a_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("glae.predict.default_model_path", lambda: tmp_path / "absent.safetensors")
+    monkeypatch.setattr("glae.estimator.default_model_path", lambda: tmp_path / "absent.safetensors")
     assert main(["serve"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: no default model shipped")
     assert main(["serve", "--model", str(tmp_path / "model.safetensors"), "--workers", "0"]) == 2

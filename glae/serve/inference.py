@@ -10,7 +10,7 @@ from PIL import Image
 from ..data.images import read_rgb
 from ..faces.detector import DetectedFace, FaceDetector, largest_first
 from ..faces.filtering import FaceFilter
-from ..predict import AgeEstimator, FaceAge
+from ..estimator import AgeEstimator, FaceAge
 from .errors import ApiError
 
 

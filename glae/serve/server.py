@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..export import MissingExtraError
-from ..predict import AgeEstimator, resolve_model_path
+from ..estimator import AgeEstimator, resolve_model_path
 from .settings import ServeSettings
 
 try:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from glae.cli import main
-from glae.predict import ImagePrediction
-from glae.predict_report import JsonLinesOutput, JsonOutput, place_labels, write_predictions
+from glae.estimator import ImagePrediction
+from glae.predict_output import JsonLinesOutput, JsonOutput, place_labels, write_predictions
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

@@ -32,7 +32,7 @@ from .faces.align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face
 from .faces.detector import DetectedFace, FaceDetector
 from .imageformats import image_extensions
 from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE, FaceFilter
-from .predictors import RoutedPredictor, load_routed_predictor
+from .inference_backends import RoutedPredictor, load_routed_predictor
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 HeadName = Literal["vanilla", "balanced"]
@@ -149,7 +149,7 @@ class AgeEstimator:
     """A trained GLAE model plus a face detector: ``predict`` takes photos, returns ages.
 
     Args:
-        predictor: the model behind ``glae.predictors.RoutedPredictor`` (a PyTorch model
+        predictor: the model behind ``glae.inference_backends.RoutedPredictor`` (a PyTorch model
             file or an ONNX export); it routes between the two heads when the balanced head
             was trained, otherwise it uses the vanilla head alone.
         detector: any ``FaceDetector``; MTCNN is built on first use when None, so a caller

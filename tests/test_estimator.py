@@ -20,7 +20,7 @@ from glae.checkpoint import CheckpointError, save_model
 from glae.cli import main
 from glae.data.images import read_rgb
 from glae.models.glae import AgeModel, ModelConfig
-from glae.predict import AgeEstimator, FaceAge, ImagePrediction, default_model_path, quantile_interval
+from glae.estimator import AgeEstimator, FaceAge, ImagePrediction, default_model_path, quantile_interval
 
 MAX_AGE = 116
 
@@ -121,7 +121,7 @@ def test_quantile_interval_by_hand() -> None:
 
 
 def test_missing_default_model_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr("glae.predict.default_model_path", lambda: tmp_path / "absent.safetensors")
+    monkeypatch.setattr("glae.estimator.default_model_path", lambda: tmp_path / "absent.safetensors")
     with pytest.raises(CheckpointError, match="no default model shipped"):
         AgeEstimator.load()
 
