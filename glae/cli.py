@@ -253,7 +253,8 @@ def run_align(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .estimator import AgeEstimator, expand_image_paths
+    from .estimator import AgeEstimator
+    from .imageformats import expand_image_paths
     from .predict_output import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, TableOutput, check_annotate_folder, write_predictions
 
     paths = expand_image_paths(args.paths)

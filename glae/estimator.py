@@ -11,7 +11,6 @@ gets an error of its own and never stops the others.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from .data.transforms import eval_transform
 from .engine import pick_device
 from .faces.align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face
 from .faces.detector import DetectedFace, FaceDetector
-from .imageformats import image_extensions
 from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE, FaceFilter
 from .inference_backends import RoutedPredictor, load_routed_predictor
 
@@ -126,23 +124,6 @@ def quantile_interval(probs: Tensor, low: float, high: float) -> Tensor:
     mass = probs.gather(1, index).clamp(min=1e-12)
     below = cdf.gather(1, index) - probs.gather(1, index)
     return (index - 0.5 + (levels - below) / mass).clamp(0, probs.shape[-1] - 1)
-
-
-def expand_image_paths(patterns: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files, folders (searched recursively for images) and globs -> paths, in argument order.
-
-    An argument that matches nothing is kept as it is, so it is reported as "file not
-    found" instead of vanishing.
-    """
-    paths: list[Path] = []
-    for pattern in map(str, patterns):
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        for match in map(Path, matches or [pattern]):
-            if match.is_dir():
-                paths += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in image_extensions())
-            else:
-                paths.append(match)
-    return paths
 
 
 class AgeEstimator:
@@ -270,4 +251,4 @@ def _face_age(
     return FaceAge(box, landmarks, score, age, interval, head, tuple(float(p) for p in probs))
 
 
-__all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "expand_image_paths", "resolve_model_path", "quantile_interval"]
+__all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "resolve_model_path", "quantile_interval"]
