@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from glae.checkpoint import load_model, save_model
-from glae.models import count_parameters
 from glae.estimator import default_model_path
+from glae.models import count_parameters
 
 LIMIT_BYTES = 25 * 1024 * 1024
 

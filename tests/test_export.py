@@ -13,8 +13,8 @@ from glae.cli import main
 from glae.data.images import read_rgb
 from glae.data.transforms import PIXEL_MEAN, PIXEL_STD, eval_transform
 from glae.export import ROUTED_OUTPUTS
-from glae.models.glae import AgeModel, ModelConfig
 from glae.inference_backends import OnnxAgeModel, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
+from glae.models.glae import AgeModel, ModelConfig
 from glae.routing import route
 
 pytest.importorskip("onnxruntime")

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from glae.cli import main
+from glae.estimator import AgeEstimator
 from glae.faces.detector import DetectedFace
 from glae.faces.filtering import FaceFilter
 from glae.imageformats import image_extensions, image_format
-from glae.estimator import AgeEstimator
 from glae.serve import ServeSettings
 from glae.serve.client import LocalServer, free_port, get_json, post_image
 from glae.serve.inference import LargestFaces

@@ -8,9 +8,9 @@ from typing import Any
 from PIL import Image
 
 from ..data.images import read_rgb
+from ..estimator import AgeEstimator, FaceAge
 from ..faces.detector import DetectedFace, FaceDetector, largest_first
 from ..faces.filtering import FaceFilter
-from ..estimator import AgeEstimator, FaceAge
 from .errors import ApiError
 
 

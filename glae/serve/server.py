@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..export import MissingExtraError
 from ..estimator import AgeEstimator, resolve_model_path
+from ..export import MissingExtraError
 from .settings import ServeSettings
 
 try:
