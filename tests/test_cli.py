@@ -10,6 +10,7 @@ import torch
 from glae.checkpoint import CheckpointError, load_model, save_model
 from glae.cli import main
 from glae.estimator import AgeEstimator
+from glae.predict_options import PredictOptions
 
 
 def _error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -128,7 +129,7 @@ def test_model_with_nan_weights_is_refused_by_predict_and_serve(
     diverged = tmp_path / "diverged.safetensors"
     save_model(diverged, model, info)
     with pytest.raises(CheckpointError, match="holds NaN or infinity"):
-        AgeEstimator.load(diverged, device="cpu")
+        AgeEstimator.load(diverged, PredictOptions(device="cpu"))
     for command in (["predict", str(model_file)], ["serve", "--port", "8000"]):
         assert main([*command, "--model", str(diverged), "--device", "cpu"]) == 2
         err = capsys.readouterr().err

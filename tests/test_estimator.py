@@ -1,4 +1,4 @@
-"""AgeEstimator on real UTKFace crops and every kind of awkward input."""
+"""AgeEstimator on real UTKFace crops and every kind of awkward input, and what its options change."""
 
 from __future__ import annotations
 
@@ -15,14 +15,19 @@ from PIL import Image
 
 from glae.checkpoint import CheckpointError
 from glae.data.images import read_rgb
+from glae.data.transforms import eval_transform
 from glae.estimator import AgeEstimator, FaceAge, ImagePrediction, default_model_path, quantile_interval
+from glae.faces.align import ALIGNED_SIZE, align_face
+from glae.faces.detector import DetectedFace
+from glae.inference_backends import load_routed_predictor
+from glae.predict_options import PredictOptions
 
 MAX_AGE = 116
 
 
 @pytest.fixture(scope="module")
 def estimator(model_file: Path, detector) -> AgeEstimator:
-    return AgeEstimator.load(model_file, device="cpu", detector=detector, batch_size=4)
+    return AgeEstimator.load(model_file, PredictOptions(device="cpu", batch_size=4), detector)
 
 
 def _check_face(face: FaceAge) -> None:
@@ -119,7 +124,7 @@ def test_shipped_model_is_accurate_on_held_out_utkface_faces(utkface: Path) -> N
     assert default_model_path().stat().st_size < 25 * 2**20
     test_part = random_split(load_dataset(utkface, "utkface").samples, 0.2, 0.1, seed=0).test
     faces = test_part[:: len(test_part) // 150][:150]
-    predictions = AgeEstimator.load(device="cpu").predict([s.path for s in faces], aligned=True)
+    predictions = AgeEstimator.load(options=PredictOptions(device="cpu")).predict([s.path for s in faces], aligned=True)
     ages = torch.tensor([p.faces[0].age for p in predictions])
     truth = torch.tensor([s.age for s in faces])
     assert (ages - truth).abs().mean() < 7.0  # the full test part gives 4.8 (MODEL_CARD.md)
@@ -129,16 +134,16 @@ def test_shipped_model_is_accurate_on_held_out_utkface_faces(utkface: Path) -> N
 def test_shipped_model_on_a_photo_that_needs_no_download(detector) -> None:
     from glae.samples import sample_photos
 
-    estimator = AgeEstimator.load(device="cpu", detector=detector)
+    estimator = AgeEstimator.load(options=PredictOptions(device="cpu"), detector=detector)
     (photo,) = estimator.predict(sample_photos()["astronaut.jpg"])
     assert photo.error is None and len(photo.faces) == 1
     assert 20 < photo.faces[0].age < 60
 
 
 def test_import_glae_stays_light() -> None:
-    code = "import glae, sys; assert 'torch' not in sys.modules; print(glae.AgeEstimator.__name__)"
+    code = "import glae, sys; assert 'torch' not in sys.modules; print(glae.AgeEstimator.__name__, glae.PredictOptions.__name__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
-    assert result.returncode == 0 and result.stdout.strip() == "AgeEstimator", result.stderr
+    assert result.returncode == 0 and result.stdout.strip() == "AgeEstimator PredictOptions", result.stderr
 
 
 def test_missing_detector_weights_stop_the_run_once(
@@ -148,7 +153,7 @@ def test_missing_detector_weights_stop_the_run_once(
     from glae.faces.mtcnn import MTCNNWeightsError
 
     monkeypatch.setattr("glae.faces.mtcnn.default_weights_dir", lambda: tmp_path)
-    estimator = AgeEstimator.load(model_file, device="cpu")
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"))
     with pytest.raises(MTCNNWeightsError, match="pip install --no-deps"):
         estimator.predict(utk_crops[:2])
 
@@ -160,3 +165,47 @@ def test_one_bad_item_never_aborts_the_batch(estimator: AgeEstimator, utk_crops:
     assert results[1].error is None  # a one-channel array is a grayscale photo
     assert "uint8 HxW or HxWx3 array" in results[2].error
     assert results[3].error is None and len(results[3].faces) == 1
+
+
+class _RecordingPredictor:
+    """A real predictor that keeps every batch it is given."""
+
+    def __init__(self, model_file: Path) -> None:
+        self.predictor = load_routed_predictor(model_file)
+        self.config = self.predictor.config
+        self.batches: list[torch.Tensor] = []
+
+    def predict_routed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.batches.append(images)
+        return self.predictor.predict_routed(images)
+
+
+class _FixedFaces:
+    """A detector that finds the same faces, with these scores, in every photo."""
+
+    LANDMARKS = np.array([[70, 60], [130, 60], [100, 100], [75, 135], [125, 135]], dtype=np.float32)
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        return [DetectedFace((40.0, 20.0, 160.0, 180.0), self.LANDMARKS, score) for score in self.scores]
+
+
+def test_options_set_batches_margin_and_face_filter(model_file: Path, utk_crops: list[Path]) -> None:
+    photo = read_rgb(utk_crops[0])
+    expected_input = {
+        margin: eval_transform(64)(align_face(photo, _FixedFaces.LANDMARKS, ALIGNED_SIZE, margin)) for margin in (0.0, 0.5)
+    }
+    for options, faces_per_photo in [
+        (PredictOptions(batch_size=4, margin=0.5), 1),  # only the 0.95 detection is a face by default
+        (PredictOptions(batch_size=3, margin=0.0, min_face_score=0.5), 2),
+    ]:
+        predictor = _RecordingPredictor(model_file)
+        estimator = AgeEstimator(predictor, options, _FixedFaces([0.95, 0.6]))
+        results = estimator.predict([photo] * 5)
+        assert [len(result.faces) for result in results] == [faces_per_photo] * 5
+        sizes = [len(batch) for batch in predictor.batches]
+        assert max(sizes) == options.batch_size and sum(sizes) == 5 * faces_per_photo
+        torch.testing.assert_close(predictor.batches[0][0], expected_input[options.margin])
+
