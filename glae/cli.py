@@ -229,7 +229,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    from .faces.dataset import REPORT_NAME, align_dataset
+    from .faces.align_dataset import REPORT_NAME, align_dataset
 
     report = align_dataset(
         args.source, args.destination, args.format, args.workers, args.size, args.margin, show_progress=not args.no_progress

@@ -78,7 +78,7 @@ def _two_crops(utk_crops: list[Path], folder: Path) -> Path:
 
 
 def test_broken_crops_in_the_destination_are_redone(utk_crops: list[Path], tmp_path: Path, detector) -> None:
-    from glae.faces.dataset import align_dataset
+    from glae.faces.align_dataset import align_dataset
 
     source = _two_crops(utk_crops, tmp_path / "utk")
     target = tmp_path / "aligned"
@@ -93,7 +93,7 @@ def test_broken_crops_in_the_destination_are_redone(utk_crops: list[Path], tmp_p
 
 
 def test_another_size_into_an_aligned_folder_is_refused(utk_crops: list[Path], tmp_path: Path, detector, capsys) -> None:
-    from glae.faces.dataset import align_dataset
+    from glae.faces.align_dataset import align_dataset
 
     source = _two_crops(utk_crops, tmp_path / "utk")
     target = tmp_path / "aligned"
