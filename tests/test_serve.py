@@ -28,7 +28,6 @@ from glae.estimator import AgeEstimator
 from glae.faces.align import ALIGNED_SIZE, align_face
 from glae.faces.detector import DetectedFace
 from glae.faces.filtering import FaceFilter
-from glae.imageformats import image_extensions, image_format
 from glae.predict_options import PredictOptions
 from glae.serve import ServeSettings
 from glae.serve.client import LocalServer, free_port, get_json, post_image
@@ -116,14 +115,6 @@ def test_cli_fails_in_one_line_without_a_model(monkeypatch: pytest.MonkeyPatch, 
     assert capsys.readouterr().err.strip().startswith("error: no default model shipped")
     assert main(["serve", "--model", str(tmp_path / "model.safetensors"), "--workers", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --workers must be >= 1, got 0"
-
-
-def test_formats_are_judged_by_the_bytes() -> None:
-    image = Image.new("RGB", (8, 8))
-    for format in ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "AVIF"]:
-        assert image_format(_encode(image, format)) == format
-    assert image_format(b"%PDF-1.7") is None and image_format(b"") is None
-    assert {".jpg", ".png", ".webp", ".avif"} <= image_extensions() and ".pdf" not in image_extensions()
 
 
 def test_an_avif_photo_is_estimated(server: LocalServer, utk_crops: list[Path]) -> None:
