@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from glae.predict import AgeEstimator
+from glae.estimator import AgeEstimator
+from glae.predict_options import PredictOptions
 
 
 def rate(estimator: AgeEstimator, files: list[Path], aligned: bool) -> float:
@@ -42,7 +43,7 @@ def main() -> None:
 
     files = sorted(args.data.glob("*.jpg"))
     crops = files[:: len(files) // args.images][: args.images]
-    estimator = AgeEstimator.load(device=args.device)
+    estimator = AgeEstimator.load(options=PredictOptions(device=args.device))
     with tempfile.TemporaryDirectory() as folder:
         photos = []
         for index, path in enumerate(crops):

@@ -17,8 +17,8 @@ import yaml
 
 from glae.checkpoint import load_model, save_model
 from glae.config import config_from_dict, config_to_dict
+from glae.estimator import default_model_path
 from glae.models import count_parameters
-from glae.predict import default_model_path
 
 LIMIT_BYTES = 25 * 1024 * 1024
 

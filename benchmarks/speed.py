@@ -83,7 +83,7 @@ def infer_speed(args: argparse.Namespace, kind: str) -> float:
 
 def predict_speed(args: argparse.Namespace, kind: str) -> float:
     from glae.checkpoint import save_model
-    from glae.predict import AgeEstimator
+    from glae.estimator import AgeEstimator
 
     model = _model(args, "glae").eval()
     with tempfile.TemporaryDirectory() as folder:

@@ -13,12 +13,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """``glae.AgeEstimator`` imports torch only when used, so ``import glae`` stays light."""
+    """``glae.AgeEstimator`` and ``glae.PredictOptions`` import torch only when used, so ``import glae`` stays light."""
     if name == "AgeEstimator":
-        from .predict import AgeEstimator
+        from .estimator import AgeEstimator
 
         return AgeEstimator
+    if name == "PredictOptions":
+        from .predict_options import PredictOptions
+
+        return PredictOptions
     raise AttributeError(f"module 'glae' has no attribute {name!r}")
 
 
-__all__ = ["AgeEstimator", "__version__"]
+__all__ = ["AgeEstimator", "PredictOptions", "__version__"]

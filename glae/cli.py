@@ -16,9 +16,9 @@ from .data import DATASET_FORMATS, CsvColumns, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
 from .export import MissingExtraError
-from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE
 from .fileio import atomic_write_text
 from .models import BackboneError
+from .predict_options import PredictOptions
 from .routing import ROUTING_MODES
 from .serve import ServeSettings
 
@@ -28,11 +28,6 @@ USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageReadError, Mis
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--data", required=required, help="dataset folder or manifest file")
     parser.add_argument("--format", choices=sorted(DATASET_FORMATS), help="dataset layout (default: the config's for train, the model's training data for eval)")
-
-
-def _add_face_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--min-face-score", type=float, default=DEFAULT_MIN_FACE_SCORE, help=f"skip detections scoring less (default {DEFAULT_MIN_FACE_SCORE:g}; 0 keeps all)")
-    parser.add_argument("--min-face-size", type=float, default=DEFAULT_MIN_FACE_SIZE, help=f"skip faces smaller than this many pixels (default {DEFAULT_MIN_FACE_SIZE:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--csv", action="store_true", help="print CSV, one row per face")
     predict.add_argument("--annotate", type=Path, metavar="DIR", help="write copies with boxes, landmarks and ages here")
     predict.add_argument("--aligned", action="store_true", help="inputs are aligned face crops: skip detection")
-    predict.add_argument("--batch-size", type=int, default=32)
-    _add_face_filter_arguments(predict)
-    predict.add_argument("--device", default="auto")
+    PredictOptions.add_arguments(predict)
 
     export = commands.add_parser("export", help="export a model to ONNX, both heads and routing in the graph")
     export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
@@ -99,16 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="model file (.safetensors) or ONNX export (.onnx); default: the model shipped with GLAE")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:1... (ONNX runs on the CPU)")
     serve.add_argument("--max-upload-mb", type=float, default=ServeSettings.max_upload_mb, help="largest upload (413 above)")
     serve.add_argument("--max-pixels", type=int, default=ServeSettings.max_pixels, help="largest image in pixels (422 above)")
     serve.add_argument("--max-faces", type=int, default=ServeSettings.max_faces, help="faces estimated per photo, the largest first")
-    _add_face_filter_arguments(serve)
     serve.add_argument("--timeout", type=float, default=ServeSettings.timeout_s, help="seconds per request (504 after)")
     serve.add_argument("--workers", type=int, default=ServeSettings.workers, help="inference threads")
     serve.add_argument("--queue", type=int, default=ServeSettings.queue, help="requests waiting for a worker before 503")
     serve.add_argument("--header-timeout", type=float, default=ServeSettings.header_timeout_s, help="seconds a connection may take to send its request headers")
     serve.add_argument("--max-connections", type=int, default=ServeSettings.max_connections, help="open connections; one more gets 503 and is closed")
+    PredictOptions.add_arguments(serve)
     return parser
 
 
@@ -215,7 +207,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .data import Split, balanced_test_subset, load_dataset
     from .engine import pick_device
     from .evaluate import evaluate_samples
-    from .predict import resolve_model_path
+    from .estimator import resolve_model_path
     from .reports import markdown_report, write_reports
     from .routing import routing_mode
 
@@ -252,7 +244,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    from .faces.dataset import REPORT_NAME, align_dataset
+    from .faces.align_dataset import REPORT_NAME, align_dataset
 
     report = align_dataset(
         args.source, args.destination, args.format, args.workers, args.size, args.margin, show_progress=not args.no_progress
@@ -268,19 +260,18 @@ def run_align(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .predict import AgeEstimator, expand_image_paths
-    from .predict_report import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, TableOutput, check_annotate_folder, write_predictions
+    from .estimator import AgeEstimator
+    from .imageformats import expand_image_paths
+    from .predict_output import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, TableOutput, check_annotate_folder, write_predictions
 
+    options = PredictOptions.from_arguments(args)
     paths = expand_image_paths(args.paths)
     if not paths:
         raise ValueError(f"no image files found in {', '.join(args.paths)}; give image files, folders holding images, or globs")
     if args.annotate:
         _check_output_folder(args.annotate, "--annotate")
         check_annotate_folder(args.annotate, paths)
-    estimator = AgeEstimator.load(
-        args.model, device=args.device, batch_size=args.batch_size,
-        min_face_score=args.min_face_score, min_face_size=args.min_face_size,
-    )
+    estimator = AgeEstimator.load(args.model, options)
     output = JsonOutput() if args.json else JsonLinesOutput() if args.jsonl else CsvOutput() if args.csv else TableOutput([str(p) for p in paths])
     copies = AnnotatedCopies(args.annotate, paths) if args.annotate else None
     summary = write_predictions(estimator.iter_predict(paths, aligned=args.aligned), output, len(paths), copies)
@@ -300,7 +291,7 @@ def _check_export_target(onnx: Path, model: Path) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .export import export_onnx
-    from .predict import resolve_model_path
+    from .estimator import resolve_model_path
 
     model_path = resolve_model_path(args.model)
     _check_export_target(args.onnx, model_path)
@@ -319,9 +310,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_faces=args.max_faces,
         timeout_s=args.timeout, workers=args.workers, queue=args.queue,
         header_timeout_s=args.header_timeout, max_connections=args.max_connections,
-        min_face_score=args.min_face_score, min_face_size=args.min_face_size,
     )
-    serve(args.model, settings, args.host, args.port, args.device)
+    serve(args.model, PredictOptions.from_arguments(args), settings, args.host, args.port)
     return 0
 
 

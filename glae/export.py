@@ -7,7 +7,7 @@ expected age (Eq. 3). It is traced from ``AgeModel.predict_views`` and ``route``
 so the file computes exactly what ``glae eval`` does, not a re-implementation of it.
 
 The preprocessing a runtime must reproduce (input size, pixel normalization) and the
-model's configuration travel in the file's ``metadata_props``; ``glae.predictors`` reads
+model's configuration travel in the file's ``metadata_props``; ``glae.inference_backends`` reads
 them back.
 """
 

@@ -1,14 +1,18 @@
 """Which files are images: the ones Pillow can decode here, decided in one place.
 
-``glae predict`` picks files in folders by the extensions below and ``glae serve``
+``glae predict`` picks files in folders by the extensions below (``expand_image_paths``) and ``glae serve``
 accepts uploads whose bytes Pillow recognises, so a format Pillow learns (AVIF since
 Pillow 11.2, HEIC with the ``heic`` extra's pillow-heif) is taken by both at once.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import struct
+from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
 
 from PIL import Image
 
@@ -58,3 +62,20 @@ def image_format(data: bytes) -> str | None:
         if claimed and not isinstance(claimed, str):  # a str is Pillow's reason to refuse
             return name
     return None
+
+
+def expand_image_paths(patterns: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files, folders (searched recursively for images) and globs -> paths, in argument order.
+
+    An argument that matches nothing is kept as it is, so it is reported as "file not
+    found" instead of vanishing.
+    """
+    paths: list[Path] = []
+    for pattern in map(str, patterns):
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        for match in map(Path, matches or [pattern]):
+            if match.is_dir():
+                paths += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in image_extensions())
+            else:
+                paths.append(match)
+    return paths

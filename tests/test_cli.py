@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from glae.checkpoint import CheckpointError, load_model, save_model
 from glae.cli import main
+from glae.estimator import AgeEstimator
+from glae.predict_options import PredictOptions
 
 
 def _error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -133,3 +136,19 @@ def test_split_that_is_not_a_split(
     argv = ["eval", "--data", str(data), "--split", str(split), "--checkpoint", str(model_file), "--device", "cpu", "--workers", "0"]
     assert main(argv) == 2
     assert f"--split {split} {message}" in _error(capsys)
+
+
+def test_model_with_nan_weights_is_refused_by_predict_and_serve(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, info = load_model(model_file)
+    with torch.no_grad():
+        next(model.heads["vanilla"].parameters()).view(-1)[0] = float("nan")
+    diverged = tmp_path / "diverged.safetensors"
+    save_model(diverged, model, info)
+    with pytest.raises(CheckpointError, match="holds NaN or infinity"):
+        AgeEstimator.load(diverged, PredictOptions(device="cpu"))
+    for command in (["predict", str(model_file)], ["serve", "--port", "8000"]):
+        assert main([*command, "--model", str(diverged), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "diverged.safetensors: weight heads.vanilla." in err and err.count("\n") == 1

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from glae.checkpoint import CheckpointError, save_model
+from glae.checkpoint import save_model
 from glae.cli import main
 from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
 from glae.models.glae import PAPER_INPUT
 from glae.export import ROUTED_OUTPUTS
+from glae.inference_backends import OnnxAgeModel
 from glae.models.glae import AgeModel, ModelConfig
-from glae.predictors import OnnxAgeModel, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
 from glae.routing import route
 
 pytest.importorskip("onnxruntime")
@@ -81,14 +81,6 @@ def test_graph_outputs_each_heads_flip_averaged_distribution(
     torch.testing.assert_close(torch.from_numpy(balanced_probs), views["balanced"].mean(0), atol=1e-4, rtol=0)
 
 
-def test_torch_predictor_is_route_in_channels_last(routed_model: AgeModel, crops: torch.Tensor) -> None:
-    expected = route(routed_model.predict_views(crops), "routing")
-    ages, probs, used_balanced = TorchRoutedPredictor(routed_model, "routing").predict_routed(crops)
-    torch.testing.assert_close(ages, expected.ages, atol=1e-4, rtol=0)  # only the memory layout differs
-    torch.testing.assert_close(probs, expected.probs, atol=1e-5, rtol=0)
-    assert torch.equal(used_balanced, expected.used_balanced)
-
-
 def test_metadata_round_trip(routed_model: AgeModel, exported: tuple[Path, Path]) -> None:
     onnx_model = OnnxAgeModel.load(exported[1])
     assert onnx_model.config == routed_model.config
@@ -98,13 +90,6 @@ def test_metadata_round_trip(routed_model: AgeModel, exported: tuple[Path, Path]
     assert onnx_model.metadata["pixel_mean"] == list(routed_model.normalization.mean)
     assert onnx_model.metadata["pixel_std"] == list(routed_model.normalization.std)
     assert onnx_model.normalization == routed_model.normalization
-
-
-def test_load_routed_predictor_picks_the_backend_from_the_file(exported: tuple[Path, Path]) -> None:
-    checkpoint, onnx_file = exported
-    predictors: list[RoutedPredictor] = [load_routed_predictor(checkpoint), load_routed_predictor(onnx_file)]
-    assert [type(p) for p in predictors] == [TorchRoutedPredictor, OnnxAgeModel]
-    assert predictors[0].mode == predictors[1].mode == "routing"  # type: ignore[attr-defined]
 
 
 def test_model_without_balanced_head_exports_vanilla(tmp_path: Path, crops: torch.Tensor) -> None:
@@ -132,8 +117,6 @@ def test_missing_files_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_glae_predict_runs_on_the_onnx_file(exported: tuple[Path, Path], utkface: Path, capsys) -> None:
-    import json
-
     files = [str(path) for path in sorted(utkface.glob("*.jpg"))[:4]]
     results = {}
     for model_file in exported:
@@ -144,57 +127,6 @@ def test_glae_predict_runs_on_the_onnx_file(exported: tuple[Path, Path], utkface
         torch_face, onnx_face = torch_result["faces"][0], onnx_result["faces"][0]
         assert onnx_face["age"] == pytest.approx(torch_face["age"], abs=1e-4)
         assert onnx_face["head"] == torch_face["head"]
-
-
-def _rewrite_onnx(source: Path, target: Path, metadata: dict[str, str | None] | None = None, nan_weight: bool = False) -> Path:
-    """A copy of an export with some ``glae.*`` entries replaced (None: removed) or one weight set to NaN."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(source))
-    entries = {prop.key: prop.value for prop in graph.metadata_props}
-    for key, value in (metadata or {}).items():
-        entries.pop("glae." + key)
-        if value is not None:
-            entries["glae." + key] = value
-    del graph.metadata_props[:]
-    for key, value in entries.items():
-        graph.metadata_props.add(key=key, value=value)
-    if nan_weight:
-        first = next(i for i in graph.graph.initializer if numpy_helper.to_array(i).dtype == np.float32)
-        values = numpy_helper.to_array(first).copy()
-        values.flat[0] = np.nan
-        first.CopyFrom(numpy_helper.from_array(values, first.name))
-    onnx.save(graph, str(target))
-    return target
-
-
-@pytest.mark.parametrize(
-    "key, value, message",
-    [
-        ("input_size", "0", r"'glae\.input_size' is 0 but the model's is 64"),
-        ("input_size", "-5", r"'glae\.input_size' is -5"),
-        ("model", json.dumps({**CONFIG.to_dict(), "input_size": 0}), r"'glae\.model' is invalid \(model\.input_size must be"),
-        ("pixel_mean", "[0.5, 0.5]", r"'glae\.pixel_mean' must hold 3 finite numbers"),
-        ("pixel_std", "[0.2, 0.0, 0.2]", r"'glae\.pixel_std' must be > 0 for every channel"),
-        ("pixel_std", '[0.2, "x", 0.2]', r"'glae\.pixel_std' must hold 3 finite numbers"),
-        ("routing_mode", '"sideways"', r"'glae\.routing_mode' must be one of routing, vanilla"),
-        ("max_age", "{", r"'glae\.max_age' is not JSON"),
-        ("info", None, r"'glae\.info' is missing"),
-    ],
-)
-def test_nonsense_onnx_metadata_is_refused(exported: tuple[Path, Path], tmp_path: Path, key: str, value: str | None, message: str) -> None:
-    path = _rewrite_onnx(exported[1], tmp_path / "hostile.onnx", {key: value})
-    with pytest.raises(CheckpointError, match=r"hostile\.onnx: metadata " + message) as caught:
-        OnnxAgeModel.load(path)
-    assert "\n" not in str(caught.value)
-
-
-def test_onnx_with_nan_weights_is_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    path = _rewrite_onnx(exported[1], tmp_path / "diverged.onnx", nan_weight=True)
-    with pytest.raises(CheckpointError, match=r"diverged\.onnx: weight .* holds NaN or infinity"):
-        OnnxAgeModel.load(path)
 
 
 def test_export_never_overwrites_the_model_file(exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,16 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from glae.cli import main
+from glae.data.images import read_rgb
+from glae.data.transforms import eval_transform
+from glae.estimator import AgeEstimator
+from glae.faces.align import ALIGNED_SIZE, align_face
 from glae.faces.detector import DetectedFace
 from glae.faces.filtering import FaceFilter
-from glae.imageformats import image_extensions, image_format
-from glae.predict import AgeEstimator
+from glae.predict_options import PredictOptions
 from glae.serve import ServeSettings
 from glae.serve.client import LocalServer, free_port, get_json, post_image
-from glae.serve.inference import LargestFaces
+from glae.serve.inference import LargestFaces, predict_upload
 from glae.serve.pool import InferencePool, PoolBusy
 
 MAX_AGE = 116
@@ -106,19 +110,11 @@ def test_page_health_and_json_errors(server: LocalServer) -> None:
 
 
 def test_cli_fails_in_one_line_without_a_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("glae.predict.default_model_path", lambda: tmp_path / "absent.safetensors")
+    monkeypatch.setattr("glae.estimator.default_model_path", lambda: tmp_path / "absent.safetensors")
     assert main(["serve"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: no default model shipped")
     assert main(["serve", "--model", str(tmp_path / "model.safetensors"), "--workers", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --workers must be >= 1, got 0"
-
-
-def test_formats_are_judged_by_the_bytes() -> None:
-    image = Image.new("RGB", (8, 8))
-    for format in ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "AVIF"]:
-        assert image_format(_encode(image, format)) == format
-    assert image_format(b"%PDF-1.7") is None and image_format(b"") is None
-    assert {".jpg", ".png", ".webp", ".avif"} <= image_extensions() and ".pdf" not in image_extensions()
 
 
 def test_an_avif_photo_is_estimated(server: LocalServer, utk_crops: list[Path]) -> None:
@@ -127,13 +123,14 @@ def test_an_avif_photo_is_estimated(server: LocalServer, utk_crops: list[Path]) 
 
 
 class _FakeDetector:
+    POINTS = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], dtype=np.float32)
+
     def __init__(self, sides: list[float], delay: float = 0.0) -> None:
         self.sides, self.delay = sides, delay
 
     def detect(self, image: Image.Image) -> list[DetectedFace]:
         time.sleep(self.delay)
-        points = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], dtype=np.float32)
-        return [DetectedFace((0.0, 0.0, side, side), points, 0.99) for side in self.sides]
+        return [DetectedFace((0.0, 0.0, side, side), self.POINTS, 0.99) for side in self.sides]
 
 
 def test_largest_faces_are_kept() -> None:
@@ -146,6 +143,23 @@ def test_filtered_faces_are_neither_kept_nor_counted() -> None:
     capped = LargestFaces(_FakeDetector([10, 50, 30, 40]), limit=2, keep=FaceFilter(0.5, 35))
     assert [face.box[2] for face in capped.detect(Image.new("RGB", (64, 64)))] == [50, 40]
     assert capped.found == 2
+
+
+def test_an_upload_is_estimated_with_the_servers_options(
+    model_file: Path, utk_crops: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch size, margin and face filter of ``glae serve``'s options, seen by the model."""
+    options = PredictOptions(batch_size=1, margin=0.5, min_face_size=20, device="cpu")
+    estimator = AgeEstimator.load(model_file, options, _FakeDetector([90, 80, 10]))
+    batches: list[torch.Tensor] = []
+    run_model = estimator.predictor.predict_routed
+    monkeypatch.setattr(estimator.predictor, "predict_routed", lambda images: batches.append(images) or run_model(images))
+    data = _encode(Image.open(utk_crops[0]), "PNG")
+    result = predict_upload(estimator, data, max_pixels=1_000_000, max_faces=20)
+    assert result["faces_found"] == len(result["faces"]) == 2  # the 10 px face is no face
+    assert [len(batch) for batch in batches] == [1, 1]
+    aligned = align_face(read_rgb(data), _FakeDetector.POINTS, ALIGNED_SIZE, options.margin)
+    torch.testing.assert_close(batches[0][0], eval_transform(64, estimator.predictor.normalization)(aligned))
 
 
 def test_pool_refuses_past_capacity_and_frees_slots_when_work_ends() -> None:
@@ -172,7 +186,7 @@ def test_busy_and_timeout_answers(model_file: Path, utk_crops: list[Path]) -> No
 
     from glae.serve.app import create_app
 
-    estimator = AgeEstimator.load(model_file, device="cpu", detector=_FakeDetector([100], delay=3.0))
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), _FakeDetector([100], delay=3.0))
     app = create_app(estimator, ServeSettings(timeout_s=1.0, workers=1, queue=0), "tiny")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -212,7 +226,7 @@ def test_connections_that_never_finish_their_headers_are_bounded(model_file: Pat
     from glae.serve.app import create_app
     from glae.serve.server import server_config
 
-    estimator = AgeEstimator.load(model_file, device="cpu", detector=_FakeDetector([]))
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), _FakeDetector([]))
     settings = ServeSettings(header_timeout_s=1.0, max_connections=4)
     port = free_port()
     server = uvicorn.Server(server_config(create_app(estimator, settings, "tiny"), settings, "127.0.0.1", port, "warning"))

@@ -28,14 +28,15 @@ UTKFACE_TEMPLATE = np.array(
 ALIGNED_SIZE = 224  # the paper's input side
 MAX_ALIGNED_SIZE = 2048  # 4x the largest model input GLAE builds; a typo must not allocate gigabytes per crop
 DEFAULT_MARGIN = 0.0  # exactly UTKFace's framing
+MAX_MARGIN = 2.0  # a crop five times the face framing's side: little face is left to see
 
 
 def reference_points(size: int = ALIGNED_SIZE, margin: float = DEFAULT_MARGIN) -> np.ndarray:
     """``[5, 2]`` template in a ``size`` crop, with ``margin`` x the framing added on every side."""
     if not 8 <= size <= MAX_ALIGNED_SIZE:
         raise ValueError(f"aligned crop size (--size) must be in 8..{MAX_ALIGNED_SIZE} px, got {size}")
-    if not 0 <= margin <= 2:
-        raise ValueError(f"margin must be in [0, 2], got {margin}")
+    if not 0 <= margin <= MAX_MARGIN:
+        raise ValueError(f"margin must be in [0, {MAX_MARGIN:g}], got {margin}")
     return (UTKFACE_TEMPLATE + margin) / (1 + 2 * margin) * size
 
 

@@ -8,7 +8,7 @@ its faces with it, but any object with a matching ``detect`` method works.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -35,14 +35,6 @@ class DetectedFace:
     def area(self) -> float:
         x1, y1, x2, y2 = self.box
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form, rounded to 0.1 px: finer digits would only be noise."""
-        return {
-            "box": [round(float(v), 1) for v in self.box],
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
-            "score": round(float(self.score), 4),
-        }
 
 
 class FaceDetector(Protocol):

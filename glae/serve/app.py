@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from ..predict import AgeEstimator
+from ..estimator import AgeEstimator
 from .errors import ApiError
 from .inference import predict_upload
 from .pool import InferencePool, PoolBusy

@@ -8,9 +8,9 @@ from typing import Any
 from PIL import Image
 
 from ..data.images import read_rgb
+from ..estimator import AgeEstimator, FaceAge
 from ..faces.detector import DetectedFace, FaceDetector, largest_first
 from ..faces.filtering import FaceFilter
-from ..predict import AgeEstimator, FaceAge
 from .errors import ApiError
 
 
@@ -50,8 +50,8 @@ def predict_upload(estimator: AgeEstimator, data: bytes, max_pixels: int, max_fa
     except ValueError as error:  # ImageReadError
         raise ApiError(422, str(error).replace("<bytes>: ", "", 1)) from None
     detector = LargestFaces(estimator.detector, max_faces, estimator.face_filter)
-    # The faces reaching it passed the filter already: filtering again would change nothing.
-    per_request = AgeEstimator(estimator.predictor, detector, estimator.batch_size, estimator.margin, min_face_score=0, min_face_size=0)
+    # Same model and options; filtering the faces LargestFaces kept again keeps them all.
+    per_request = AgeEstimator(estimator.predictor, estimator.options, detector)
     (prediction,) = per_request.predict(image)
     if prediction.error is not None:
         raise ApiError(422, prediction.error)

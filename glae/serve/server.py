@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
+from ..estimator import AgeEstimator, resolve_model_path
 from ..export import MissingExtraError
-from ..predict import AgeEstimator, resolve_model_path
+from ..predict_options import PredictOptions
 from .settings import ServeSettings
 
 try:
@@ -19,14 +20,16 @@ except ImportError as missing:
     raise MissingExtraError(f"glae serve needs {missing.name}: pip install 'glae[serve]'") from None
 
 
-def serve(model: str | os.PathLike | None, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
+def serve(
+    model: str | os.PathLike | None, options: PredictOptions, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000
+) -> None:
     """Serve ``model`` (a .safetensors or .onnx file, None for the shipped one) until interrupted.
 
     The model loads before the socket opens, so a bad path fails the command with one
     line instead of a server that answers 500.
     """
     path = resolve_model_path(model)
-    estimator = AgeEstimator.load(path, device=device, min_face_score=settings.min_face_score, min_face_size=settings.min_face_size)
+    estimator = AgeEstimator.load(path, options)
     app = create_app(estimator, settings, path.name)
     uvicorn.Server(server_config(app, settings, host, port)).run()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data.images import MAX_IMAGE_PIXELS
-from ..faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE, FaceFilter
 
 
 @dataclass(frozen=True)
@@ -25,8 +24,9 @@ class ServeSettings:
         header_timeout_s: a connection whose request headers are not complete this long
             after it opened (or after its previous answer) is closed.
         max_connections: open connections; one more gets a 503 and is closed at once.
-        min_face_score, min_face_size: detections below either are not faces
-            (``glae.faces.filtering``); they are neither estimated nor counted.
+
+    How photos become ages (batch size, margin, face filter, device) is the estimator's
+    ``PredictOptions``, the same as ``glae predict``'s.
     """
 
     max_upload_mb: float = 10.0
@@ -37,8 +37,6 @@ class ServeSettings:
     queue: int = 32
     header_timeout_s: float = 10.0
     max_connections: int = 100
-    min_face_score: float = DEFAULT_MIN_FACE_SCORE
-    min_face_size: float = DEFAULT_MIN_FACE_SIZE
 
     def __post_init__(self) -> None:
         if not 0 < self.max_pixels <= MAX_IMAGE_PIXELS:
@@ -51,7 +49,6 @@ class ServeSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.queue < 0:
             raise ValueError(f"--queue must be >= 0, got {self.queue}")
-        FaceFilter(self.min_face_score, self.min_face_size)  # raises on values out of range
 
     @property
     def max_upload_bytes(self) -> int:

@@ -11,7 +11,6 @@ gets an error of its own and never stops the others.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,15 +23,14 @@ from PIL import Image
 from torch import Tensor
 
 from .checkpoint import CheckpointError
-from .config import MAX_BATCH_SIZE, check_device
 from .data.images import read_rgb
 from .data.transforms import eval_transform
 from .engine import pick_device
-from .faces.align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face
+from .faces.align import ALIGNED_SIZE, align_face
 from .faces.detector import DetectedFace, FaceDetector
-from .imageformats import image_extensions
-from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE, FaceFilter
-from .predictors import RoutedPredictor, load_routed_predictor
+from .faces.filtering import FaceFilter
+from .inference_backends import RoutedPredictor, load_routed_predictor
+from .predict_options import PredictOptions
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 HeadName = Literal["vanilla", "balanced"]
@@ -128,77 +126,43 @@ def quantile_interval(probs: Tensor, low: float, high: float) -> Tensor:
     return (index - 0.5 + (levels - below) / mass).clamp(0, probs.shape[-1] - 1)
 
 
-def expand_image_paths(patterns: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files, folders (searched recursively for images) and globs -> paths, in argument order.
-
-    An argument that matches nothing is kept as it is, so it is reported as "file not
-    found" instead of vanishing.
-    """
-    paths: list[Path] = []
-    for pattern in map(str, patterns):
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        for match in map(Path, matches or [pattern]):
-            if match.is_dir():
-                paths += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in image_extensions())
-            else:
-                paths.append(match)
-    return paths
-
-
 class AgeEstimator:
     """A trained GLAE model plus a face detector: ``predict`` takes photos, returns ages.
 
     Args:
-        predictor: the model behind ``glae.predictors.RoutedPredictor`` (a PyTorch model
-            file or an ONNX export); it routes between the two heads when the balanced head
-            was trained, otherwise it uses the vanilla head alone.
+        predictor: the model behind ``glae.inference_backends.RoutedPredictor`` (a PyTorch
+            model file or an ONNX export); it routes between the two heads when the
+            balanced head was trained, otherwise it uses the vanilla head alone.
+        options: batch size, alignment margin, face filter and device
+            (``glae.predict_options``); the device is where MTCNN runs when it is built here.
         detector: any ``FaceDetector``; MTCNN is built on first use when None, so a caller
             with aligned crops needs no detector weights.
-        batch_size: faces per forward pass (each also runs flipped).
-        margin: alignment margin (``glae.faces.align.reference_points``).
-        min_face_score: detections scoring less are not faces (``glae.faces.filtering``).
-        min_face_size: faces whose box is narrower or shorter, in pixels, are skipped.
-        detector_device: where MTCNN runs when it is built here (``load`` passes its device).
     """
 
-    def __init__(
-        self,
-        predictor: RoutedPredictor,
-        detector: FaceDetector | None = None,
-        batch_size: int = 32,
-        margin: float = DEFAULT_MARGIN,
-        min_face_score: float = DEFAULT_MIN_FACE_SCORE,
-        min_face_size: float = DEFAULT_MIN_FACE_SIZE,
-        detector_device: str | torch.device = "cpu",
-    ) -> None:
-        if not 1 <= batch_size <= MAX_BATCH_SIZE:
-            raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
+    def __init__(self, predictor: RoutedPredictor, options: PredictOptions = PredictOptions(), detector: FaceDetector | None = None) -> None:
         self.predictor = predictor
+        self.options = options
         self.transform = eval_transform(predictor.config.input_size, predictor.normalization)
-        self.batch_size = batch_size
-        self.margin = margin
-        self.face_filter = FaceFilter(min_face_score, min_face_size)
+        self.face_filter = FaceFilter(options.min_face_score, options.min_face_size)
         self._detector = detector
-        self.detector_device = torch.device(detector_device)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device: str = "auto", **options: Any) -> "AgeEstimator":
+    def load(
+        cls, path: str | os.PathLike | None = None, options: PredictOptions = PredictOptions(), detector: FaceDetector | None = None
+    ) -> "AgeEstimator":
         """Load a model once: a ``.safetensors`` file, an ``.onnx`` export, or None for the shipped model.
 
-        ``device`` is "auto" (CUDA when available), "cpu", "cuda:1"... (ONNX runs on the CPU);
-        ``options`` go to the constructor (``detector``, ``batch_size``, ``margin``,
-        ``min_face_score``, ``min_face_size``).
+        It runs on ``options.device``: "auto" (CUDA when available), "cpu", "cuda:1"...
+        (ONNX runs on the CPU).
         """
-        check_device(device)
-        chosen = pick_device(device)
-        return cls(load_routed_predictor(resolve_model_path(path), chosen), **{"detector_device": chosen, **options})
+        return cls(load_routed_predictor(resolve_model_path(path), pick_device(options.device)), options, detector)
 
     @property
     def detector(self) -> FaceDetector:
         if self._detector is None:
             from .faces.mtcnn import MTCNNDetector
 
-            self._detector = MTCNNDetector(device=self.detector_device)
+            self._detector = MTCNNDetector(device=pick_device(self.options.device))
         return self._detector
 
     def predict(self, images: ImageInput | Sequence[ImageInput], aligned: bool = False) -> list[ImagePrediction]:
@@ -218,7 +182,7 @@ class AgeEstimator:
         for source in images:
             pending.append(self._prepare(source, detector))
             waiting_crops += len(pending[-1].crops)
-            if waiting_crops >= self.batch_size:
+            if waiting_crops >= self.options.batch_size:
                 yield from self._finish(pending)
                 pending, waiting_crops = [], 0
         yield from self._finish(pending)
@@ -231,7 +195,7 @@ class AgeEstimator:
             if detector is None:
                 return _Prepared(file, [None], [image], image.size)
             faces = self.face_filter(detector.detect(image))
-            crops = [align_face(image, face.landmarks, ALIGNED_SIZE, self.margin) for face in faces]
+            crops = [align_face(image, face.landmarks, ALIGNED_SIZE, self.options.margin) for face in faces]
         except (ValueError, OSError) as error:  # ImageReadError is a ValueError
             return _Prepared(file, [], [], (0, 0), str(error))
         return _Prepared(file, list(faces), crops, image.size)
@@ -247,8 +211,9 @@ class AgeEstimator:
     def _estimate(self, crops: list[Image.Image]) -> list[tuple[float, tuple[float, float], HeadName, Tensor]]:
         """Age, interval, head and distribution of each aligned crop, ``batch_size`` at a time."""
         results = []
-        for start in range(0, len(crops), self.batch_size):
-            batch = torch.stack([self.transform(crop) for crop in crops[start : start + self.batch_size]])
+        batch_size = self.options.batch_size
+        for start in range(0, len(crops), batch_size):
+            batch = torch.stack([self.transform(crop) for crop in crops[start : start + batch_size]])
             ages, probs, used_balanced = self.predictor.predict_routed(batch)
             intervals = quantile_interval(probs.double(), *INTERVAL_QUANTILES)
             for age, interval, balanced, distribution in zip(ages, intervals, used_balanced, probs):
@@ -270,4 +235,4 @@ def _face_age(
     return FaceAge(box, landmarks, score, age, interval, head, tuple(float(p) for p in probs))
 
 
-__all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "expand_image_paths", "resolve_model_path", "quantile_interval"]
+__all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "resolve_model_path", "quantile_interval"]

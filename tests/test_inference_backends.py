@@ -1,0 +1,98 @@
+"""The PyTorch and onnxruntime backends behind one interface, and what an ONNX file must hold to be run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glae.checkpoint import CheckpointError, load_model
+from glae.data.images import read_rgb
+from glae.data.transforms import eval_transform
+from glae.export import export_onnx
+from glae.inference_backends import OnnxAgeModel, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
+from glae.models.glae import ModelConfig
+from glae.routing import route
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+MODEL_CONFIG = ModelConfig(backbone="resnet18", max_age=116, input_size=64)  # conftest.py's model_file
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conftest.py's tiny model, both heads trained, exported with routing."""
+    model, info = load_model(model_file)
+    path = tmp_path_factory.mktemp("backends") / "tiny.onnx"
+    export_onnx(model, path, info)
+    return path
+
+
+def test_torch_predictor_is_route_in_channels_last(model_file: Path, utk_crops: list[Path]) -> None:
+    model, _ = load_model(model_file)
+    crops = torch.stack([eval_transform(model.config.input_size, model.normalization)(read_rgb(path)) for path in utk_crops[:8]])
+    expected = route(model.predict_views(crops), "routing")
+    ages, probs, used_balanced = TorchRoutedPredictor(model, "routing").predict_routed(crops)
+    torch.testing.assert_close(ages, expected.ages, atol=1e-4, rtol=0)  # only the memory layout differs
+    torch.testing.assert_close(probs, expected.probs, atol=1e-5, rtol=0)
+    assert torch.equal(used_balanced, expected.used_balanced)
+
+
+def test_load_routed_predictor_picks_the_backend_from_the_file(model_file: Path, onnx_file: Path) -> None:
+    predictors: list[RoutedPredictor] = [load_routed_predictor(model_file), load_routed_predictor(onnx_file)]
+    assert [type(p) for p in predictors] == [TorchRoutedPredictor, OnnxAgeModel]
+    assert predictors[0].mode == predictors[1].mode == "routing"  # type: ignore[attr-defined]
+
+
+def _rewrite_onnx(source: Path, target: Path, metadata: dict[str, str | None] | None = None, nan_weight: bool = False) -> Path:
+    """A copy of an export with some ``glae.*`` entries replaced (None: removed) or one weight set to NaN."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(source))
+    entries = {prop.key: prop.value for prop in graph.metadata_props}
+    for key, value in (metadata or {}).items():
+        entries.pop("glae." + key)
+        if value is not None:
+            entries["glae." + key] = value
+    del graph.metadata_props[:]
+    for key, value in entries.items():
+        graph.metadata_props.add(key=key, value=value)
+    if nan_weight:
+        first = next(i for i in graph.graph.initializer if numpy_helper.to_array(i).dtype == np.float32)
+        values = numpy_helper.to_array(first).copy()
+        values.flat[0] = np.nan
+        first.CopyFrom(numpy_helper.from_array(values, first.name))
+    onnx.save(graph, str(target))
+    return target
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("input_size", "0", r"'glae\.input_size' is 0 but the model's is 64"),
+        ("input_size", "-5", r"'glae\.input_size' is -5"),
+        ("model", json.dumps({**MODEL_CONFIG.to_dict(), "input_size": 0}), r"'glae\.model' is invalid \(model\.input_size must be"),
+        ("pixel_mean", "[0.5, 0.5]", r"'glae\.pixel_mean' must hold 3 finite numbers"),
+        ("pixel_std", "[0.2, 0.0, 0.2]", r"'glae\.pixel_std' must be > 0 for every channel"),
+        ("pixel_std", '[0.2, "x", 0.2]', r"'glae\.pixel_std' must hold 3 finite numbers"),
+        ("routing_mode", '"sideways"', r"'glae\.routing_mode' must be one of routing, vanilla"),
+        ("max_age", "{", r"'glae\.max_age' is not JSON"),
+        ("info", None, r"'glae\.info' is missing"),
+    ],
+)
+def test_nonsense_onnx_metadata_is_refused(onnx_file: Path, tmp_path: Path, key: str, value: str | None, message: str) -> None:
+    path = _rewrite_onnx(onnx_file, tmp_path / "hostile.onnx", {key: value})
+    with pytest.raises(CheckpointError, match=r"hostile\.onnx: metadata " + message) as caught:
+        OnnxAgeModel.load(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_onnx_with_nan_weights_is_refused(onnx_file: Path, tmp_path: Path) -> None:
+    path = _rewrite_onnx(onnx_file, tmp_path / "diverged.onnx", nan_weight=True)
+    with pytest.raises(CheckpointError, match=r"diverged\.onnx: weight .* holds NaN or infinity"):
+        OnnxAgeModel.load(path)
