@@ -30,6 +30,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .engine import unwrap
+from .calibration import IntervalCalibration
 from .config import model_config_from_dict
 from .fileio import atomic_write, atomic_write_bytes
 from .models.backbones import InputNormalization
@@ -51,6 +52,8 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] |
         for name, t in model.state_dict().items()
     }
     record = {"model": model.config.to_dict(), "input": model.normalization._asdict(), "info": info or {}}
+    if model.calibration is not None:
+        record["calibration"] = model.calibration.to_dict()
     metadata = {METADATA_KEY: json.dumps(record)}
     # Serialized in memory, then written by Python: a full disk is then an OSError (ENOSPC),
     # where safetensors' own file writer can report success on a short write.
@@ -58,10 +61,11 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] |
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The validated ``{"model": ..., "input": ..., "info": ...}`` record of a model file, without loading weights.
+    """The validated ``{"model", "input", "calibration", "info"}`` record of a model file, without loading weights.
 
     ``input`` is the pixel normalization the network was trained with (``mean``, ``std``
     per RGB channel of [0, 1] pixels); files written before it was recorded used the paper's.
+    ``calibration`` is the ``IntervalCalibration`` of its 90% interval, or None (raw quantiles).
 
     This is the one place a model file's metadata is checked: every command that reads a
     model (eval, predict, serve, export, stage 2's init_from) gets one line naming the file
@@ -103,7 +107,13 @@ def _parse_record(path: Path, text: str) -> dict[str, Any]:
     normalization = _parse_normalization(record.get("input", PAPER_INPUT._asdict()))
     if normalization is None:
         raise CheckpointError(f"{where}: key 'input' must hold 'mean' and 'std', three finite numbers each (std > 0); {advice}")
-    return {"model": record["model"], "input": normalization, "info": record["info"]}
+    calibration = None
+    if record.get("calibration") is not None:
+        try:
+            calibration = IntervalCalibration.from_dict(record["calibration"])
+        except ValueError as error:
+            raise CheckpointError(f"{where}: key 'calibration': {error}; {advice}") from None
+    return {"model": record["model"], "input": normalization, "calibration": calibration, "info": record["info"]}
 
 
 def _parse_normalization(value: Any) -> InputNormalization | None:
@@ -153,6 +163,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     _check_finite(path, state)
     model.normalization = record["input"]  # what it was trained with, not what a rebuild without weights would pick
+    model.calibration = record["calibration"]
     return model.to(device).eval(), record["info"]
 
 

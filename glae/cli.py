@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=2)
     evaluate.add_argument("--device", default="auto")
 
+    calibrate = commands.add_parser("calibrate", help="fit a model's 90%% interval on faces it never trained on (a validation part)")
+    calibrate.add_argument("--checkpoint", help="model file (.safetensors); default: the shipped model")
+    _add_data_arguments(calibrate, required=True)
+    calibrate.add_argument("--split", type=Path, help="the split.json of the run that trained the model")
+    calibrate.add_argument("--config", help="instead of --split: the config whose seeded split the model was trained on")
+    calibrate.add_argument("--part", choices=("val", "test", "train"), default="val", help="the part to fit on (default: val; never the part you report)")
+    calibrate.add_argument("--out", type=Path, required=True, help="the calibrated model file to write (the input is never changed)")
+    calibrate.add_argument("--batch-size", type=int, default=64)
+    calibrate.add_argument("--workers", type=int, default=2)
+    calibrate.add_argument("--device", default="auto")
+
     align = commands.add_parser("align", help="detect and align every face of a dataset into a folder of the same format")
     align.add_argument("source", metavar="SRC", help="dataset folder or manifest file")
     align.add_argument("destination", metavar="DST", help="output folder; rerunning skips crops already there")
@@ -243,6 +254,55 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import IntervalCalibration
+    from .checkpoint import load_model, save_model
+    from .config import load_config
+    from .data import Split, load_dataset, split_dataset
+    from .engine import pick_device
+    from .estimator import resolve_model_path
+    from .evaluate import calibrate_samples
+    from .routing import routing_mode
+
+    if (args.split is None) == (args.config is None):
+        raise ValueError("give the part to fit on with --split RUN/split.json or --config CONFIG (its seeded split)")
+    if args.split is not None and not args.split.is_file():
+        raise ValueError(f"--split {args.split} does not exist; pass the split.json of the run that trained the model")
+    check_device(args.device)
+    checkpoint = resolve_model_path(args.checkpoint)
+    if args.out.resolve() == checkpoint.resolve():
+        raise ValueError(f"--out {args.out} is the model itself; write the calibrated model to a new file")
+    _check_output_file(args.out, "--out")
+    device = pick_device(args.device)
+    model, info = load_model(checkpoint, device)
+    if args.split is not None:
+        index = load_dataset(args.data, args.format or info.get("data_format", "utkface"))
+        split = Split.from_json(_read_split(args.split), index.samples, index.root)
+    else:
+        config = load_config(args.config, [f"data.path={args.data}"] + ([f"data.format={args.format}"] if args.format else []))
+        index = load_dataset(args.data, config.data.format, config.data.csv_columns)
+        split = split_dataset(index.samples, config.data)
+    samples = getattr(split, args.part)
+    if not samples:
+        raise ValueError(f"the {args.part} part is empty: nothing to fit the interval on")
+    calibration: IntervalCalibration = calibrate_samples(
+        model, samples, routing_mode(info), device, args.batch_size, args.workers, channels_last=device.type == "cpu", show_progress=True
+    )
+    model.calibration = calibration
+    save_model(args.out, model, {**info, "calibrated_on": f"{args.part} part, {calibration.faces} faces"}, half=_is_half(checkpoint))
+    print(f"90% interval: temperature {calibration.temperature:.3f} covers {calibration.coverage:.1%} of "
+          f"{calibration.faces} {args.part} faces; wrote {args.out}")
+    return 0
+
+
+def _is_half(path: Path) -> bool:
+    """Whether a model file stores float16 weights (the shipped one does), so a rewrite keeps its size."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return any(handle.get_slice(name).get_dtype() == "F16" for name in handle.keys())
+
+
 def run_align(args: argparse.Namespace) -> int:
     from .faces.align_dataset import REPORT_NAME, align_dataset
 
@@ -315,7 +375,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "plan": run_plan, "eval": run_eval, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
+COMMANDS = {"train": run_train, "plan": run_plan, "eval": run_eval, "calibrate": run_calibrate, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
 
 
 def _one_line(error: BaseException) -> str:

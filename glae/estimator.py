@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .calibration import age_interval
 from .checkpoint import CheckpointError
 from .data.images import read_rgb
 from .data.transforms import eval_transform
@@ -34,7 +35,6 @@ from .predict_options import PredictOptions
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 HeadName = Literal["vanilla", "balanced"]
-INTERVAL_QUANTILES = (0.05, 0.95)
 
 
 def default_model_path() -> Path:
@@ -61,7 +61,8 @@ class FaceAge:
         landmarks: five ``(x, y)`` points (eyes, nose, mouth corners), None with ``aligned``.
         score: detector confidence, None with ``aligned``.
         age: expectation of the predicted distribution (Eq. 3), in years.
-        interval_90: ``(low, high)``, the 5% and 95% quantiles of that distribution.
+        interval_90: ``(low, high)``, the central 90% of that distribution, tempered as the model's
+            calibration says (``glae.calibration``; its raw 5% and 95% quantiles without one).
         head: the head Adaptive Routing chose ("vanilla" for a model without a balanced head).
         distribution: ``P(age = k)`` for ``k = 0..K``.
     """
@@ -110,20 +111,6 @@ class _Prepared:
     crops: list[Image.Image]
     size: tuple[int, int]
     error: str | None = None
-
-
-def quantile_interval(probs: Tensor, low: float, high: float) -> Tensor:
-    """``[B, 2]`` quantiles of ``[B, K+1]`` distributions over ages, each age a 1-year bin.
-
-    The CDF is interpolated linearly inside the bin of age ``k`` (``[k - 0.5, k + 0.5]``),
-    so the bounds are not rounded to whole years.
-    """
-    cdf = probs.cumsum(-1)
-    levels = torch.tensor([low, high], dtype=probs.dtype).expand(len(probs), 2).contiguous()
-    index = torch.searchsorted(cdf, levels).clamp(max=probs.shape[-1] - 1)
-    mass = probs.gather(1, index).clamp(min=1e-12)
-    below = cdf.gather(1, index) - probs.gather(1, index)
-    return (index - 0.5 + (levels - below) / mass).clamp(0, probs.shape[-1] - 1)
 
 
 class AgeEstimator:
@@ -215,7 +202,7 @@ class AgeEstimator:
         for start in range(0, len(crops), batch_size):
             batch = torch.stack([self.transform(crop) for crop in crops[start : start + batch_size]])
             ages, probs, used_balanced = self.predictor.predict_routed(batch)
-            intervals = quantile_interval(probs.double(), *INTERVAL_QUANTILES)
+            intervals = age_interval(probs.double(), self.predictor.calibration)
             for age, interval, balanced, distribution in zip(ages, intervals, used_balanced, probs):
                 head: HeadName = "balanced" if bool(balanced) else "vanilla"
                 results.append((float(age), (float(interval[0]), float(interval[1])), head, distribution))
@@ -235,4 +222,4 @@ def _face_age(
     return FaceAge(box, landmarks, score, age, interval, head, tuple(float(p) for p in probs))
 
 
-__all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "resolve_model_path", "quantile_interval"]
+__all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "resolve_model_path"]

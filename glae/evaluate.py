@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
 from torch.utils.data import DataLoader
 
+from .calibration import IntervalCalibration, age_interval, fit_temperature, interval_report
 from .data.datasets import AgeSample
 from .data.images import AgeImageDataset
 from .data.transforms import eval_transform
@@ -35,12 +35,16 @@ def routing_usage(ages: Tensor, used_balanced: Tensor) -> dict[str, Any]:
     return {"overall": {"vanilla": 1.0 - balanced_share, "balanced": balanced_share}, "groups": groups}
 
 
-def evaluate_views(views: dict[str, Tensor], ages: Tensor, stds: Tensor, mode: RoutingMode = "routing") -> dict[str, Any]:
+def evaluate_views(
+    views: dict[str, Tensor], ages: Tensor, stds: Tensor, mode: RoutingMode = "routing",
+    calibration: IntervalCalibration | None = None,
+) -> dict[str, Any]:
     """The evaluation report of ``glae eval`` (see ``glae.reports`` for its layout).
 
     Top-level numbers describe ``mode``; ``modes`` holds every mode the heads allow, so
     one pass over the data gives all rows of Table IX. ``routing`` is the head usage of
-    Adaptive Routing (``None`` without a balanced head).
+    Adaptive Routing (``None`` without a balanced head). ``interval_90`` is the coverage
+    and width of ``mode``'s 90% intervals, read as ``calibration`` says.
     """
     modes = available_modes(views)
     if mode not in modes:
@@ -58,8 +62,36 @@ def evaluate_views(views: dict[str, Tensor], ages: Tensor, stds: Tensor, mode: R
     report = dict(per_mode[mode])
     report["mode"] = mode
     report["routing"] = routing_usage(ages, routed["routing"].used_balanced) if "routing" in routed else None
+    report["interval_90"] = interval_report(age_interval(routed[mode].probs.double(), calibration), ages, AGE_GROUPS)
+    report["interval_90"]["calibrated"] = calibration is not None
     report["modes"] = per_mode
     return report
+
+
+def predict_samples(
+    model: AgeModel,
+    samples: list[AgeSample],
+    mode: RoutingMode,
+    device: torch.device,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    channels_last: bool = True,
+    amp: bool = False,
+    show_progress: bool = False,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """One flip-TTA pass of ``model`` over ``samples`` (the heads ``mode`` needs): ``(views, ages, stds)``."""
+    loader = DataLoader(
+        AgeImageDataset(samples, eval_transform(model.config.input_size, model.normalization)),
+        batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
+    )
+    views, ages, stds = predict_views_dataset(model, loader, device, heads_for(mode), channels_last, amp, show_progress)
+    for head, probabilities in views.items():
+        if not bool(torch.isfinite(probabilities).all()):
+            raise ValueError(
+                f"the {head} head's predictions are not finite (NaN or inf): the model diverged in training; "
+                "retrain with a lower learning rate or with clip_grad_norm set"
+            )
+    return views, ages, stds
 
 
 def evaluate_samples(
@@ -73,16 +105,15 @@ def evaluate_samples(
     amp: bool = False,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """One flip-TTA pass of ``model`` over ``samples`` (the heads ``mode`` needs), then the report."""
-    loader = DataLoader(
-        AgeImageDataset(samples, eval_transform(model.config.input_size, model.normalization)),
-        batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
-    )
-    views, ages, stds = predict_views_dataset(model, loader, device, heads_for(mode), channels_last, amp, show_progress)
-    for head, probabilities in views.items():
-        if not bool(torch.isfinite(probabilities).all()):
-            raise ValueError(
-                f"the {head} head's predictions are not finite (NaN or inf): the model diverged in training; "
-                "retrain with a lower learning rate or with clip_grad_norm set"
-            )
-    return evaluate_views(views, ages, stds, mode)
+    """One flip-TTA pass of ``model`` over ``samples``, then the report (intervals read as the model's calibration says)."""
+    views, ages, stds = predict_samples(model, samples, mode, device, batch_size, num_workers, channels_last, amp, show_progress)
+    return evaluate_views(views, ages, stds, mode, model.calibration)
+
+
+def calibrate_samples(
+    model: AgeModel, samples: list[AgeSample], mode: RoutingMode, device: torch.device, batch_size: int = 64,
+    num_workers: int = 2, channels_last: bool = True, amp: bool = False, show_progress: bool = False,
+) -> IntervalCalibration:
+    """Fit the model's 90% interval on faces it never trained on (a validation part), routed by ``mode``."""
+    views, ages, _ = predict_samples(model, samples, mode, device, batch_size, num_workers, channels_last, amp, show_progress)
+    return fit_temperature(route(views, mode).probs, ages)

@@ -74,6 +74,8 @@ def onnx_metadata(model: AgeModel, mode: RoutingMode, info: dict[str, Any]) -> d
         # eval_transform: resize to S x S, RGB scaled to [0, 1], then (x - mean) / std per channel.
         "pixel_mean": list(model.normalization.mean),
         "pixel_std": list(model.normalization.std),
+        # How the 90% interval is read from `probs` (glae.calibration); null: its raw quantiles.
+        "calibration": None if model.calibration is None else model.calibration.to_dict(),
     }
     return {METADATA_PREFIX + key: json.dumps(value) for key, value in values.items()}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .calibration import IntervalCalibration
 from .checkpoint import CheckpointError, load_model
 from .config import model_config_from_dict
 from .export import INPUT_NAME, METADATA_PREFIX, ROUTED_OUTPUTS, MissingExtraError, RoutedAgeModel
@@ -32,6 +34,7 @@ class RoutedPredictor(Protocol):
 
     config: ModelConfig
     normalization: InputNormalization
+    calibration: IntervalCalibration | None
 
     def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalized ``[B, 3, S, S]`` -> ``(ages [B], probs [B, K+1], used_balanced [B] bool)``, on the CPU."""
@@ -49,6 +52,7 @@ class TorchRoutedPredictor:
         self.routed = RoutedAgeModel(model.to(memory_format=torch.channels_last), mode).eval()
         self.config = model.config
         self.normalization = model.normalization
+        self.calibration = model.calibration
         self.mode = mode
 
     @classmethod
@@ -77,6 +81,7 @@ class OnnxAgeModel:
         self.metadata = metadata
         self.config = ModelConfig.from_dict(metadata["model"])
         self.normalization = InputNormalization(tuple(metadata["pixel_mean"]), tuple(metadata["pixel_std"]))
+        self.calibration: IntervalCalibration | None = metadata["calibration"]
         self.info: dict[str, Any] = metadata["info"]
         self.mode: RoutingMode = metadata["routing_mode"]
 
@@ -142,7 +147,22 @@ def _checked_metadata(path: str | os.PathLike, stored: dict[str, str]) -> dict[s
             raise fail(key, f"must hold 3 finite numbers (R, G, B), got {values!r}")
     if min(metadata["pixel_std"]) <= 0:
         raise fail("pixel_std", f"must be > 0 for every channel, got {metadata['pixel_std']!r}")
+    metadata["calibration"] = _checked_calibration(stored.get(METADATA_PREFIX + "calibration", "null"), fail)
     return metadata
+
+
+def _checked_calibration(text: str, fail: Callable[[str, str], CheckpointError]) -> IntervalCalibration | None:
+    """The interval calibration of an export (absent in files exported before it existed: raw quantiles)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise fail("calibration", "is not JSON") from None
+    if value is None:
+        return None
+    try:
+        return IntervalCalibration.from_dict(value)
+    except ValueError as error:
+        raise fail("calibration", f"is invalid ({error})") from None
 
 
 def _is_finite_number(value: Any) -> bool:

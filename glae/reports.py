@@ -115,6 +115,14 @@ def _summary_section(modes: dict[str, dict]) -> str:
     return "## Summary\n\n" + _table(header, rows)
 
 
+def _interval_section(interval: dict, mode: str) -> str:
+    """How often the 90% interval held the true age, overall and per age group."""
+    how = "calibrated on validation faces" if interval.get("calibrated") else "raw 5%-95% quantiles"
+    rows = [["all", interval.get("coverage"), interval.get("mean_width")]]
+    rows += [[label, group.get("coverage"), group.get("mean_width")] for label, group in interval.get("groups", {}).items()]
+    return f"## 90% interval ({mode}, {how})\n\n" + _table(["Ages", "Coverage", "Mean width (years)"], rows)
+
+
 def _routing_section(routing: dict) -> str:
     """Usage ratio of each head per age group (the table behind Fig. 4)."""
     overall = routing["overall"]
@@ -147,11 +155,14 @@ def markdown_report(report: dict) -> str:
         report: The ``glae eval`` report dict.
 
     Returns:
-        Markdown with a header, a summary table of all modes, the routing usage
-        table (when ``report["routing"]`` is not ``None``) and the per-age table.
+        Markdown with a header, a summary table of all modes, the coverage of the
+        90% intervals (when the report has it), the routing usage table (when
+        ``report["routing"]`` is not ``None``) and the per-age table.
     """
     modes = _modes(report)
     sections = [_header_section(report), _summary_section(modes)]
+    if report.get("interval_90") is not None:
+        sections.append(_interval_section(report["interval_90"], report.get("mode", "")))
     if report.get("routing") is not None:
         sections.append(_routing_section(report["routing"]))
     sections.append(_per_age_section(modes))

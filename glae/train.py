@@ -57,7 +57,7 @@ from .engine import (
     train_one_epoch,
     unwrap,
 )
-from .evaluate import evaluate_samples
+from .evaluate import calibrate_samples, evaluate_samples
 from .fileio import atomic_write_text
 from .models import HEAD_NAMES, AgeModel
 from .reports import write_reports
@@ -377,17 +377,24 @@ def finish(
     config: TrainConfig, model: AgeModel, split: Split, index: DatasetIndex, out_dir: Path,
     context: DistributedContext, stages: list[int],
 ) -> Path:
-    """Save the final model, evaluate it on the test split, write the reports."""
+    """Fit the 90% interval on the validation part, save the final model, evaluate it on the test split."""
     final = out_dir / "model.safetensors"
     balanced = config.trains_balanced_head
+    mode: RoutingMode = "routing" if balanced else "vanilla"
     if context.is_main:
         info = {
             "stages": stages, "balanced_trained": balanced, "data_format": config.data.format,
             "train_images": len(split.train), "loss": config.training_loss, "seed": config.seed,
         }
+        if split.val:
+            model.calibration = calibrate_samples(
+                model, split.val, mode, context.device, config.eval_batch_size, config.data.num_workers, config.channels_last, config.amp
+            )
+            log.info("90%% interval: temperature %.3f covers %.1f%% of %d validation faces",
+                     model.calibration.temperature, 100 * model.calibration.coverage, model.calibration.faces)
         save_model(final, model, info)
         if split.test:
-            report = evaluate_model(model, split.test, config, context.device, "routing" if balanced else "vanilla")
+            report = evaluate_model(model, split.test, config, context.device, mode)
             report["checkpoint"] = str(final)
             report["data"] = str(index.root)
             atomic_write_text(out_dir / "test_metrics.json", json.dumps(report, indent=2))

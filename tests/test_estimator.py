@@ -16,7 +16,7 @@ from PIL import Image
 from glae.checkpoint import CheckpointError
 from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
-from glae.estimator import AgeEstimator, FaceAge, ImagePrediction, default_model_path, quantile_interval
+from glae.estimator import AgeEstimator, FaceAge, ImagePrediction, default_model_path
 from glae.faces.align import ALIGNED_SIZE, align_face
 from glae.faces.detector import DetectedFace
 from glae.inference_backends import load_routed_predictor
@@ -104,14 +104,6 @@ def test_aligned_inputs_skip_detection(estimator: AgeEstimator, utk_crops: list[
     assert face.box == (0.0, 0.0, 200.0, 200.0) and face.landmarks is None and face.score is None
 
 
-def test_quantile_interval_by_hand() -> None:
-    one_hot = torch.zeros(1, 11, dtype=torch.float64)
-    one_hot[0, 3] = 1.0
-    assert torch.allclose(quantile_interval(one_hot, 0.05, 0.95), torch.tensor([[2.55, 3.45]], dtype=torch.float64))
-    uniform = torch.full((1, 10), 0.1, dtype=torch.float64)  # ages 0..9, CDF linear on [-0.5, 9.5] clamped at 0
-    assert torch.allclose(quantile_interval(uniform, 0.05, 0.95), torch.tensor([[0.0, 9.0]], dtype=torch.float64))
-
-
 def test_missing_default_model_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("glae.estimator.default_model_path", lambda: tmp_path / "absent.safetensors")
     with pytest.raises(CheckpointError, match="no default model shipped"):
@@ -175,6 +167,7 @@ class _RecordingPredictor:
         self.predictor = load_routed_predictor(model_file)
         self.config = self.predictor.config
         self.normalization = self.predictor.normalization
+        self.calibration = self.predictor.calibration
         self.batches: list[torch.Tensor] = []
 
     def predict_routed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

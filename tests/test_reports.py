@@ -163,3 +163,15 @@ def test_interrupted_write_keeps_previous_file(
         write_reports(report, tmp_path)
     assert target.read_text(encoding="utf-8") == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"], "temporary file left"
+
+
+def test_markdown_shows_interval_coverage_per_group(report: dict) -> None:
+    report = {**report, "interval_90": {
+        "coverage": 0.9071, "mean_width": 21.42, "calibrated": True,
+        "groups": {"0-17": {"n": 10, "coverage": 0.93, "mean_width": 9.5}, "66+": {"n": 0, "coverage": None, "mean_width": None}},
+    }}
+    text = markdown_report(report)
+    section = text.split("## 90% interval (")[1].split("\n## ")[0]
+    assert section.startswith(f"{report['mode']}, calibrated on validation faces)")
+    assert "| all | 0.907 | 21.420 |" in section and "| 0-17 | 0.930 | 9.500 |" in section
+    assert "| 66+ | – | – |" in section  # an empty group shows no number

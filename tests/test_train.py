@@ -198,6 +198,9 @@ def test_ordinal_head_trains_both_stages_and_routes(utkface: Path, tmp_path: Pat
     assert report["mode"] == "routing" and math.isfinite(report["mae"]) and report["routing"] is not None
     model, info = load_model(run / "model.safetensors")
     assert info["loss"] == "corn" and info["balanced_trained"] and model.config.head == "ordinal"
+    # The 90% interval is fitted on the validation part and reported on the test part.
+    assert model.calibration is not None and model.calibration.faces == len(json.loads((run / "split.json").read_text())["val"])
+    assert report["interval_90"]["calibrated"] and 0 <= report["interval_90"]["coverage"] <= 1
     views = model.predict_views(torch.zeros(1, 3, 64, 64))
     assert torch.allclose(views["balanced"].sum(-1), torch.ones(2, 1), atol=1e-5)
 

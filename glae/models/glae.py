@@ -9,6 +9,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from ..calibration import IntervalCalibration
 from ..typed import from_dict
 from .backbones import IMAGENET_INPUT, TF_INPUT, InputNormalization, create_backbone
 from .heads import HEADS, AgeHead, create_head, head_spec, parse_head_options
@@ -126,6 +127,8 @@ class AgeModel(nn.Module):
             }
         )
         self.normalization = resolve_normalization(config, self.backbone.expected_input)
+        # How the 90% interval is read from the distribution; fitted after training (glae.calibration).
+        self.calibration: IntervalCalibration | None = None
 
     def _feature_size(self, input_size: int) -> tuple[int, int]:
         """Spatial size of the backbone map, measured once: strides differ between timm models."""

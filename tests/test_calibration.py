@@ -1,0 +1,202 @@
+"""90% intervals: quantiles by hand, temperature calibration, and coverage of real held-out faces."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from glae import calibration
+from glae.calibration import (
+    IntervalCalibration,
+    age_interval,
+    conformal_quantile,
+    covered,
+    fit_temperature,
+    interval_report,
+    quantile_interval,
+    temper,
+)
+from glae.checkpoint import CheckpointError, load_model, read_model_metadata, save_model
+from glae.cli import main
+from glae.metrics import AGE_GROUPS
+
+torch.set_num_threads(1)
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(calibration).failed == 0
+
+
+def test_quantile_interval_by_hand() -> None:
+    one_hot = torch.zeros(1, 11, dtype=torch.float64)
+    one_hot[0, 3] = 1.0
+    assert torch.allclose(quantile_interval(one_hot, 0.05, 0.95), torch.tensor([[2.55, 3.45]], dtype=torch.float64))
+    uniform = torch.full((1, 10), 0.1, dtype=torch.float64)  # ages 0..9, CDF linear on [-0.5, 9.5] clamped at 0
+    assert torch.allclose(quantile_interval(uniform, 0.05, 0.95), torch.tensor([[0.0, 9.0]], dtype=torch.float64))
+
+
+def test_conformal_quantile_is_the_finite_sample_rank() -> None:
+    scores = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert conformal_quantile(scores, 0.5) == 3.0  # ceil(6 * 0.5) = 3rd smallest
+    assert conformal_quantile(scores, 0.8) == 5.0  # ceil(6 * 0.8) = 5th
+    assert conformal_quantile(scores, 0.9) == math.inf  # ceil(6 * 0.9) = 6 > 5: no promise possible
+    with pytest.raises(ValueError, match="level"):
+        conformal_quantile(scores, 1.0)
+
+
+def test_temper_by_hand() -> None:
+    probs = torch.tensor([[0.8, 0.2]], dtype=torch.float64)
+    assert torch.equal(temper(probs, 1.0), probs)
+    # T = 2: square roots, renormalised: sqrt(.8) : sqrt(.2) = 2 : 1.
+    assert torch.allclose(temper(probs, 2.0), torch.tensor([[2 / 3, 1 / 3]], dtype=torch.float64))
+    # T = 0.5: squares: .64 : .04 = 16 : 1.
+    assert torch.allclose(temper(probs, 0.5), torch.tensor([[16 / 17, 1 / 17]], dtype=torch.float64))
+
+
+def _overconfident(count: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian distributions of std 2 around predictions whose true error has std 4."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.rand(count, generator=generator, dtype=torch.float64) * 60 + 20
+    truth = (centres + torch.randn(count, generator=generator, dtype=torch.float64) * 4).round()
+    ages = torch.arange(101, dtype=torch.float64)
+    probs = torch.softmax(-((ages - centres[:, None]) ** 2) / (2 * 2.0**2), dim=-1)
+    return probs, truth
+
+
+def test_fit_temperature_finds_the_smallest_temperature_that_covers_the_level() -> None:
+    probs, truth = _overconfident()
+    raw = covered(age_interval(probs, None), truth).double().mean()
+    assert raw < 0.8  # an std-2 interval on std-4 errors covers about 59%
+    fitted = fit_temperature(probs, truth)
+    # Tempering a Gaussian by T multiplies its variance by T: about 4 is needed.
+    assert 3.0 < fitted.temperature < 5.5
+    assert fitted.faces == 400 and fitted.coverage >= 0.9
+    assert covered(age_interval(probs, fitted), truth).double().mean() == pytest.approx(fitted.coverage)
+    slightly_less = IntervalCalibration(fitted.temperature * 0.98, 0.0, 1)
+    assert covered(age_interval(probs, slightly_less), truth).double().mean() < 0.9
+    with pytest.raises(ValueError, match="empty"):
+        fit_temperature(probs[:0], truth[:0])
+
+
+def test_interval_report_counts_per_age_group() -> None:
+    intervals = torch.tensor([[0.0, 10.0], [20.0, 30.0], [60.0, 70.0], [70.0, 90.0]])
+    truth = torch.tensor([5.0, 40.0, 66.0, 95.0])
+    report = interval_report(intervals, truth, AGE_GROUPS)
+    assert report["coverage"] == 0.5 and report["mean_width"] == 12.5
+    assert report["groups"]["0-17"] == {"n": 1, "coverage": 1.0, "mean_width": 10.0}
+    assert report["groups"]["18-65"] == {"n": 1, "coverage": 0.0, "mean_width": 10.0}
+    assert report["groups"]["66+"] == {"n": 2, "coverage": 0.5, "mean_width": 15.0}
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"temperature": 0, "coverage": 0.9, "faces": 10}, "temperature must be a number in"),
+        ({"temperature": float("nan"), "coverage": 0.9, "faces": 10}, "temperature must be a number in"),
+        ({"temperature": 1.2, "coverage": 1.5, "faces": 10}, "coverage must be a number in"),
+        ({"temperature": 1.2, "coverage": 0.9, "faces": True}, "faces must be a positive integer"),
+        ({"temperature": 1.2}, "mapping of temperature, coverage and faces"),
+    ],
+)
+def test_hostile_calibration_records_are_refused(record: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        IntervalCalibration.from_dict(record)
+
+
+def test_calibration_travels_in_the_model_file(tmp_path: Path, model_file: Path) -> None:
+    model, info = load_model(model_file)
+    assert model.calibration is None  # never fitted: raw quantiles
+    model.calibration = IntervalCalibration(1.5, 0.91, 200)
+    save_model(tmp_path / "calibrated.safetensors", model, info)
+    loaded, _ = load_model(tmp_path / "calibrated.safetensors")
+    assert loaded.calibration == IntervalCalibration(1.5, 0.91, 200)
+    assert read_model_metadata(tmp_path / "calibrated.safetensors")["calibration"] == loaded.calibration
+
+
+def test_a_model_file_with_a_bad_calibration_is_refused_in_one_line(tmp_path: Path, model_file: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(model_file), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        record = json.loads(handle.metadata()["glae"])
+    record["calibration"] = {"temperature": -1, "coverage": 0.9, "faces": 3}
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"glae": json.dumps(record)})
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors: metadata 'glae': key 'calibration': calibration temperature"):
+        load_model(tmp_path / "bad.safetensors")
+
+
+def test_the_estimator_reads_its_interval_as_the_model_says(tmp_path: Path, model_file: Path, utk_crops: list[Path]) -> None:
+    from glae.estimator import AgeEstimator
+    from glae.inference_backends import load_routed_predictor
+
+    model, info = load_model(model_file)
+    model.calibration = IntervalCalibration(3.0, 0.9, 100)
+    save_model(tmp_path / "calibrated.safetensors", model, info)
+    raw = AgeEstimator(load_routed_predictor(model_file))
+    calibrated = AgeEstimator(load_routed_predictor(tmp_path / "calibrated.safetensors"))
+    (before,) = raw.predict(utk_crops[0], aligned=True)[0].faces
+    (after,) = calibrated.predict(utk_crops[0], aligned=True)[0].faces
+    assert after.age == before.age  # the estimate is the untempered expectation
+    probs = torch.tensor(before.distribution, dtype=torch.float64)[None]
+    expected = age_interval(probs, IntervalCalibration(3.0, 0.9, 100))[0].tolist()
+    assert after.interval_90 == pytest.approx(tuple(expected), abs=1e-6)
+    assert after.interval_90[1] - after.interval_90[0] > before.interval_90[1] - before.interval_90[0]
+
+
+def test_glae_calibrate_writes_a_new_file_and_keeps_the_input(tmp_path: Path, model_file: Path, utkface: Path) -> None:
+    split = tmp_path / "split.json"
+    faces = sorted(path.name for path in utkface.glob("*.jpg"))[:40]
+    split.write_text(json.dumps({"train": [], "val": faces, "test": []}))
+    before = model_file.read_bytes()
+    out = tmp_path / "calibrated.safetensors"
+    args = ["calibrate", "--checkpoint", str(model_file), "--data", str(utkface), "--split", str(split), "--workers", "0"]
+    assert main([*args, "--out", str(model_file)]) == 2  # never over the input
+    assert main([*args, "--out", str(out)]) == 0
+    assert model_file.read_bytes() == before
+    model, info = load_model(out)
+    assert model.calibration is not None and model.calibration.faces == 40
+    assert info["calibrated_on"] == "val part, 40 faces"
+
+
+@pytest.mark.slow
+def test_the_shipped_models_interval_covers_90_percent_of_held_out_faces(utkface: Path) -> None:
+    """Issue #13's target, on the 3,785 test faces of the shipped model's own seeded split (never
+    used to fit it): 88-92% overall and at least 85% in every age group; the raw quantiles did not."""
+    from glae.config import load_config
+    from glae.data import load_dataset, split_dataset
+    from glae.estimator import default_model_path
+    from glae.evaluate import predict_samples
+    from glae.routing import route
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "utkface_gpu_glae.yaml", [f"data.path={utkface}"])
+    test = split_dataset(load_dataset(utkface, "utkface").samples, config.data).test
+    model, _ = load_model(default_model_path())
+    assert model.calibration is not None and model.calibration.faces == 1892  # fitted on the validation part
+    views, truth, _ = predict_samples(model, test, "routing", torch.device("cpu"), batch_size=64, num_workers=2)
+    probs = route(views, "routing").probs.double()
+    calibrated = interval_report(age_interval(probs, model.calibration), truth, AGE_GROUPS)
+    raw = interval_report(age_interval(probs, None), truth, AGE_GROUPS)
+    assert len(test) == 3785
+    assert 0.88 <= calibrated["coverage"] <= 0.92, calibrated
+    assert all(group["coverage"] >= 0.85 for group in calibrated["groups"].values()), calibrated
+    assert raw["coverage"] < 0.85
+
+
+def test_the_onnx_export_carries_the_calibration(tmp_path: Path, model_file: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from glae.export import export_onnx
+    from glae.inference_backends import OnnxAgeModel
+
+    model, info = load_model(model_file)
+    model.calibration = IntervalCalibration(1.25, 0.9, 50)
+    export_onnx(model, tmp_path / "calibrated.onnx", info)
+    assert OnnxAgeModel.load(tmp_path / "calibrated.onnx").calibration == IntervalCalibration(1.25, 0.9, 50)
+    model.calibration = None
+    export_onnx(model, tmp_path / "raw.onnx", info)
+    assert OnnxAgeModel.load(tmp_path / "raw.onnx").calibration is None
