@@ -15,7 +15,7 @@ from .config import MAX_BATCH_SIZE, check_device
 from .data import DATASET_FORMATS, CsvColumns, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
-from .export import MissingExtraError
+from .export import DEFAULT_OPSET, MissingExtraError
 from .fileio import atomic_write_text
 from .models import BackboneError
 from .predict_options import PredictOptions
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a model to ONNX, both heads and routing in the graph")
     export.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
     export.add_argument("--model", help="model file (.safetensors); default: the model shipped with GLAE")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset (lower it for older runtimes)")
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {DEFAULT_OPSET} or newer (default {DEFAULT_OPSET}: the oldest, for the most runtimes)")
 
     serve = commands.add_parser("serve", help="a web page and a JSON API (POST /api/predict) for the ages in photos")
     serve.add_argument("--model", help="model file (.safetensors) or ONNX export (.onnx); default: the model shipped with GLAE")
@@ -386,6 +386,10 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # torch's ONNX exporter runs onnxscript's optimizer, which logs every rewrite at INFO.
+        for exporter_logger in ("onnxscript", "onnx_ir"):
+            logging.getLogger(exporter_logger).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except TrainingDiverged as error:

@@ -3,7 +3,7 @@
 The graph takes what ``glae.data.transforms.eval_transform`` produces, normalized images
 ``[B, 3, S, S]`` with a dynamic batch ``B``, and does everything after it: the flip, one
 backbone pass over image and flip, both heads, the per-image head choice (Eq. 11) and the
-expected age (Eq. 3). It is traced from ``AgeModel.predict_views`` and ``route`` themselves,
+expected age (Eq. 3). It is captured from ``AgeModel.predict_views`` and ``route`` themselves,
 so the file computes exactly what ``glae eval`` does, not a re-implementation of it.
 
 The preprocessing a runtime must reproduce (input size, pixel normalization) and the
@@ -13,10 +13,9 @@ them back.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import tempfile
-import warnings
 from typing import Any
 
 import torch
@@ -32,7 +31,12 @@ ROUTED_OUTPUTS = ("age", "probs", "used_balanced")
 when the model has a trained balanced head."""
 
 METADATA_PREFIX = "glae."
-MIN_OPSET = 13  # the graph's unflatten needs opset 13; flip needs 10
+DEFAULT_OPSET = 18
+"""The opset torch's exporter writes natively (its torchlib); its files (ONNX IR version 10) run
+on onnxruntime 1.18 and later."""
+MIN_OPSET = DEFAULT_OPSET
+"""Below it torch converts the graph down and, when that fails (it does for this graph), logs
+the failure and writes opset 18 anyway: refused up front instead."""
 
 
 class MissingExtraError(ImportError):
@@ -81,40 +85,36 @@ def onnx_metadata(model: AgeModel, mode: RoutingMode, info: dict[str, Any]) -> d
 
 
 def check_opset(opset: int) -> None:
-    """Refuse an opset this graph cannot be written in, before any tracing."""
+    """Refuse an opset this graph cannot be written in, before the export starts."""
     from torch.onnx._constants import ONNX_MAX_OPSET
 
     if not MIN_OPSET <= opset <= ONNX_MAX_OPSET:
-        raise ValueError(f"--opset {opset}: GLAE's graph needs an ONNX opset in {MIN_OPSET}..{ONNX_MAX_OPSET} (default 17)")
+        raise ValueError(f"--opset {opset}: GLAE's graph needs an ONNX opset in {MIN_OPSET}..{ONNX_MAX_OPSET} (default {DEFAULT_OPSET})")
 
 
-def export_onnx(model: AgeModel, path: str | os.PathLike, info: dict[str, Any], opset: int = 17) -> RoutingMode:
+def export_onnx(model: AgeModel, path: str | os.PathLike, info: dict[str, Any], opset: int = DEFAULT_OPSET) -> RoutingMode:
     """Write ``model`` with routing and metadata to ``path``; returns the routing mode used.
 
-    The legacy TorchScript exporter (``dynamo=False``) is used: it needs only ``onnx``,
-    whereas the dynamo exporter would add ``onnxscript``, and it traces this graph cleanly.
+    torch's recommended exporter is used (``dynamo=True``: ``torch.export`` captures the
+    graph, onnxscript translates it). The weights are embedded, never written beside the
+    file as external data, so the ``.onnx`` file alone is the model; GLAE's networks are far
+    below the 2 GB that a single ONNX file can hold.
     """
-    try:
-        import onnx
-    except ImportError:
-        raise MissingExtraError("ONNX export needs the onnx package: pip install 'glae[onnx]'") from None
+    if importlib.util.find_spec("onnxscript") is None:  # torch imports it, and onnx, mid-export
+        raise MissingExtraError("ONNX export needs onnx and onnxscript: pip install 'glae[onnx]'")
     check_opset(opset)
     mode = routing_mode(info)
     routed = RoutedAgeModel(model, mode).eval()
     output_names = [*ROUTED_OUTPUTS, *(f"{head}_probs" for head in routed.heads)]
     size = model.config.input_size
+    # Batch 2: torch.export takes a size of 1 for a constant, never for the dynamic batch.
     example = torch.zeros(2, 3, size, size, device=next(model.parameters()).device)
-    batch_axis = {name: {0: "batch"} for name in (INPUT_NAME, *output_names)}
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        # flip_kl's shape checks become constants of the trace, which is what they should be.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"glae\.losses")
-        traced = os.path.join(folder, "graph.onnx")
-        torch.onnx.export(
-            routed, (example,), traced, input_names=[INPUT_NAME], output_names=output_names,
-            opset_version=opset, dynamic_axes=batch_axis, dynamo=False,
-        )
-        graph = onnx.load(traced)
-    for key, value in onnx_metadata(model, mode, info).items():
-        graph.metadata_props.add(key=key, value=value)
-    atomic_write(path, lambda temp: onnx.save(graph, temp))
+    # verbose=False: no progress lines on stdout, which holds the command's result.
+    program = torch.onnx.export(
+        routed, (example,), input_names=[INPUT_NAME], output_names=output_names, opset_version=opset,
+        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+    )
+    assert program is not None  # only the TorchScript exporter returns None
+    program.model.metadata_props.update(onnx_metadata(model, mode, info))
+    atomic_write(path, lambda temp: program.save(temp, external_data=False))
     return mode

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from glae.cli import main
 from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
 from glae.models.glae import PAPER_INPUT
-from glae.export import ROUTED_OUTPUTS
+from glae.export import DEFAULT_OPSET, MIN_OPSET, ROUTED_OUTPUTS
 from glae.inference_backends import OnnxAgeModel
 from glae.models.glae import AgeModel, ModelConfig
 from glae.routing import route
@@ -142,8 +144,39 @@ def test_export_never_overwrites_the_model_file(exported: tuple[Path, Path], tmp
     assert model.read_bytes() == before and other.read_bytes() == before
 
 
-def test_unusable_opset_is_one_line(exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["export", "--onnx", str(tmp_path / "old.onnx"), "--model", str(exported[0]), "--opset", "5"]) == 2
+@pytest.mark.parametrize("opset", ["5", "17", "99"])  # 17: what torch can no longer write this graph in
+def test_unusable_opset_is_one_line(exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], opset: str) -> None:
+    assert main(["export", "--onnx", str(tmp_path / "old.onnx"), "--model", str(exported[0]), "--opset", opset]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --opset 5: GLAE's graph needs an ONNX opset in 13..") and err.count("\n") == 1
+    assert err.startswith(f"error: --opset {opset}: GLAE's graph needs an ONNX opset in {MIN_OPSET}..") and err.count("\n") == 1
     assert not (tmp_path / "old.onnx").exists()
+
+
+def _opset(onnx_file: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(onnx_file), load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def test_export_is_quiet_self_contained_and_in_the_opset_asked(
+    exported: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch's current exporter, not the deprecated TorchScript one; weights inside the one file."""
+    assert _opset(exported[1]) == DEFAULT_OPSET
+    caplog.set_level(logging.INFO)
+    onnx_file = tmp_path / "newer.onnx"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", "--onnx", str(onnx_file), "--model", str(exported[0]), "--opset", str(DEFAULT_OPSET + 1)]) == 0
+    deprecations = [
+        f"{warning.filename}: {warning.message}" for warning in caught
+        if issubclass(warning.category, (DeprecationWarning, FutureWarning))
+        and ("TorchScript" in str(warning.message) or "onnx" in str(warning.message).lower() or "torch/onnx" in warning.filename.replace("\\", "/"))
+    ]
+    assert not deprecations
+    assert capsys.readouterr().out == f"ONNX model (routing mode): {onnx_file}\n"
+    assert not [record.getMessage() for record in caplog.records if record.name.startswith(("onnxscript", "onnx_ir"))]
+    assert [path.name for path in tmp_path.iterdir()] == ["newer.onnx"], "weights must not be written as external data"
+    assert _opset(onnx_file) == DEFAULT_OPSET + 1
+    assert OnnxAgeModel.load(onnx_file).mode == "routing"
