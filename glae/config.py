@@ -76,6 +76,9 @@ class TrainConfig:
     # Not in the paper, so off by default: clipping at 5 held back short runs badly (a
     # gradient norm of 15-35 is normal here), see the clipping table in docs/results.md.
     clip_grad_norm: float | None = None
+    # Validate, test and save an exponential moving average of the weights (e.g. 0.999;
+    # glae/ema.py) instead of the last step's; None = off, as in the paper.
+    ema_decay: float | None = None
     checkpoint_every: int = 50  # steps between mid-epoch checkpoints (resume granularity)
     eval_batch_size: int = 64
 
@@ -107,6 +110,8 @@ class TrainConfig:
         check_device(self.device, "device")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
 
 
 def _validate_stage(stages: list[StageConfig], index: int) -> None:

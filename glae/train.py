@@ -25,6 +25,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,6 +59,7 @@ from .engine import (
     unwrap,
 )
 from .evaluate import calibrate_samples, evaluate_samples
+from .ema import WeightAverage
 from .fileio import atomic_write_text
 from .models import HEAD_NAMES, AgeModel
 from .reports import write_reports
@@ -178,6 +180,7 @@ class StageRunner:
         self.show_progress = show_progress and context.is_main
         self.head = self.stage_config.head
         self.checkpoint_path = out_dir / "checkpoints" / "last.pt"
+        self.average: WeightAverage | None = None  # the weight average of this stage, when ema_decay is set
 
     def _training_images(self) -> AgeImageDataset:
         """The training part, read through the decoded-image cache unless ``data.cache`` is off."""
@@ -217,6 +220,7 @@ class StageRunner:
                 "model": unwrap(self.model).state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(), "history": self.history,
+                **({"ema": self.average.state_dict()} if self.average is not None else {}),
             },
         )
 
@@ -233,8 +237,12 @@ class StageRunner:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=stage_config.lr, total_steps=stage_config.epochs * steps
         )
+        if self.config.ema_decay:
+            self.average = WeightAverage(model, self.config.ema_decay)
         start_epoch, start_step = 0, 0
         if resume is not None:
+            if self.average is not None:
+                self.average.load_state_dict(resume["ema"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             torch.set_rng_state(resume["rng"])
@@ -260,6 +268,8 @@ class StageRunner:
             settings.description = f"stage {self.stage} epoch {epoch + 1}/{stage_config.epochs}"
 
             def checkpoint(step: int, epoch: int = epoch) -> None:
+                if self.average is not None:
+                    self.average.update(model)
                 if step % self.config.checkpoint_every == 0 and step < steps:
                     self._save(epoch, step, optimizer, scheduler)
 
@@ -267,13 +277,23 @@ class StageRunner:
             self._end_epoch(epoch, result, optimizer, scheduler)
 
     def _end_epoch(self, epoch: int, result: dict[str, float], optimizer, scheduler) -> None:
+        """Validate (with the averaged weights when ``ema_decay`` is set), checkpoint and log one epoch.
+
+        After a stage's last epoch the model keeps the averaged weights for good, before
+        the checkpoint: the next stage, stageN.safetensors and the final model build on them.
+        """
+        last = epoch + 1 == self.stage_config.epochs
+        if self.average is not None and last:
+            self.average.copy_to(unwrap(self.model))
         record: dict[str, Any] = {
             "stage": self.stage, "epoch": epoch + 1, "train_loss": result["loss"],
             "train_images_per_s": result["images_per_s"] * self.context.world_size,
             "lr": scheduler.get_last_lr()[0],
         }
         if self.context.is_main and self.split.val:
-            val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, self.stage_config.val_mode)
+            model = unwrap(self.model)
+            with self.average.applied(model) if self.average is not None else nullcontext():
+                val = evaluate_model(model, self.split.val, self.config, self.context.device, self.stage_config.val_mode)
             record["val"] = {name: {"mae": m["mae"], "cmae": m["cmae"]} for name, m in val["modes"].items()}
         self.history.append(record)
         self._save(epoch + 1, 0, optimizer, scheduler)

@@ -98,8 +98,9 @@ def test_trained_model_beats_the_training_mean_on_held_out_faces(utkface: Path, 
         assert (out / "report" / name).is_file()
 
 
-def test_kill_9_then_resume_matches_uninterrupted_run(utkface: Path, tmp_path: Path, overrides) -> None:
-    args = ["train", "--data", str(utkface), "--no-progress", *overrides("stage1.epochs=3")]
+@pytest.mark.parametrize("extra", [[], ["ema_decay=0.9"]], ids=["plain", "ema"])
+def test_kill_9_then_resume_matches_uninterrupted_run(utkface: Path, tmp_path: Path, overrides, extra: list[str]) -> None:
+    args = ["train", "--data", str(utkface), "--no-progress", *overrides("stage1.epochs=3", *extra)]
     reference = tmp_path / "reference"
     subprocess.run(glae_command(*args, "--out", str(reference)), check=True, capture_output=True)
 
