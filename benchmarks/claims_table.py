@@ -1,0 +1,143 @@
+"""The tables and verdicts of docs/claims.md, from the claims plan's results.
+
+    python benchmarks/claims_table.py --eval-lt     # first: -LT evaluation of finished runs that lack it
+    python benchmarks/claims_table.py > /tmp/claims.md
+
+Reads ``benchmarks/results/claims/<run>/test_metrics.json`` (written by ``glae plan``) and
+``lt10.json`` (``glae eval --lt 10`` on the run's test part). Runs are grouped by name
+without the seed (``glae_seed0`` -> ``glae``). The decision rule is docs/claims.md's, fixed
+before the runs: a difference counts when it exceeds twice the pooled seed std, over 3 seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS = Path("benchmarks/results/claims")
+RUNS = Path("runs/claims")
+GROUPS = ("0-17", "18-65", "66+")
+ROWS = (("ℓ_base", "base", "vanilla"), ("Vanilla", "glae", "vanilla"), ("Balanced", "glae", "balanced"),
+        ("Bigger Υ", "glae", "bigger"), ("AR", "glae", "routing"))
+
+
+def load(part: str) -> dict[str, list[dict]]:
+    """``{method: [report per seed]}`` for ``part`` ``test`` (test_metrics.json) or ``lt10``."""
+    reports: dict[str, list[dict]] = defaultdict(list)
+    for folder in sorted(RESULTS.iterdir()):
+        file = folder / ("test_metrics.json" if part == "test" else "lt10.json")
+        if folder.is_dir() and file.is_file():
+            reports[re.sub(r"_seed\d+$", "", folder.name)].append(json.loads(file.read_text()))
+    return reports
+
+
+def values(reports: list[dict], mode: str, key: str, group: str | None = None) -> list[float]:
+    found = []
+    for report in reports:
+        metrics = report["modes"].get(mode)
+        if metrics is not None:
+            found.append(metrics["groups"][group]["mae"] if group else metrics[key])
+    return found
+
+
+def cell(numbers: list[float]) -> str:
+    if not numbers:
+        return "–"
+    if len(numbers) == 1:
+        return f"{numbers[0]:.3f} (1 seed)"
+    return f"{statistics.mean(numbers):.3f} ± {statistics.stdev(numbers):.3f} ({len(numbers)})"
+
+
+def table(reports: dict[str, list[dict]], glae_runs: str = "glae") -> str:
+    """One row per head choice; ``glae_runs`` names the GLAE runs (a switch: ``glae_fresh``)."""
+    lines = ["| head | MAE | CMAE | " + " | ".join(f"MAE {g}" for g in GROUPS) + " |", "|---" * (3 + len(GROUPS)) + "|"]
+    for label, method, mode in ROWS:
+        runs = reports.get(glae_runs if method == "glae" else method, [])
+        row = [cell(values(runs, mode, "mae")), cell(values(runs, mode, "cmae"))]
+        row += [cell(values(runs, mode, "mae", group)) for group in GROUPS]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def verdict(a: list[float], b: list[float], lower_is_claimed: bool = True) -> str:
+    """Whether mean(a) < mean(b) (the claim) by more than twice the pooled seed std."""
+    if len(a) < 3 or len(b) < 3:
+        return f"cannot tell ({len(a)} and {len(b)} seeds, 3 needed)"
+    d = statistics.mean(a) - statistics.mean(b)
+    s = math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+    favours = d < 0 if lower_is_claimed else d > 0
+    if abs(d) > 2 * s:
+        return f"{'holds' if favours else 'does not hold'} (d = {d:+.3f}, 2s = {2 * s:.3f})"
+    return f"cannot tell (d = {d:+.3f}, 2s = {2 * s:.3f})"
+
+
+def claims(reports: dict[str, list[dict]]) -> str:
+    base, glae = reports.get("base", []), reports.get("glae", [])
+    lines = ["Claim 1 (Vanilla beats ℓ_base):"]
+    for key in ("mae", "cmae"):
+        lines.append(f"- {key.upper()}: {verdict(values(glae, 'vanilla', key), values(base, 'vanilla', key))}")
+    lines.append("Claim 2 (AR has the lowest CMAE, MAE close to Vanilla):")
+    for other in ("vanilla", "balanced", "bigger"):
+        lines.append(f"- CMAE AR vs {other}: {verdict(values(glae, 'routing', 'cmae'), values(glae, other, 'cmae'))}")
+    ar, vanilla = values(glae, "routing", "mae"), values(glae, "vanilla", "mae")
+    if len(ar) >= 3:
+        gaps = [x - y for x, y in zip(ar, vanilla)]
+        s = math.sqrt((statistics.variance(ar) + statistics.variance(vanilla)) / 2)
+        lines.append(f"- AR − Vanilla MAE: {statistics.mean(gaps):+.3f} ± {statistics.stdev(gaps):.3f}; close (≤ 2s = {2 * s:.3f}): "
+                     f"{'yes' if abs(statistics.mean(gaps)) <= 2 * s else 'no'}")
+    return "\n".join(lines)
+
+
+def routing_shares(reports: dict[str, list[dict]]) -> str:
+    lines = ["| runs | " + " | ".join(f"to balanced, {g}" for g in GROUPS) + " | AR − Vanilla MAE |", "|---" * (2 + len(GROUPS)) + "|"]
+    for method, runs in sorted(reports.items()):
+        runs = [r for r in runs if r.get("routing")]
+        if not runs:
+            continue
+        shares = [cell([r["routing"]["groups"][g]["balanced"] for r in runs]) for g in GROUPS]
+        gap = cell([r["modes"]["routing"]["mae"] - r["modes"]["vanilla"]["mae"] for r in runs])
+        lines.append(f"| {method} | " + " | ".join(shares) + f" | {gap} |")
+    return "\n".join(lines)
+
+
+def eval_lt() -> None:
+    from glae.cli import main
+
+    for folder in sorted(RESULTS.iterdir()):
+        run = RUNS / folder.name
+        if (folder / "test_metrics.json").is_file() and not (folder / "lt10.json").is_file() and (run / "model.safetensors").is_file():
+            main(["eval", "--checkpoint", str(run / "model.safetensors"), "--data", "../shared/data/utkface",
+                  "--split", str(run / "split.json"), "--part", "test", "--lt", "10", "--workers", "1",
+                  "--json", str(folder / "lt10.json")])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--eval-lt", action="store_true", help="first evaluate the -LT subset of finished runs that lack lt10.json")
+    args = parser.parse_args()
+    if args.eval_lt:
+        eval_lt()
+    test, lt = load("test"), load("lt10")
+    print("### Test split (3,785 faces): mean ± sample std (seeds)\n")
+    print(table(test))
+    print("\n### Balanced -LT subset of the test split (10 faces per age)\n")
+    print(table(lt))
+    for switch in ("glae_fresh", "glae_flip"):
+        if switch in test:
+            print(f"\n### {switch} (test split)\n")
+            print(table(test, glae_runs=switch))
+    print("\n### Verdicts (test split)\n")
+    print(claims(test))
+    print("\n### Verdicts (-LT subset)\n")
+    print(claims(lt))
+    print("\n### Adaptive Routing: share of each age group sent to the balanced head (test split)\n")
+    print(routing_shares(test))
+
+
+if __name__ == "__main__":
+    main()
