@@ -29,14 +29,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from glae.calibration import conformal_quantile, covered, fit_temperature, quantile_interval, temper
 from glae.checkpoint import load_model
 from glae.config import load_config
-from glae.data.images import AgeImageDataset
-from glae.data.transforms import eval_transform
-from glae.engine import predict_views_dataset
+from glae.evaluate import InferencePass, predict_samples
 from glae.metrics import AGE_GROUPS
 from glae.routing import route
 from glae.train import load_samples, make_split
@@ -46,10 +43,9 @@ Interval = Callable[[Tensor, Tensor], Tensor]  # (probs [N, K+1], ages [N]) -> [
 
 
 def routed(model_path: Path, samples: list, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Routed distributions, their expected ages and the true ages, as ``glae eval`` computes them."""
     model, _ = load_model(model_path)
-    loader = DataLoader(AgeImageDataset(samples, eval_transform(model.config.input_size, model.normalization)),
-                        batch_size=batch_size, num_workers=1)
-    views, truth, _ = predict_views_dataset(model, loader, torch.device("cpu"))
+    views, truth, _ = predict_samples(model, samples, "routing", InferencePass(torch.device("cpu"), batch_size, num_workers=1))
     prediction = route(views, "routing")
     return prediction.probs.double(), prediction.ages.double(), truth.double()
 

@@ -217,7 +217,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import Split, balanced_test_subset, load_dataset
     from .engine import pick_device
-    from .evaluate import evaluate_samples
+    from .evaluate import InferencePass, evaluate_samples
     from .estimator import resolve_model_path
     from .reports import markdown_report, write_reports
     from .routing import routing_mode
@@ -239,9 +239,7 @@ def run_eval(args: argparse.Namespace) -> int:
     mode = args.mode or routing_mode(info)
     if mode != "vanilla" and routing_mode(info) == "vanilla":
         raise ValueError(f"--mode {mode} needs a balanced head trained in stage 2; {checkpoint} has only the vanilla head")
-    report = evaluate_samples(
-        model, samples, mode, device, args.batch_size, args.workers, channels_last=device.type == "cpu", show_progress=True
-    )
+    report = evaluate_samples(model, samples, mode, InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True))
     report["checkpoint"] = str(checkpoint)
     report["data"] = str(args.data)
     if args.json:
@@ -261,7 +259,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from .data import Split, load_dataset, split_dataset
     from .engine import pick_device
     from .estimator import resolve_model_path
-    from .evaluate import calibrate_samples
+    from .evaluate import InferencePass, calibrate_samples
     from .routing import routing_mode
 
     if (args.split is None) == (args.config is None):
@@ -285,9 +283,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     samples = getattr(split, args.part)
     if not samples:
         raise ValueError(f"the {args.part} part is empty: nothing to fit the interval on")
-    calibration: IntervalCalibration = calibrate_samples(
-        model, samples, routing_mode(info), device, args.batch_size, args.workers, channels_last=device.type == "cpu", show_progress=True
-    )
+    run = InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True)
+    calibration: IntervalCalibration = calibrate_samples(model, samples, routing_mode(info), run)
     model.calibration = calibration
     save_model(args.out, model, {**info, "calibrated_on": f"{args.part} part, {calibration.faces} faces"}, half=_is_half(checkpoint))
     print(f"90% interval: temperature {calibration.temperature:.3f} covers {calibration.coverage:.1%} of "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -68,23 +69,29 @@ def evaluate_views(
     return report
 
 
+@dataclass(frozen=True)
+class InferencePass:
+    """How one flip-TTA pass over a list of faces runs (``glae eval``, validation, calibration)."""
+
+    device: torch.device
+    batch_size: int = 64
+    num_workers: int = 2
+    channels_last: bool = True
+    amp: bool = False
+    show_progress: bool = False
+
+
 def predict_samples(
-    model: AgeModel,
-    samples: list[AgeSample],
-    mode: RoutingMode,
-    device: torch.device,
-    batch_size: int = 64,
-    num_workers: int = 2,
-    channels_last: bool = True,
-    amp: bool = False,
-    show_progress: bool = False,
+    model: AgeModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """One flip-TTA pass of ``model`` over ``samples`` (the heads ``mode`` needs): ``(views, ages, stds)``."""
     loader = DataLoader(
         AgeImageDataset(samples, eval_transform(model.config.input_size, model.normalization)),
-        batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
+        batch_size=run.batch_size, num_workers=run.num_workers, pin_memory=run.device.type == "cuda",
     )
-    views, ages, stds = predict_views_dataset(model, loader, device, heads_for(mode), channels_last, amp, show_progress)
+    views, ages, stds = predict_views_dataset(
+        model, loader, run.device, heads_for(mode), run.channels_last, run.amp, run.show_progress
+    )
     for head, probabilities in views.items():
         if not bool(torch.isfinite(probabilities).all()):
             raise ValueError(
@@ -94,26 +101,13 @@ def predict_samples(
     return views, ages, stds
 
 
-def evaluate_samples(
-    model: AgeModel,
-    samples: list[AgeSample],
-    mode: RoutingMode,
-    device: torch.device,
-    batch_size: int = 64,
-    num_workers: int = 2,
-    channels_last: bool = True,
-    amp: bool = False,
-    show_progress: bool = False,
-) -> dict[str, Any]:
-    """One flip-TTA pass of ``model`` over ``samples``, then the report (intervals read as the model's calibration says)."""
-    views, ages, stds = predict_samples(model, samples, mode, device, batch_size, num_workers, channels_last, amp, show_progress)
+def evaluate_samples(model: AgeModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass) -> dict[str, Any]:
+    """One pass of ``model`` over ``samples``, then the report (intervals read as the model's calibration says)."""
+    views, ages, stds = predict_samples(model, samples, mode, run)
     return evaluate_views(views, ages, stds, mode, model.calibration)
 
 
-def calibrate_samples(
-    model: AgeModel, samples: list[AgeSample], mode: RoutingMode, device: torch.device, batch_size: int = 64,
-    num_workers: int = 2, channels_last: bool = True, amp: bool = False, show_progress: bool = False,
-) -> IntervalCalibration:
+def calibrate_samples(model: AgeModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass) -> IntervalCalibration:
     """Fit the model's 90% interval on faces it never trained on (a validation part), routed by ``mode``."""
-    views, ages, _ = predict_samples(model, samples, mode, device, batch_size, num_workers, channels_last, amp, show_progress)
+    views, ages, _ = predict_samples(model, samples, mode, run)
     return fit_temperature(route(views, mode).probs, ages)

@@ -58,7 +58,7 @@ from .engine import (
     train_one_epoch,
     unwrap,
 )
-from .evaluate import calibrate_samples, evaluate_samples
+from .evaluate import InferencePass, calibrate_samples, evaluate_samples
 from .ema import WeightAverage
 from .fileio import atomic_write_text
 from .models import HEAD_NAMES, AgeModel
@@ -150,10 +150,13 @@ def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, 
     return split
 
 
+def inference_pass(config: TrainConfig, device: torch.device) -> InferencePass:
+    """How a run evaluates (validation, calibration, test): its eval batch size, workers and layout."""
+    return InferencePass(device, config.eval_batch_size, config.data.num_workers, config.channels_last, config.amp)
+
+
 def evaluate_model(model: AgeModel, samples: list, config: TrainConfig, device: torch.device, mode: RoutingMode) -> dict[str, Any]:
-    return evaluate_samples(
-        model, samples, mode, device, config.eval_batch_size, config.data.num_workers, config.channels_last, config.amp
-    )
+    return evaluate_samples(model, samples, mode, inference_pass(config, device))
 
 
 class StageRunner:
@@ -407,9 +410,7 @@ def finish(
             "train_images": len(split.train), "loss": config.training_loss, "seed": config.seed,
         }
         if split.val:
-            model.calibration = calibrate_samples(
-                model, split.val, mode, context.device, config.eval_batch_size, config.data.num_workers, config.channels_last, config.amp
-            )
+            model.calibration = calibrate_samples(model, split.val, mode, inference_pass(config, context.device))
             log.info("90%% interval: temperature %.3f covers %.1f%% of %d validation faces",
                      model.calibration.temperature, 100 * model.calibration.coverage, model.calibration.faces)
         save_model(final, model, info)

@@ -171,14 +171,14 @@ def test_the_shipped_models_interval_covers_90_percent_of_held_out_faces(utkface
     from glae.config import load_config
     from glae.data import load_dataset, split_dataset
     from glae.estimator import default_model_path
-    from glae.evaluate import predict_samples
+    from glae.evaluate import InferencePass, predict_samples
     from glae.routing import route
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "utkface_gpu_glae.yaml", [f"data.path={utkface}"])
     test = split_dataset(load_dataset(utkface, "utkface").samples, config.data).test
     model, _ = load_model(default_model_path())
     assert model.calibration is not None and model.calibration.faces == 1892  # fitted on the validation part
-    views, truth, _ = predict_samples(model, test, "routing", torch.device("cpu"), batch_size=64, num_workers=2)
+    views, truth, _ = predict_samples(model, test, "routing", InferencePass(torch.device("cpu"), num_workers=2))
     probs = route(views, "routing").probs.double()
     calibrated = interval_report(age_interval(probs, model.calibration), truth, AGE_GROUPS)
     raw = interval_report(age_interval(probs, None), truth, AGE_GROUPS)

@@ -189,7 +189,7 @@ def test_evaluating_a_diverged_model_names_the_cause(tmp_path) -> None:
     from PIL import Image
 
     from glae.data import AgeSample
-    from glae.evaluate import evaluate_samples
+    from glae.evaluate import InferencePass, evaluate_samples
     from glae.models import AgeModel, ModelConfig
 
     samples = []
@@ -201,7 +201,7 @@ def test_evaluating_a_diverged_model_names_the_cause(tmp_path) -> None:
     with torch.no_grad():
         next(model.heads["vanilla"].parameters()).fill_(float("nan"))
     with pytest.raises(ValueError, match="vanilla head's predictions are not finite.*diverged"):
-        evaluate_samples(model, samples, "vanilla", torch.device("cpu"), num_workers=0)
+        evaluate_samples(model, samples, "vanilla", InferencePass(torch.device("cpu"), num_workers=0))
 
 
 def test_a_stage1_model_is_evaluated_with_its_vanilla_head_only() -> None:
