@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-# Pixels of the photos detected together (32 photos of 640x480 are 9.8 M): a bound on the
+# Pixels of the photos detected together (8.4 M: 28 photos of 640x480): a bound on the
 # decoded photos held at once and on the float tensor a detector stacks them into (~100 MB).
 MAX_BATCH_PIXELS = 2**23
 

@@ -221,7 +221,8 @@ class MTCNNDetector:
     def detect_batch(self, images: Sequence[Image.Image]) -> list[list[DetectedFace]]:
         """The faces of each RGB image, largest first: ``detect`` of each, in fewer, larger passes.
 
-        Images of one size are stacked, at most ``MAX_BATCH_PIXELS`` pixels at a time.
+        Images of one size are stacked, as many at a time as reach ``MAX_BATCH_PIXELS``
+        pixels (the batches ``AgeEstimator`` cuts).
         """
         for image in images:
             if image.mode != "RGB":
@@ -231,7 +232,7 @@ class MTCNNDetector:
         for index, image in enumerate(images):
             by_size.setdefault(image.size, []).append(index)
         for (width, height), indices in by_size.items():
-            per_batch = max(1, MAX_BATCH_PIXELS // (width * height))
+            per_batch = math.ceil(MAX_BATCH_PIXELS / (width * height))
             for start in range(0, len(indices), per_batch):
                 part = indices[start : start + per_batch]
                 stacked = torch.from_numpy(np.stack([np.asarray(images[index]) for index in part]))
