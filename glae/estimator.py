@@ -5,8 +5,9 @@ The path of one photo, top to bottom: ``read_rgb`` (decode upright RGB) -> MTCNN
 framing -> ``eval_transform`` -> a ``RoutedPredictor`` (``AgeModel.predict_views`` on the
 image and its flip through both heads, then ``route``: Adaptive Routing, in PyTorch or in
 an exported ONNX graph) -> expectation and a 90% interval of the chosen head's
-distribution. Faces of many photos are batched together; a photo that cannot be read
-gets an error of its own and never stops the others.
+distribution. Photos are detected in batches (``glae.faces.detector.detect_batch``), their faces
+go through the model in batches; a photo that cannot be read gets an error of its own
+and never stops the others.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .data.images import read_rgb
 from .data.transforms import eval_transform
 from .engine import pick_device
 from .faces.align import ALIGNED_SIZE, align_face
-from .faces.detector import DetectedFace, FaceDetector
+from .faces.detector import MAX_BATCH_PIXELS, DetectedFace, FaceDetector, detect_batch
 from .faces.filtering import FaceFilter
 from .inference_backends import RoutedPredictor, load_routed_predictor
 from .predict_options import PredictOptions
@@ -102,6 +103,39 @@ class ImagePrediction:
         return {"file": self.file, "faces": [face.to_dict(distribution) for face in self.faces], "error": self.error}
 
 
+@dataclass(frozen=True)
+class _Photo:
+    """One input, decoded: ``image``, or ``error`` saying why it could not be."""
+
+    file: str | None
+    image: Image.Image | None = None
+    error: str | None = None
+
+
+def _read_in_batches(images: Iterable[ImageInput], max_photos: int) -> Iterator[list[_Photo]]:
+    """The inputs decoded, in lists whose faces are detected together.
+
+    A list ends at ``max_photos`` photos or once it holds ``MAX_BATCH_PIXELS`` pixels,
+    so a run of large photos is not all held in memory at once.
+    """
+    batch: list[_Photo] = []
+    pixels = 0
+    for source in images:
+        file = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+        try:
+            image = read_rgb(source)
+        except (ValueError, OSError) as error:  # ImageReadError is a ValueError
+            batch.append(_Photo(file, error=str(error)))
+        else:
+            batch.append(_Photo(file, image))
+            pixels += image.width * image.height
+        if len(batch) >= max_photos or pixels >= MAX_BATCH_PIXELS:
+            yield batch
+            batch, pixels = [], 0
+    if batch:
+        yield batch
+
+
 @dataclass
 class _Prepared:
     """An input read and aligned, waiting for its crops to go through the model."""
@@ -166,24 +200,47 @@ class AgeEstimator:
         detector = None if aligned else self.detector  # missing weights fail here, not once per photo
         pending: list[_Prepared] = []
         waiting_crops = 0
-        for source in images:
-            pending.append(self._prepare(source, detector))
-            waiting_crops += len(pending[-1].crops)
+        for photos in _read_in_batches(images, self.options.batch_size):
+            prepared = self._prepare(photos, detector)
+            pending += prepared
+            waiting_crops += sum(len(item.crops) for item in prepared)
             if waiting_crops >= self.options.batch_size:
                 yield from self._finish(pending)
                 pending, waiting_crops = [], 0
         yield from self._finish(pending)
 
-    def _prepare(self, source: ImageInput, detector: FaceDetector | None) -> _Prepared:
-        """Read and align one input (``detector`` None: it is already an aligned crop)."""
-        file = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    def _prepare(self, photos: list[_Photo], detector: FaceDetector | None) -> list[_Prepared]:
+        """Each photo with the aligned crops of its faces, found for all the photos at once.
+
+        ``detector`` None: each photo is already an aligned crop, its own single face.
+        """
+        images = [photo.image for photo in photos if photo.image is not None]
+        found: Iterator[Sequence[DetectedFace | None] | str]
+        found = iter(self._detect(detector, images)) if detector is not None else iter([[None]] * len(images))
+        return [
+            _Prepared(photo.file, [], [], (0, 0), photo.error) if photo.image is None else self._crop(photo.file, photo.image, next(found))
+            for photo in photos
+        ]
+
+    def _detect(self, detector: FaceDetector, images: list[Image.Image]) -> list[list[DetectedFace] | str]:
+        """The faces of each image that pass the filter, or why detection failed on it.
+
+        A failure in a batch is pinned on its photo by detecting the photos one by one.
+        """
         try:
-            image = read_rgb(source)
-            if detector is None:
-                return _Prepared(file, [None], [image], image.size)
-            faces = self.face_filter(detector.detect(image))
-            crops = [align_face(image, face.landmarks, ALIGNED_SIZE, self.options.margin) for face in faces]
-        except (ValueError, OSError) as error:  # ImageReadError is a ValueError
+            return [self.face_filter(faces) for faces in detect_batch(detector, images)]
+        except (ValueError, OSError) as error:
+            if len(images) == 1:
+                return [str(error)]
+            return [result for image in images for result in self._detect(detector, [image])]
+
+    def _crop(self, file: str | None, image: Image.Image, faces: Sequence[DetectedFace | None] | str) -> _Prepared:
+        """``image``'s faces aligned (None: the image itself); ``faces`` a string: why none were found."""
+        if isinstance(faces, str):
+            return _Prepared(file, [], [], (0, 0), faces)
+        try:
+            crops = [image if face is None else align_face(image, face.landmarks, ALIGNED_SIZE, self.options.margin) for face in faces]
+        except ValueError as error:  # landmarks that fix no similarity transform
             return _Prepared(file, [], [], (0, 0), str(error))
         return _Prepared(file, list(faces), crops, image.size)
 

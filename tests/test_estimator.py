@@ -204,3 +204,45 @@ def test_options_set_batches_margin_and_face_filter(model_file: Path, utk_crops:
         assert max(sizes) == options.batch_size and sum(sizes) == 5 * faces_per_photo
         torch.testing.assert_close(predictor.batches[0][0], expected_input[options.margin])
 
+
+
+class _BatchRecorder(_FixedFaces):
+    """``_FixedFaces`` with a ``detect_batch`` that keeps how many photos each call got."""
+
+    def __init__(self) -> None:
+        super().__init__([0.95])
+        self.batches: list[int] = []
+
+    def detect_batch(self, images: list[Image.Image]) -> list[list[DetectedFace]]:
+        self.batches.append(len(images))
+        return [self.detect(image) for image in images]
+
+
+def test_photos_are_detected_in_batches(model_file: Path, utk_crops: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = [read_rgb(path) for path in utk_crops[:5]]
+    recorder = _BatchRecorder()
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu", batch_size=4), recorder)
+    results = estimator.predict([*photos[:2], utk_crops[0].parent / "absent.jpg", *photos[2:]])
+    assert recorder.batches == [3, 2]  # 4 inputs per batch; the unreadable one is never detected
+    assert [len(result.faces) for result in results] == [1, 1, 0, 1, 1, 1] and "not found" in results[2].error
+    monkeypatch.setattr("glae.estimator.MAX_BATCH_PIXELS", 2 * 200 * 200)  # two UTKFace crops
+    recorder.batches.clear()
+    estimator.predict(photos)
+    assert recorder.batches == [2, 2, 1]
+
+
+class _FailsOnSmallPhotos(_FixedFaces):
+    """Only ``detect``: raises on photos narrower than 100 px, as a custom detector might."""
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        if image.width < 100:
+            raise ValueError("too small for this detector")
+        return super().detect(image)
+
+
+def test_a_detector_error_stays_with_its_photo(model_file: Path, utk_crops: list[Path]) -> None:
+    photo = read_rgb(utk_crops[0])
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu", batch_size=4), _FailsOnSmallPhotos([0.95]))
+    results = estimator.predict([photo, photo.resize((80, 80)), photo])
+    assert [len(result.faces) for result in results] == [1, 0, 1]
+    assert [result.error for result in results] == [None, "too small for this detector", None]
