@@ -6,6 +6,8 @@ ImageNet weights, GLAE head, L_sum), input size and batch; the ratios are agains
 already in memory, measured in the same run. Phases:
 
   step/eager        the baseline: model step on in-memory tensors
+  step/tfpad        the same step with timm's own TF-"SAME" convolutions, which copy a padded
+                    input (what every step ran before glae.models.backbones crops instead)
   step/bf16         the same step under CPU bfloat16 autocast
   step/compile      the same step, ``torch.compile``d (compile time reported apart)
   files/wN          the real loop (glae.engine.train_one_epoch) on the real data path of
@@ -19,8 +21,13 @@ Each phase is measured ``--rounds`` times, phases interleaved and the order reve
 other round; the table prints each phase's best round (as ``timeit`` does: other processes
 on the machine only ever slow a round down) and the JSON keeps every round.
 
+With ``--alternate`` the step phases run in this one process instead, one step of each in
+turn, and the table adds each one's median per-turn ratio to the first phase: under load,
+the steadier comparison of two step variants.
+
 Usage: python benchmarks/train_speed.py [--data ../shared/data/utkface] [--steps 20]
        [--rounds 2] [--phases step/eager cache/w1 ...] [--json benchmarks/results/train_speed.json]
+       python benchmarks/train_speed.py --alternate --steps 40 --phases step/eager step/tfpad
 """
 
 from __future__ import annotations
@@ -28,11 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timm.layers import Conv2dSame
 from torch.utils.data import DataLoader
 
 from glae.data import load_dataset
@@ -50,10 +60,14 @@ from glae.models.glae import PAPER_INPUT
 SIZE, BATCH, MAX_AGE = 128, 32, 116
 
 
-def _model() -> AgeModel:
+def _model(padded: bool = False) -> AgeModel:
     torch.manual_seed(0)
     config = ModelConfig(backbone="efficientnet_lite0", pretrained=True, head="glae", max_age=MAX_AGE, input_size=SIZE)
     model = AgeModel(config).to(memory_format=torch.channels_last)
+    if padded:
+        for module in model.modules():
+            if isinstance(module, Conv2dSame):
+                module.__class__ = Conv2dSame
     freeze(model, frozen_parts(PAPER_STAGES[0]))
     return model
 
@@ -62,9 +76,9 @@ def _optimizer(model: AgeModel) -> torch.optim.Optimizer:
     return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, nesterov=True)
 
 
-def step_speed(kind: str, steps: int) -> dict[str, float]:
-    """Images/s of the bare model step on one in-memory batch."""
-    model = _model()
+def make_step(kind: str) -> Callable[[], None]:
+    """One optimizer step of the ``kind`` variant on one in-memory batch."""
+    model = _model(padded=kind == "tfpad")
     optimizer = _optimizer(model)
     forward = torch.compile(model) if kind == "compile" else model
     images = torch.randn(BATCH, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
@@ -78,6 +92,12 @@ def step_speed(kind: str, steps: int) -> dict[str, float]:
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def step_speed(kind: str, steps: int) -> dict[str, float]:
+    """Images/s of the bare model step on one in-memory batch."""
+    step = make_step(kind)
     started = time.perf_counter()
     step()
     step()
@@ -86,6 +106,48 @@ def step_speed(kind: str, steps: int) -> dict[str, float]:
     for _ in range(steps):
         step()
     return {"images_per_s": steps * BATCH / (time.perf_counter() - started), "warmup_s": warmup}
+
+
+def alternate_steps(kinds: list[str], steps: int) -> dict[str, list[float]]:
+    """Seconds of each step of several step variants in one process, one step of each in turn.
+
+    Under load, phases in separate processes meet different loads; steps taken in turn meet
+    the same, so their ratio is steadier. The order is reversed every other turn.
+    """
+    functions = {kind: make_step(kind) for kind in kinds}
+    for function in functions.values():
+        function()
+        function()
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for index in range(steps):
+        for kind in kinds if index % 2 == 0 else kinds[::-1]:
+            started = time.perf_counter()
+            functions[kind]()
+            times[kind].append(time.perf_counter() - started)
+    return times
+
+
+def report_alternate(args: argparse.Namespace) -> None:
+    """``--alternate``: the step phases in this process, their steps in turn; ratios against the first."""
+    kinds = [name.partition("/")[2] for name in args.phases]
+    times = alternate_steps(kinds, args.steps)
+    best = {f"step/{kind}": BATCH / min(seconds) for kind, seconds in times.items()}
+    paired = {f"step/{kind}": statistics.median(a / b for a, b in zip(times[kinds[0]], seconds))
+              for kind, seconds in times.items()}
+    print(f"{'phase':18s} {'images/s':>9s} {'best vs first':>14s} {'median pair':>12s}")
+    for name, speed in best.items():
+        print(f"{name:18s} {speed:9.1f} {speed / best[args.phases[0]]:14.3f} {paired[name]:12.3f}")
+    if args.json:
+        record = {
+            "command": f"python benchmarks/train_speed.py --alternate --steps {args.steps} --phases {' '.join(args.phases)}",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": BATCH, "size": SIZE,
+            "best_images_per_s": best,
+            "best_ratio_to_first": {name: speed / best[args.phases[0]] for name, speed in best.items()},
+            "median_paired_ratio_to_first": paired,
+            "step_seconds": {f"step/{kind}": seconds for kind, seconds in times.items()},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def loop_speed(source: str, workers: int, compiled: bool, stage: int, steps: int, data: str, cache_dir: str) -> dict[str, float]:
@@ -141,8 +203,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, float]:
     return result
 
 
-PHASES = ["step/eager", "step/bf16", "step/compile", "files/w2", "files/w1", "cache/w0", "cache/w1", "cache/w2",
-          "cache+compile/w1", "stage2/cache/w1"]
+PHASES = ["step/eager", "step/tfpad", "step/bf16", "step/compile", "files/w2", "files/w1", "cache/w0", "cache/w1",
+          "cache/w2", "cache+compile/w1", "stage2/cache/w1"]
 
 
 def main() -> None:
@@ -151,11 +213,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES)
+    parser.add_argument("--alternate", action="store_true",
+                        help="step phases only: in one process, one step of each in turn (steadier under load)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.alternate:
+        if not all(name.startswith("step/") for name in args.phases):
+            parser.error("--alternate compares step/ phases only")
+        report_alternate(args)
+        return
     with tempfile.TemporaryDirectory() as cache_dir:
         args.cache_dir = cache_dir
-        measure("cache/w0", args)  # builds the cache once, so no phase pays for it
+        if any(not name.startswith("step/") for name in args.phases):
+            measure("cache/w0", args)  # builds the cache once, so no phase pays for it
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in args.phases}
         for round_index in range(args.rounds):
             order = args.phases if round_index % 2 == 0 else list(reversed(args.phases))
@@ -172,7 +242,7 @@ def main() -> None:
         record = {
             "command": "python benchmarks/train_speed.py " + " ".join(
                 f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in
-                (("steps", args.steps), ("rounds", args.rounds)) ),
+                (("steps", args.steps), ("rounds", args.rounds), ("phases", args.phases))),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": BATCH, "size": SIZE,
             "best_images_per_s": best,
             "ratio_to_step_eager": {n: s / baseline for n, s in best.items()} if baseline else None,

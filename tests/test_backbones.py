@@ -5,13 +5,18 @@ from __future__ import annotations
 import socket
 import urllib.error
 import urllib.request
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from glae.data.images import read_rgb
+from glae.data.transforms import eval_transform
 from glae.models.backbones import (
     TF_INPUT,
     Backbone,
@@ -87,6 +92,55 @@ def test_pretrained_efficientnet_lite0_backbone_is_the_classifier_trunk() -> Non
     with torch.no_grad():
         torch.testing.assert_close(backbone(images), classifier.forward_features(images))
     assert backbone.expected_input == TF_INPUT
+
+
+def _crops(utkface: Path, size: int, count: int = 8) -> torch.Tensor:
+    """Real faces, normalized as Lite0's weights expect, ``[count, 3, size, size]`` channels-last."""
+    transform = eval_transform(size, TF_INPUT)
+    paths = sorted(utkface.glob("*.jpg"))[:: 2000][:count]
+    return torch.stack([transform(read_rgb(path)) for path in paths]).contiguous(memory_format=torch.channels_last)
+
+
+class _AtenCalls(TorchDispatchMode):
+    """Counts the aten operators a forward pass runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_lite0_pads_only_its_stem() -> None:
+    """The strided depthwise convolutions pad inside the convolution; only the stem still copies a padded input."""
+    images = _images(128).contiguous(memory_format=torch.channels_last)
+    counts = []
+    for model in (create_backbone("efficientnet_lite0").net, load_efficientnet_lite0_imagenet()):
+        with torch.no_grad(), _AtenCalls() as calls:
+            model(images) if isinstance(model, torch.nn.Sequential) else model.forward_features(images)
+        counts.append(calls.calls["constant_pad_nd"])
+    assert counts == [1, 5]
+
+
+@pytest.mark.parametrize("size", [128, 100])  # 128: every SAME padding odd (cropped); 100: some even (no crop)
+def test_lite0_without_pad_copies_computes_what_timm_computes(utkface: Path, size: int) -> None:
+    """Same pretrained weights, same features and same gradients as timm's padded TF-SAME convolutions, on real faces."""
+    ours = create_backbone("efficientnet_lite0", pretrained=True).to(memory_format=torch.channels_last)
+    timms = load_efficientnet_lite0_imagenet().to(memory_format=torch.channels_last)
+    for key, tensor in timms.state_dict().items():
+        assert torch.equal(ours.net.state_dict()[key], tensor), key
+    images = _crops(utkface, size)
+    ours.eval(), timms.eval()
+    with torch.no_grad():
+        assert (ours(images) - timms.forward_features(images)).abs().max() <= 1e-5
+    ours.train(), timms.train()
+    ours(images).square().mean().backward()
+    timms.forward_features(images).square().mean().backward()
+    for (name, ours_param), timms_param in zip(ours.net.named_parameters(), timms.parameters()):
+        assert ours_param.grad is not None and timms_param.grad is not None
+        torch.testing.assert_close(ours_param.grad, timms_param.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_local_weights_file_round_trip(tmp_path) -> None:
