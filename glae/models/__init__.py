@@ -1,11 +1,25 @@
-"""GLAE networks: backbones by name, the FR/PA heads and the two-head model."""
+"""GLAE networks: backbones and heads by name (registries), and the two-head model."""
 
-from .backbones import Backbone, BackboneError, create_backbone, list_backbones
+from .backbones import Backbone, BackboneError, create_backbone, list_backbones, register_backbone
 from .glae import HEAD_NAMES, AgeModel, ModelConfig, count_parameters
-from .heads import FeatureRearrangement, GAPHead, GLAEHead, HolisticBranch, RearrangedGAPHead, create_head, local_branch
+from .heads import (
+    HEADS,
+    AgeHead,
+    FeatureRearrangement,
+    GAPHead,
+    GLAEHead,
+    HolisticBranch,
+    OrdinalHead,
+    RearrangedGAPHead,
+    create_head,
+    local_branch,
+    register_head,
+)
 
 __all__ = [
+    "HEADS",
     "HEAD_NAMES",
+    "AgeHead",
     "AgeModel",
     "Backbone",
     "BackboneError",
@@ -14,10 +28,13 @@ __all__ = [
     "GLAEHead",
     "HolisticBranch",
     "ModelConfig",
+    "OrdinalHead",
     "RearrangedGAPHead",
     "count_parameters",
     "create_backbone",
     "create_head",
     "list_backbones",
     "local_branch",
+    "register_backbone",
+    "register_head",
 ]

@@ -31,8 +31,8 @@ of the model section, with the defaults they had."""
 class ModelConfig:
     """Everything needed to rebuild the network; stored inside every checkpoint."""
 
-    backbone: str = "resnet18"  # resnet18 / resnet50 (the paper's), efficientnet_lite0, or any timm name
-    pretrained: bool | str = False  # True: ImageNet weights (offline only for efficientnet_lite0); or a local file
+    backbone: str = "resnet18"  # resnet18 / resnet50 (the paper's), efficientnet_lite0/1/2, or any timm name
+    pretrained: bool | str = False  # True: ImageNet weights (offline only for efficientnet_lite0/1/2); or a local file
     head: str = "glae"  # a registered head (glae.models.heads.HEADS): glae = FR + PA; fr = FR + GAP; gap; ordinal
     head_options: dict[str, Any] = field(default_factory=dict)  # the head's own settings, e.g. {proj_depth: 1}; defaults filled in
     max_age: int = 100  # K: the heads score ages 0..K (paper 100; UTKFace needs 116)
