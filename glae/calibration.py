@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .typed import is_finite_number
+
 
 def quantile_interval(probs: Tensor, low: float, high: float) -> Tensor:
     """``[B, 2]`` quantiles of ``[B, K+1]`` distributions over ages, each age a 1-year bin.
@@ -80,17 +82,13 @@ class IntervalCalibration:
         if not isinstance(data, dict) or set(data) != {"temperature", "coverage", "faces"}:
             raise ValueError("calibration must be a mapping of temperature, coverage and faces")
         temperature, coverage, faces = data["temperature"], data["coverage"], data["faces"]
-        if not (_is_number(temperature) and 0 < temperature <= 100):
+        if not (is_finite_number(temperature) and 0 < temperature <= 100):
             raise ValueError(f"calibration temperature must be a number in (0, 100], got {temperature!r}")
-        if not (_is_number(coverage) and 0 <= coverage <= 1):
+        if not (is_finite_number(coverage) and 0 <= coverage <= 1):
             raise ValueError(f"calibration coverage must be a number in [0, 1], got {coverage!r}")
         if isinstance(faces, bool) or not isinstance(faces, int) or faces < 1:
             raise ValueError(f"calibration faces must be a positive integer, got {faces!r}")
         return cls(float(temperature), float(coverage), faces)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def temper(probs: Tensor, temperature: float) -> Tensor:

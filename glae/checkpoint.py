@@ -17,7 +17,6 @@ never half of one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 from pathlib import Path
@@ -35,6 +34,7 @@ from .config import model_config_from_dict
 from .fileio import atomic_write, atomic_write_bytes
 from .models.backbones import InputNormalization
 from .models.glae import PAPER_INPUT, AgeModel
+from .typed import is_finite_number
 
 METADATA_KEY = "glae"
 
@@ -123,16 +123,13 @@ def _parse_normalization(value: Any) -> InputNormalization | None:
     parts: list[tuple[float, float, float]] = []
     for key in ("mean", "std"):
         numbers = value[key]
-        if not (isinstance(numbers, (list, tuple)) and len(numbers) == 3 and all(_finite(x) for x in numbers)):
+        if not (isinstance(numbers, (list, tuple)) and len(numbers) == 3 and all(is_finite_number(x) for x in numbers)):
             return None
         parts.append((float(numbers[0]), float(numbers[1]), float(numbers[2])))
     if min(parts[1]) <= 0:
         return None
     return InputNormalization(parts[0], parts[1])
 
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[AgeModel, dict[str, Any]]:

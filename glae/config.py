@@ -89,7 +89,7 @@ class TrainConfig:
 
     @property
     def trains_balanced_head(self) -> bool:
-        return any(stage.epochs > 0 and stage.head == "balanced" for stage in self.stages)
+        return trains_balanced_head(self.stages)
 
     def validate(self) -> None:
         """Reject combinations that would train something other than what was asked."""
@@ -114,6 +114,11 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
 
 
+def trains_balanced_head(stages: list[StageConfig]) -> bool:
+    """Whether one of these stages trains the balanced head (routing needs it)."""
+    return any(stage.epochs > 0 and stage.head == "balanced" for stage in stages)
+
+
 def _validate_stage(stages: list[StageConfig], index: int) -> None:
     """One stage's settings, and what it needs from the stages before it; messages name ``stages.N.key``."""
     stage, key = stages[index], f"stages.{index}"
@@ -133,10 +138,9 @@ def _validate_stage(stages: list[StageConfig], index: int) -> None:
             raise ValueError(f"{key}.freeze lists {part!r}, the head this stage trains")
     if stage.head_init == "copy" and (stage.copy_from not in HEAD_NAMES or stage.copy_from == stage.head):
         raise ValueError(f"{key}.copy_from must be another head than {stage.head!r}: one of {HEAD_NAMES}")
-    balanced_trained = any(s.epochs > 0 and s.head == "balanced" for s in stages[: index + 1])
     if stage.val_mode not in ROUTING_MODES:
         raise ValueError(f"{key}.val_mode {stage.val_mode!r} is not one of {ROUTING_MODES}")
-    if stage.epochs > 0 and stage.val_mode != "vanilla" and not balanced_trained:
+    if stage.epochs > 0 and stage.val_mode != "vanilla" and not trains_balanced_head(stages[: index + 1]):
         raise ValueError(f"{key}.val_mode {stage.val_mode} needs a balanced head trained by this stage or an earlier one")
     trained_before = any(s.epochs > 0 for s in stages[:index])
     if stage.epochs > 0 and "backbone" in stage.freeze and not trained_before and not stage.init_from:
@@ -302,4 +306,5 @@ __all__ = [
     "load_config",
     "model_config_from_dict",
     "read_yaml_mapping",
+    "trains_balanced_head",
 ]

@@ -9,7 +9,6 @@ never asks which one it has. ``load_routed_predictor`` picks the backend from th
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from .export import INPUT_NAME, METADATA_PREFIX, ROUTED_OUTPUTS, MissingExtraErr
 from .models.backbones import InputNormalization
 from .models.glae import AgeModel, ModelConfig
 from .routing import ROUTING_MODES, RoutingMode, routing_mode
+from .typed import is_finite_number
 
 
 class RoutedPredictor(Protocol):
@@ -143,7 +143,7 @@ def _checked_metadata(path: str | os.PathLike, stored: dict[str, str]) -> dict[s
             raise fail(key, f"is {metadata[key]!r} but the model's is {getattr(config, key)}")
     for key in ("pixel_mean", "pixel_std"):
         values = metadata[key]
-        if not isinstance(values, list) or len(values) != 3 or not all(_is_finite_number(v) for v in values):
+        if not isinstance(values, list) or len(values) != 3 or not all(is_finite_number(v) for v in values):
             raise fail(key, f"must hold 3 finite numbers (R, G, B), got {values!r}")
     if min(metadata["pixel_std"]) <= 0:
         raise fail("pixel_std", f"must be > 0 for every channel, got {metadata['pixel_std']!r}")
@@ -164,9 +164,6 @@ def _checked_calibration(text: str, fail: Callable[[str, str], CheckpointError])
     except ValueError as error:
         raise fail("calibration", f"is invalid ({error})") from None
 
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_finite_weights(path: str | os.PathLike) -> None:

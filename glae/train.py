@@ -42,7 +42,7 @@ from .checkpoint import (
     save_model,
     save_training_state,
 )
-from .config import StageConfig, TrainConfig, config_from_dict, config_to_dict, dump_config
+from .config import StageConfig, TrainConfig, config_from_dict, config_to_dict, dump_config, trains_balanced_head
 from .data import DatasetIndex, Split, check_ages, load_dataset, split_dataset
 from .data.cache import CachedImages, open_image_cache
 from .data.images import AgeImageDataset, ages_of
@@ -384,16 +384,11 @@ def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) 
             StageRunner(number, config, model, split, out_dir, context, writer, history, show_progress).run(resume)
         stage_file = out_dir / f"stage{number}.safetensors"
         if number < len(config.stages) and context.is_main and not stage_file.exists():
-            save_model(stage_file, model, {"stages": numbers[: numbers.index(number) + 1], "balanced_trained": _balanced_trained(config, number)})
+            save_model(stage_file, model, {"stages": numbers[: numbers.index(number) + 1], "balanced_trained": trains_balanced_head(config.stages[:number])})
         barrier(context)
     if writer is not None:
         writer.close()
     return finish(config, model, split, index, out_dir, context, numbers)
-
-
-def _balanced_trained(config: TrainConfig, up_to: int) -> bool:
-    """Whether a stage up to number ``up_to`` trained the balanced head (routing needs it)."""
-    return any(stage.epochs > 0 and stage.head == "balanced" for stage in config.stages[:up_to])
 
 
 def finish(

@@ -7,9 +7,15 @@ model file gives one line naming the key instead of a crash deep inside training
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
+
+
+def is_finite_number(value: Any) -> bool:
+    """A real int or float (not a bool), neither NaN nor infinite: what untrusted numbers must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def convert(value: Any, annotation: Any, key: str) -> Any:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..calibration import IntervalCalibration
 from ..typed import from_dict
 from .backbones import IMAGENET_INPUT, TF_INPUT, InputNormalization, create_backbone
-from .heads import HEADS, AgeHead, create_head, head_spec, parse_head_options
+from .heads import HEADS, AgeHead, create_head, parse_head_options
 
 HEAD_NAMES = ("vanilla", "balanced")
 
@@ -67,8 +67,7 @@ class ModelConfig:
         The caps are far above any face model (the paper: K=100, 224 px, r=k=s=16) and far
         below what exhausts memory; every message names the ``--set model.*`` key.
         """
-        head_spec(self.head)
-        parse_head_options(self.head, self.head_options)
+        parse_head_options(self.head, self.head_options)  # the head exists, its settings fit it
         if self.normalization != "backbone" and self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"model.normalization {self.normalization!r} is not one of backbone, {', '.join(NORMALIZATIONS)}"
