@@ -10,10 +10,13 @@ already in memory, measured in the same run. Phases:
                     input (what every step ran before glae.models.backbones crops instead)
   step/bf16         the same step under CPU bfloat16 autocast
   step/compile      the same step, ``torch.compile``d (compile time reported apart)
+  step/freezeN      the same step with the backbone's first N layers frozen (a stage's
+                    ``freeze_backbone_layers``: 3 = stem + Lite0's first two stages of blocks)
   files/wN          the real loop (glae.engine.train_one_epoch) on the real data path of
                     today: decode JPEG + resize + augment in N loader processes
   cache/wN          the same with the decoded-image cache (glae.data.cache)
   cache+compile/wN  the cache and a compiled model
+  cache+freezeN/wN  the cache and the backbone's first N layers frozen
   stage2/cache/wN   stage 2's step: frozen backbone (eval mode), class-balanced sampling,
                     only the balanced head trained
 
@@ -60,7 +63,7 @@ from glae.models.glae import PAPER_INPUT
 SIZE, BATCH, MAX_AGE = 128, 32, 116
 
 
-def _model(padded: bool = False) -> AgeModel:
+def _model(padded: bool = False, frozen_layers: int = 0) -> AgeModel:
     torch.manual_seed(0)
     config = ModelConfig(backbone="efficientnet_lite0", pretrained=True, head="glae", max_age=MAX_AGE, input_size=SIZE)
     model = AgeModel(config).to(memory_format=torch.channels_last)
@@ -68,7 +71,7 @@ def _model(padded: bool = False) -> AgeModel:
         for module in model.modules():
             if isinstance(module, Conv2dSame):
                 module.__class__ = Conv2dSame
-    freeze(model, frozen_parts(PAPER_STAGES[0]))
+    freeze(model, frozen_parts(PAPER_STAGES[0]), frozen_layers)
     return model
 
 
@@ -78,7 +81,7 @@ def _optimizer(model: AgeModel) -> torch.optim.Optimizer:
 
 def make_step(kind: str) -> Callable[[], None]:
     """One optimizer step of the ``kind`` variant on one in-memory batch."""
-    model = _model(padded=kind == "tfpad")
+    model = _model(padded=kind == "tfpad", frozen_layers=_frozen_layers(kind))
     optimizer = _optimizer(model)
     forward = torch.compile(model) if kind == "compile" else model
     images = torch.randn(BATCH, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
@@ -150,7 +153,14 @@ def report_alternate(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
-def loop_speed(source: str, workers: int, compiled: bool, stage: int, steps: int, data: str, cache_dir: str) -> dict[str, float]:
+def _frozen_layers(name: str) -> int:
+    """N of a phase name with ``freezeN`` in it, else 0."""
+    _, found, rest = name.partition("freeze")
+    return int(rest.split("/")[0]) if found else 0
+
+
+def loop_speed(source: str, workers: int, compiled: bool, stage: int, steps: int, data: str, cache_dir: str,
+               frozen_layers: int = 0) -> dict[str, float]:
     """Images/s of ``train_one_epoch`` fed by the real loader, after a 2-step warm-up."""
     samples = load_dataset(data, "utkface").samples[: BATCH * (steps + 8)]
     transform = train_transform(SIZE, PAPER_INPUT, augment=True, flip=True)
@@ -162,7 +172,7 @@ def loop_speed(source: str, workers: int, compiled: bool, stage: int, steps: int
     sampler = EpochSampler([s.age for s in samples], "class" if stage == 2 else "instance", seed=0)
     loader = DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=workers, drop_last=True,
                         persistent_workers=workers > 0)
-    model = _model()
+    model = _model(frozen_layers=frozen_layers)
     if stage == 2:
         freeze(model, frozen_parts(PAPER_STAGES[1]))
     optimizer = _optimizer(model)
@@ -186,7 +196,7 @@ def run_phase(name: str, args: argparse.Namespace) -> dict[str, float]:
     stage = 2 if kind == "stage2" else 1
     source = "cache" if "cache" in name else "files"
     workers = int(name.rsplit("/w", 1)[1])
-    return loop_speed(source, workers, "compile" in kind, stage, args.steps, args.data, args.cache_dir)
+    return loop_speed(source, workers, "compile" in kind, stage, args.steps, args.data, args.cache_dir, _frozen_layers(kind))
 
 
 def _child(name: str, args: argparse.Namespace, queue) -> None:
@@ -203,8 +213,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, float]:
     return result
 
 
-PHASES = ["step/eager", "step/tfpad", "step/bf16", "step/compile", "files/w2", "files/w1", "cache/w0", "cache/w1",
-          "cache/w2", "cache+compile/w1", "stage2/cache/w1"]
+PHASES = ["step/eager", "step/tfpad", "step/bf16", "step/compile", "step/freeze3", "step/freeze4", "files/w2", "files/w1",
+          "cache/w0", "cache/w1", "cache/w2", "cache+compile/w1", "cache+freeze3/w1", "cache+freeze4/w1", "stage2/cache/w1"]
 
 
 def main() -> None:

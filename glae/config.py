@@ -39,6 +39,9 @@ class StageConfig:
     weight_decay: float = 5e-4
     sampling: Literal["instance", "class"] = "instance"  # instance- or class-balanced batches
     freeze: list[str] = field(default_factory=list)  # more parts kept fixed: "backbone" (its BatchNorm statistics too)
+    # The backbone's first N layers (the stem, then its stages of blocks) kept at their
+    # pretrained values, BatchNorm statistics too: a cheaper step (docs/training_speed.md).
+    freeze_backbone_layers: int = 0
     # How the trained head starts: as it is ("keep"), as a copy of the head ``copy_from``, or
     # freshly initialised ("fresh", seeded), as classifier re-training does.
     head_init: Literal["keep", "copy", "fresh"] = "keep"
@@ -131,6 +134,8 @@ def _validate_stage(stages: list[StageConfig], index: int) -> None:
         raise ValueError(f"{key}.batch_size must be >= 1 and <= {MAX_BATCH_SIZE}, got {stage.batch_size}; fix it with --set {key}.batch_size=N")
     if stage.max_steps_per_epoch is not None and stage.max_steps_per_epoch < 1:
         raise ValueError(f"{key}.max_steps_per_epoch must be >= 1 or null, got {stage.max_steps_per_epoch}")
+    if stage.freeze_backbone_layers < 0:
+        raise ValueError(f"{key}.freeze_backbone_layers must be >= 0, got {stage.freeze_backbone_layers}")
     for part in stage.freeze:
         if part not in parts:
             raise ValueError(f"{key}.freeze: {part!r} is not one of {parts}")

@@ -348,7 +348,7 @@ def begin_stage(model: AgeModel, config: TrainConfig, number: int) -> None:
                 if module is not head and hasattr(module, "reset_parameters"):
                     # Linear, norms...; torch types an unknown module attribute as Tensor | Module.
                     cast("Callable[[], None]", module.reset_parameters)()
-    freeze(model, frozen_parts(stage))
+    freeze(model, frozen_parts(stage), stage.freeze_backbone_layers)
 
 
 def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) -> Path:
@@ -380,7 +380,7 @@ def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) 
             if resume is None:
                 begin_stage(model, config, number)
             else:
-                freeze(model, frozen_parts(stage))
+                freeze(model, frozen_parts(stage), stage.freeze_backbone_layers)
             StageRunner(number, config, model, split, out_dir, context, writer, history, show_progress).run(resume)
         stage_file = out_dir / f"stage{number}.safetensors"
         if number < len(config.stages) and context.is_main and not stage_file.exists():

@@ -164,6 +164,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
         ("checkpoint_every=0", "checkpoint_every must be >= 1"),
         ("stage1.batch_size=0", "stages.0.batch_size must be >= 1"),
         ("stage2.max_steps_per_epoch=0", "max_steps_per_epoch must be >= 1"),
+        ("stage1.freeze_backbone_layers=-1", "stages.0.freeze_backbone_layers must be >= 0"),
         ("sigma=0", "sigma must be > 0"),
         ("stage1.epochs=0", r"needs stages\.1\.init_from"),
         ("stage1.lr=[1", "not a YAML value"),

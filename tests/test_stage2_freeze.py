@@ -187,3 +187,45 @@ def test_training_samples_stage1_by_image_and_stage2_by_age(utkface, tmp_path, m
             assert len(images) > 10 and max(images.values()) >= 3 * min(images.values())
             for age in images:
                 assert draws[age] / total == pytest.approx(1 / len(images), rel=0.25), age
+
+
+def test_freezing_the_first_backbone_layers_keeps_them_exactly_and_trains_the_rest() -> None:
+    """``freeze_backbone_layers: 2`` (ResNet: stem + layer1) fixes those weights and BatchNorm
+    statistics through training steps; layer2 on and the vanilla head still learn."""
+    model = _model()
+    layers = model.backbone.input_layers()
+    assert [len(layer) for layer in layers][:1] == [2]  # conv1, bn1
+    assert layers[1][0] is model.backbone.net.layer1[0].conv1
+    freeze(model, frozen_parts(TrainConfig().stages[0]), backbone_layers=2)
+    fixed = {name: t.clone() for name, t in model.backbone.net.state_dict().items() if name.startswith(("conv1", "bn1", "layer1."))}
+    learned = {name: t.clone() for name, t in model.backbone.net.state_dict().items() if name.startswith("layer2.") and name.endswith("weight")}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        set_train_mode(model)
+        outputs = model(torch.randn(2, 3, 64, 64, generator=generator), head="vanilla")
+        loss = compute_loss("sum", outputs, torch.tensor([3.0, 7.0]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    state = model.backbone.net.state_dict()
+    assert all(torch.equal(state[name], tensor) for name, tensor in fixed.items())
+    assert all(not torch.equal(state[name], tensor) for name, tensor in learned.items())
+    assert not model.backbone.net.bn1.training and model.backbone.net.layer2[0].bn1.training
+    # the next stage's freeze starts afresh: nothing stays fixed that it does not name
+    freeze(model, frozen_parts(TrainConfig().stages[0]))
+    set_train_mode(model)
+    assert all(p.requires_grad for p in model.backbone.parameters()) and model.backbone.net.bn1.training
+    with pytest.raises(ValueError, match=r"freeze_backbone_layers must be in 0\.\.5"):
+        freeze(model, set(), backbone_layers=6)
+
+
+def test_lite0_layers_are_the_stem_then_each_stage_of_blocks() -> None:
+    backbone = AgeModel(ModelConfig(backbone="efficientnet_lite0", max_age=10, input_size=64)).backbone
+    layers = backbone.input_layers()
+    net = backbone.net
+    assert layers[0] == [net.conv_stem, net.bn1]
+    assert layers[1] == [net.blocks[0][0].conv_dw, net.blocks[0][0].bn1, net.blocks[0][0].conv_pw, net.blocks[0][0].bn2]
+    assert len(layers) == 8 and net.conv_head in layers[-1]
+    covered = {id(p) for layer in layers for module in layer for p in module.parameters(recurse=False)}
+    assert covered == {id(p) for p in backbone.parameters()}

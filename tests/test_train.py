@@ -231,3 +231,26 @@ def test_a_stage_list_of_three_trains_in_order(utkface: Path, tmp_path: Path, ov
             assert changed, name  # stage 3 trained it
         elif not name.startswith("heads.vanilla"):
             assert not changed, name  # backbone and balanced head stayed
+
+
+def test_freeze_backbone_layers_keeps_the_stem_as_it_started(utkface: Path, tmp_path: Path, overrides) -> None:
+    """``stage1.freeze_backbone_layers=2`` reaches training: the stem and layer1 (weights and
+    BatchNorm statistics) end as the run began them, while layer2 learned."""
+    from glae.config import load_config
+    from glae.models import AgeModel
+    from glae.train import seed_everything
+
+    run = tmp_path / "frozen_stem"
+    assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress",
+                 *overrides("stage1.freeze_backbone_layers=2")]) == 0
+    config = load_config(run / "config.yaml")
+    assert config.stages[0].freeze_backbone_layers == 2
+    seed_everything(config.seed)
+    start = AgeModel(config.model).backbone.net.state_dict()
+    trained, _ = load_model(run / "model.safetensors")
+    end = trained.backbone.net.state_dict()
+    for name, tensor in start.items():
+        if name.startswith(("conv1.", "bn1.", "layer1.")):
+            assert torch.equal(tensor, end[name]), name
+        elif name.startswith("layer2.") and name.endswith(".weight"):
+            assert not torch.equal(tensor, end[name]), name

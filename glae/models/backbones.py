@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from timm.layers import Conv2dSame, get_same_padding
+from timm.models import group_modules
 from torch import Tensor, nn
 
 __all__ = [
@@ -99,6 +100,19 @@ class Backbone(nn.Module):
         """Maps normalized images ``[B, 3, H, W]`` to the feature map ``[B, C, h, w]``."""
         return self.net(images)
 
+    def input_layers(self) -> list[list[nn.Module]]:
+        """The network's layers from the input on: the stem, then each stage of blocks.
+
+        What a stage's ``freeze_backbone_layers`` counts. The grouping is timm's coarse
+        ``group_matcher`` (the one its layer-wise learning-rate decay uses); torchvision's
+        ResNets have timm's ResNet names, so they share its rules. Each layer lists the
+        modules that hold its parameters.
+        """
+        matcher = getattr(self.net, "group_matcher", None)
+        rules = cast(Callable[..., Any], matcher)(coarse=True) if callable(matcher) else _RESNET_LAYERS
+        groups = group_modules(self.net, rules, return_values=True)
+        return [list(groups[index]) for index in sorted(groups)]
+
 
 class _TimmBackbone(Backbone):
     """A timm model used through ``forward_features``, timm's "last feature map" API."""
@@ -154,6 +168,9 @@ def list_backbones() -> list[str]:
 
 
 # --------------------------------------------------------------------------- torchvision ResNets
+
+# timm's coarse layer grouping of its ResNets, whose module names torchvision's share.
+_RESNET_LAYERS = {"stem": r"^conv1|bn1|maxpool", "blocks": r"^layer(\d+)"}
 
 
 def _torchvision_resnet(name: str, pretrained: bool) -> Backbone:
