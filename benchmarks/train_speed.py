@@ -214,7 +214,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 PHASES = ["step/eager", "step/tfpad", "step/bf16", "step/compile", "step/freeze3", "step/freeze4", "files/w2", "files/w1",
-          "cache/w0", "cache/w1", "cache/w2", "cache+compile/w1", "cache+freeze3/w1", "cache+freeze4/w1", "stage2/cache/w1"]
+          "cache/w0", "cache/w1", "cache/w2", "cache+compile/w1", "cache+freeze3/w0", "cache+freeze3/w1", "cache+freeze4/w0",
+          "cache+freeze4/w1", "stage2/cache/w1"]
 
 
 def main() -> None:

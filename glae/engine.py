@@ -107,16 +107,14 @@ def freeze(model: AgeModel, names: Iterable[str], backbone_layers: int = 0) -> N
     layers = model.backbone.input_layers()
     if not 0 <= backbone_layers <= len(layers):
         raise ValueError(f"freeze_backbone_layers must be in 0..{len(layers)} (the backbone's layers), got {backbone_layers}")
-    for module in model.modules():
-        if hasattr(module, "frozen"):
-            delattr(module, "frozen")
     frozen = [module for name, module in parts.items() if name in names]
     frozen += [module for layer in layers[:backbone_layers] for module in layer]
-    for name, module in parts.items():
-        module.requires_grad_(name not in names)
-    for module in frozen:
-        module.requires_grad_(False)
-        setattr(module, "frozen", True)  # a plain flag that set_train_mode reads back
+    model.requires_grad_(True)
+    for module in model.modules():
+        is_frozen = any(module is part for part in frozen)
+        setattr(module, "frozen", is_frozen)  # a plain flag that set_train_mode reads back
+        if is_frozen:
+            module.requires_grad_(False)
     set_train_mode(model)
 
 

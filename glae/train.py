@@ -286,18 +286,20 @@ class StageRunner:
         the checkpoint: the next stage, stageN.safetensors and the final model build on them.
         """
         last = epoch + 1 == self.stage_config.epochs
-        if self.average is not None and last:
-            self.average.copy_to(unwrap(self.model))
         record: dict[str, Any] = {
             "stage": self.stage, "epoch": epoch + 1, "train_loss": result["loss"],
             "train_images_per_s": result["images_per_s"] * self.context.world_size,
             "lr": scheduler.get_last_lr()[0],
         }
-        if self.context.is_main and self.split.val:
-            model = unwrap(self.model)
-            with self.average.applied(model) if self.average is not None else nullcontext():
-                val = evaluate_model(model, self.split.val, self.config, self.context.device, self.stage_config.val_mode)
-            record["val"] = {name: {"mae": m["mae"], "cmae": m["cmae"]} for name, m in val["modes"].items()}
+        validate = self.context.is_main and bool(self.split.val)
+        if validate and self.average is not None:
+            # The last step's weights too, so one run tells whether the average helps.
+            record["val_last_weights"] = self._validate()
+        if self.average is not None and last:
+            self.average.copy_to(unwrap(self.model))
+        if validate:
+            with self.average.applied(unwrap(self.model)) if self.average is not None else nullcontext():
+                record["val"] = self._validate()
         self.history.append(record)
         self._save(epoch + 1, 0, optimizer, scheduler)
         if self.context.is_main:
@@ -312,6 +314,12 @@ class StageRunner:
                 self.writer.flush()
             log.info("%s", json.dumps(record))
         barrier(self.context)
+
+
+    def _validate(self) -> dict[str, dict[str, float]]:
+        """MAE and CMAE on the val part, per head choice of the stage's ``val_mode``."""
+        val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, self.stage_config.val_mode)
+        return {name: {"mae": m["mae"], "cmae": m["cmae"]} for name, m in val["modes"].items()}
 
 
 def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:

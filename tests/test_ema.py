@@ -68,3 +68,6 @@ def test_a_run_with_ema_validates_and_saves_the_average(utkface: Path, tmp_path:
         assert torch.equal(tensor, shadow[name].to(tensor.dtype)), name  # the saved model is the average
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all("val" in record for record in history)
+    # the last step's weights are validated too, and the average is not them
+    assert all(set(record["val_last_weights"]) == set(record["val"]) for record in history)
+    assert any(record["val_last_weights"] != record["val"] for record in history)
