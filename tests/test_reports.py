@@ -24,9 +24,9 @@ def _per_age(offset: float) -> list[dict]:
 def _groups(cmae_young: float, cmae_adult: float) -> dict:
     """Three age groups, the elderly one empty as in a dataset without seniors."""
     return {
-        "0-17": {"n": 120, "mae": cmae_young - 0.5, "cmae": cmae_young},
-        "18-65": {"n": 95, "mae": cmae_adult - 0.5, "cmae": cmae_adult},
-        "66+": {"n": 0, "mae": None, "cmae": None},
+        "0-17": {"n": 120, "mae": cmae_young - 0.5, "cmae": cmae_young, "bias": 0.25},
+        "18-65": {"n": 95, "mae": cmae_adult - 0.5, "cmae": cmae_adult, "bias": -1.5},
+        "66+": {"n": 0, "mae": None, "cmae": None, "bias": None},
     }
 
 
@@ -107,7 +107,8 @@ def test_markdown_content(report: dict) -> None:
     assert "`runs/x/model.safetensors`" in text
     assert "`../shared/data/utkface`" in text
     assert "Images: 215" in text
-    assert "| routing | 5.100 | 7.300 | 3.200 | 6.300 | 7.800 | – |" in text
+    assert "| CMAE 0-17 | CMAE 18-65 | CMAE 66+ | bias 0-17 | bias 18-65 | bias 66+ |" in text
+    assert "| routing | 5.100 | 7.300 | 3.200 | 6.300 | 7.800 | – | 0.250 | -1.500 | – |" in text
     assert "| vanilla | 5.250 | 8.125 | 2.900 |" in text
     for mode in ("balanced", "bigger"):
         assert f"| {mode} |" in text
