@@ -92,3 +92,14 @@ def test_the_cache_pickles_by_path_not_by_pixels(tmp_path: Path) -> None:
     data = pickle.dumps(cache)
     assert len(data) < 2000
     np.testing.assert_array_equal(np.asarray(pickle.loads(data).image(2)), np.asarray(cache.image(2)))
+
+
+def test_the_same_files_from_another_folder_share_one_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two checkouts next to one dataset (``../data``) or a symlink to it must not decode it twice."""
+    paths = _photos(tmp_path)
+    (tmp_path / "checkout").mkdir()
+    (tmp_path / "link").symlink_to(paths[0].parent)
+    monkeypatch.chdir(tmp_path / "checkout")
+    relative = [Path("..") / path.relative_to(tmp_path) for path in paths]
+    linked = [tmp_path / "link" / path.name for path in paths]
+    assert cache_key(relative, 32) == cache_key(paths, 32) == cache_key(linked, 32)

@@ -47,10 +47,12 @@ def default_cache_dir() -> Path:
 def cache_key(paths: Sequence[Path], size: int) -> str:
     """A digest of what the pixels depend on: format, size, and each file's path, size and mtime.
 
-    A file that cannot be stat'ed enters the key as missing, so its reappearance rebuilds.
+    Paths enter resolved, so the same files reached from another folder (``../data`` from
+    two checkouts, a symlink) share one cache. A file that cannot be stat'ed enters the key
+    as missing, so its reappearance rebuilds.
     """
     digest = hashlib.sha256(f"glae-image-cache {CACHE_FORMAT} {size}\n".encode())
-    for path in paths:
+    for path in map(os.path.realpath, paths):
         try:
             stat = os.stat(path)
             digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
