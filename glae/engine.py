@@ -109,9 +109,10 @@ def freeze(model: AgeModel, names: Iterable[str], backbone_layers: int = 0) -> N
         raise ValueError(f"freeze_backbone_layers must be in 0..{len(layers)} (the backbone's layers), got {backbone_layers}")
     frozen = [module for name, module in parts.items() if name in names]
     frozen += [module for layer in layers[:backbone_layers] for module in layer]
+    frozen_ids = {id(module) for module in frozen}
     model.requires_grad_(True)
     for module in model.modules():
-        is_frozen = any(module is part for part in frozen)
+        is_frozen = id(module) in frozen_ids
         setattr(module, "frozen", is_frozen)  # a plain flag that set_train_mode reads back
         if is_frozen:
             module.requires_grad_(False)

@@ -315,7 +315,6 @@ class StageRunner:
             log.info("%s", json.dumps(record))
         barrier(self.context)
 
-
     def _validate(self) -> dict[str, dict[str, float]]:
         """MAE and CMAE on the val part, per head choice of the stage's ``val_mode``."""
         val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, self.stage_config.val_mode)
@@ -356,6 +355,11 @@ def begin_stage(model: AgeModel, config: TrainConfig, number: int) -> None:
                 if module is not head and hasattr(module, "reset_parameters"):
                     # Linear, norms...; torch types an unknown module attribute as Tensor | Module.
                     cast("Callable[[], None]", module.reset_parameters)()
+    freeze_for_stage(model, stage)
+
+
+def freeze_for_stage(model: AgeModel, stage: StageConfig) -> None:
+    """Fix what ``stage`` keeps fixed: at its start and again when a run resumes inside it."""
     freeze(model, frozen_parts(stage), stage.freeze_backbone_layers)
 
 
@@ -388,7 +392,7 @@ def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) 
             if resume is None:
                 begin_stage(model, config, number)
             else:
-                freeze(model, frozen_parts(stage), stage.freeze_backbone_layers)
+                freeze_for_stage(model, stage)
             StageRunner(number, config, model, split, out_dir, context, writer, history, show_progress).run(resume)
         stage_file = out_dir / f"stage{number}.safetensors"
         if number < len(config.stages) and context.is_main and not stage_file.exists():

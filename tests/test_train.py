@@ -16,6 +16,9 @@ import torch
 
 from glae.checkpoint import load_model, load_training_state
 from glae.cli import main
+from glae.config import load_config
+from glae.models import AgeModel
+from glae.train import seed_everything
 
 pytestmark = pytest.mark.slow
 
@@ -236,10 +239,6 @@ def test_a_stage_list_of_three_trains_in_order(utkface: Path, tmp_path: Path, ov
 def test_freeze_backbone_layers_keeps_the_stem_as_it_started(utkface: Path, tmp_path: Path, overrides) -> None:
     """``stage1.freeze_backbone_layers=2`` reaches training: the stem and layer1 (weights and
     BatchNorm statistics) end as the run began them, while layer2 learned."""
-    from glae.config import load_config
-    from glae.models import AgeModel
-    from glae.train import seed_everything
-
     run = tmp_path / "frozen_stem"
     assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress",
                  *overrides("stage1.freeze_backbone_layers=2")]) == 0
