@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 MAE_TOLERANCE, CMAE_TOLERANCE = 0.10, 0.15
@@ -29,7 +30,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/freeze_ablation"))
     args = parser.parse_args()
     runs = {int(folder.name.removeprefix("frozen")): last_stage1_val(folder / "metrics.jsonl")
-            for folder in sorted(args.results.glob("frozen*")) if (folder / "metrics.jsonl").exists()}
+            for folder in sorted(args.results.glob("frozen*"))
+            if re.fullmatch(r"frozen\d+", folder.name) and (folder / "metrics.jsonl").exists()}
     if 0 not in runs:
         raise SystemExit("frozen0 (the unfrozen reference) has no metrics yet")
     reference = runs[0]

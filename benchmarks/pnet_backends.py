@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import math
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -80,13 +80,14 @@ def main() -> None:
     try:
         import onnxruntime
 
-        buffer = io.BytesIO()
         plain = copy.deepcopy(pnet).to(memory_format=torch.contiguous_format)
-        torch.onnx.export(plain, levels[0].contiguous(), buffer, input_names=["x"], output_names=["p", "o"],
-                          dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}}, dynamo=False)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = torch.get_num_threads()
-        session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "pnet.onnx"
+            torch.onnx.export(plain, (levels[0].contiguous(),), str(path), input_names=["x"], output_names=["p", "o"],
+                              dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}}, dynamo=False)
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = torch.get_num_threads()
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         arrays = [level.contiguous().numpy() for level in levels]
         ways["pnet/onnxruntime"] = lambda: [session.run(None, {"x": array}) for array in arrays]
         first["pnet/onnxruntime"] = torch.from_numpy(session.run(None, {"x": arrays[0]})[0])

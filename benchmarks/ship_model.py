@@ -1,11 +1,12 @@
 """Ship a trained run as GLAE's default model: fp16 safetensors + model card.
 
-Writes glae/weights/glae_utkface.safetensors (half precision, at most 25 MB) from
-RUN/model.safetensors, and glae/weights/MODEL_CARD.md from the run's config, split and
-test metrics, next to the baselines measured on the same test split.
+Writes glae_utkface.safetensors (half precision, at most 25 MB) from RUN/model.safetensors,
+and MODEL_CARD.md from the run's config, split and test metrics, next to the baselines
+measured on the same test split, into --out (default glae/weights/: shipping it). The model
+file replaces the old one only once the card is written; nothing changes on an error.
 
 Usage: python benchmarks/ship_model.py RUN [--base BASE_RUN_OR_JSON [--base-label TEXT]] [--peer PEER_JSON]
-       [--speed SPEED_JSON] [--reproduce COMMAND]
+       [--speed SPEED_JSON] [--reproduce COMMAND] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from glae.calibration import IntervalCalibration
 from glae.checkpoint import load_model, save_model
 from glae.config import config_from_dict, config_to_dict
 from glae.estimator import default_model_path
+from glae.fileio import atomic_write_text
 from glae.models import count_parameters
 
 LIMIT_BYTES = 25 * 1024 * 1024
@@ -35,7 +37,7 @@ def training_lines(run: Path, config: dict, reproduce: str | None) -> list[str]:
     recipe = run / "recipe.md"
     if recipe.exists():
         return recipe.read_text().rstrip("\n").splitlines()
-    first, second = config["stages"][0], config["stages"][1]
+    first, *later = config["stages"]
     extras = []
     if config.get("ema_decay"):
         extras.append(f"weights averaged with decay {config['ema_decay']}")
@@ -43,9 +45,11 @@ def training_lines(run: Path, config: dict, reproduce: str | None) -> list[str]:
         extras.append(f"the backbone's first {first['freeze_backbone_layers']} layers frozen")
     command = reproduce or f"glae train --config {run}/config.yaml --data ../shared/data/utkface --out {run}"
     return [
-        f"- Training: `{command}`, on 2 CPU cores: stage 1 {first['epochs']} epochs at batch {first['batch_size']},",
-        f"  learning rate {first['lr']}, {first['sampling']} sampling{''.join(', ' + extra for extra in extras)};",
-        f"  stage 2 {second['epochs']} epochs, {', '.join(second['freeze']) or 'nothing'} frozen, {second['sampling']} sampling.",
+        f"- Training: `{command}`: stage 1 {first['epochs']} epochs at batch {first['batch_size']},",
+        f"  learning rate {first['lr']}, {first['sampling']} sampling{''.join(', ' + extra for extra in extras)}"
+        + ("." if not later else ";"),
+        *(f"  stage {number} {stage['epochs']} epochs, {', '.join(stage['freeze']) or 'nothing'} frozen, {stage['sampling']} sampling"
+          + ("." if number == len(later) + 1 else ";") for number, stage in enumerate(later, start=2)),
     ]
 
 
@@ -69,7 +73,7 @@ def bias_line(metrics: dict) -> str:
 def interval_lines(calibration: IntervalCalibration | None, test: dict) -> list[str]:
     """The 90% interval's calibration (from the model file) and its coverage on the test faces."""
     interval = test["interval_90"]
-    groups = interval["groups"]
+    groups = {label: group for label, group in interval["groups"].items() if group["coverage"] is not None}  # empty groups have none
     fitted = (f"tempered by T = {calibration.temperature:.3f}, fitted on the {calibration.faces:,} validation faces at the end of training"
               if calibration is not None else "as it is (not calibrated)")
     return [
@@ -80,7 +84,6 @@ def interval_lines(calibration: IntervalCalibration | None, test: dict) -> list[
         + ", ".join(f"{label}: {group['coverage']:.1%}" for label, group in groups.items()) + ").",
         f"Its mean width is {interval['mean_width']:.1f} years ("
         + ", ".join(f"{label}: {group['mean_width']:.1f}" for label, group in groups.items()) + ").",
-        "",
     ]
 
 
@@ -138,10 +141,12 @@ def model_card(
     lines += [
         *(["", bias] if bias else []),
         "",
-        *(interval_lines(calibration, test) if "interval_90" in test else []),
         "Share of faces routed to the balanced head: " + ", ".join(f"{g} {u['balanced']:.0%}" for g, u in usage.items() if u["balanced"] is not None) + ".",
         "",
-        "Reproduce: `bash benchmarks/shipped_model_targets.sh` (GLAE and ℓ_base from their run folders, the peer in its own venv).",
+        f"Reproduce the test rows: `bash benchmarks/shipped_model_targets.sh ../shared/data/utkface {run}/split.json BASE_TEST_JSON`",
+        "(the shipped model and the peer, which runs in its own venv, on this split; ℓ_base from its test metrics).",
+        "",
+        *(interval_lines(calibration, test) if "interval_90" in test else []),
     ]
     if speed is not None:
         lines += ["", "## Speed (2 CPU cores)", ""]
@@ -169,22 +174,25 @@ def main() -> None:
                         help="folder for the model file and its card (default: the package's, i.e. ship it)")
     args = parser.parse_args()
     model, info = load_model(args.run / "model.safetensors")
+    args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / default_model_path().name
     staged = target.with_suffix(".staged")
-    save_model(staged, model, {**info, "source_run": str(args.run)}, half=True)
-    size = staged.stat().st_size
-    if size > LIMIT_BYTES:
-        staged.unlink()
-        raise SystemExit(f"{args.run} is {size / 2**20:.1f} MB in fp16, over the 25 MB limit; nothing shipped")
-    base = None
-    if args.base is not None:
-        base_file = args.base / "test_metrics.json" if args.base.is_dir() else args.base
-        base = (args.base_label, json.loads(base_file.read_text()))
-    peer = json.loads(args.peer.read_text()) if args.peer else None
-    speed = json.loads(args.speed.read_text()) if args.speed else None
-    card = model_card(args.run, info, count_parameters(model), size, base, peer, speed, args.reproduce, model.calibration)
-    staged.replace(target)
-    (args.out / "MODEL_CARD.md").write_text(card)
+    try:
+        save_model(staged, model, {**info, "source_run": str(args.run)}, half=True)
+        size = staged.stat().st_size
+        if size > LIMIT_BYTES:
+            raise SystemExit(f"{args.run} is {size / 2**20:.1f} MB in fp16, over the 25 MB limit; nothing shipped")
+        base = None
+        if args.base is not None:
+            base_file = args.base / "test_metrics.json" if args.base.is_dir() else args.base
+            base = (args.base_label, json.loads(base_file.read_text()))
+        peer = json.loads(args.peer.read_text()) if args.peer else None
+        speed = json.loads(args.speed.read_text()) if args.speed else None
+        card = model_card(args.run, info, count_parameters(model), size, base, peer, speed, args.reproduce, model.calibration)
+        atomic_write_text(args.out / "MODEL_CARD.md", card)
+        staged.replace(target)
+    finally:
+        staged.unlink(missing_ok=True)
     print(card)
 
 

@@ -39,8 +39,9 @@ class StageConfig:
     weight_decay: float = 5e-4
     sampling: Literal["instance", "class"] = "instance"  # instance- or class-balanced batches
     freeze: list[str] = field(default_factory=list)  # more parts kept fixed: "backbone" (its BatchNorm statistics too)
-    # The backbone's first N layers (the stem, then its stages of blocks) kept at their
-    # pretrained values, BatchNorm statistics too: a cheaper step (docs/training_speed.md).
+    # The backbone's first N layers (the stem, then its stages of blocks) kept as the stage
+    # finds them (pretrained, or as an earlier stage left them), BatchNorm statistics too:
+    # a cheaper step (docs/training_speed.md).
     freeze_backbone_layers: int = 0
     # How the trained head starts: as it is ("keep"), as a copy of the head ``copy_from``, or
     # freshly initialised ("fresh", seeded), as classifier re-training does.

@@ -282,6 +282,8 @@ class StageRunner:
     def _end_epoch(self, epoch: int, result: dict[str, float], optimizer, scheduler) -> None:
         """Validate (with the averaged weights when ``ema_decay`` is set), checkpoint and log one epoch.
 
+        With an average, the last step's weights are validated too (``val_last_weights``):
+        one run then tells whether averaging helps, at the cost of a second validation pass.
         After a stage's last epoch the model keeps the averaged weights for good, before
         the checkpoint: the next stage, stageN.safetensors and the final model build on them.
         """
@@ -363,6 +365,28 @@ def freeze_for_stage(model: AgeModel, stage: StageConfig) -> None:
     freeze(model, frozen_parts(stage), stage.freeze_backbone_layers)
 
 
+def check_backbone_layers(model: AgeModel, config: TrainConfig) -> None:
+    """Every stage's ``freeze_backbone_layers`` against the backbone's layers, before any stage trains.
+
+    A count too high for stage 2 would otherwise fail only after stage 1's hours. Layers
+    frozen before anything trained them are random features: allowed (tests, ablations),
+    but said in the log.
+    """
+    stages = config.stages
+    wanted = [index for index, stage in enumerate(stages) if stage.epochs > 0 and stage.freeze_backbone_layers]
+    if not wanted:
+        return
+    available = len(model.backbone.input_layers())
+    for index in wanted:
+        count = stages[index].freeze_backbone_layers
+        if count > available:
+            raise ValueError(f"stages.{index}.freeze_backbone_layers is {count}, but {config.model.backbone} has {available} layers")
+        trained_before = any(stage.epochs > 0 for stage in stages[:index])
+        if not (config.model.pretrained or trained_before or stages[index].init_from):
+            log.warning("stages.%d freezes %d backbone layers that nothing trained (model.pretrained is off): "
+                        "they stay at their random initialisation", index, count)
+
+
 def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) -> Path:
     """Run (or resume) every stage and the final test evaluation; returns the final model file."""
     out_dir = Path(out_dir)
@@ -373,6 +397,7 @@ def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) 
     split = load_or_make_split(config, index, out_dir, context)
     seed_everything(config.seed)
     model = AgeModel(config.model)
+    check_backbone_layers(model, config)
     model.to(context.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -71,3 +71,9 @@ def test_a_run_with_ema_validates_and_saves_the_average(utkface: Path, tmp_path:
     # the last step's weights are validated too, and the average is not them
     assert all(set(record["val_last_weights"]) == set(record["val"]) for record in history)
     assert any(record["val_last_weights"] != record["val"] for record in history)
+    # The average leaves training alone: the same run without it validates, after epoch 1,
+    # exactly what the EMA run logged as its last weights (not its average).
+    plain = tmp_path / "plain"
+    assert main(["train", "--data", str(utkface), "--out", str(plain), "--no-progress", *overrides("stage2.epochs=0")]) == 0
+    first = json.loads((plain / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["val"] == history[0]["val_last_weights"] != history[0]["val"]

@@ -13,6 +13,7 @@ from torch import nn
 from glae.config import TrainConfig
 from glae.engine import freeze, set_train_mode
 from glae.losses import compute_loss
+from glae.models.backbones import IMAGENET_INPUT, Backbone
 from glae.models.glae import AgeModel, ModelConfig
 from glae.train import begin_stage, frozen_parts
 
@@ -218,6 +219,12 @@ def test_freezing_the_first_backbone_layers_keeps_them_exactly_and_trains_the_re
     assert all(p.requires_grad for p in model.backbone.parameters()) and model.backbone.net.bn1.training
     with pytest.raises(ValueError, match=r"freeze_backbone_layers must be in 0\.\.5"):
         freeze(model, set(), backbone_layers=6)
+
+
+def test_a_backbone_without_layer_grouping_says_so_instead_of_freezing_everything() -> None:
+    plain = Backbone(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)), out_channels=4, reduction=1, expected_input=IMAGENET_INPUT)
+    with pytest.raises(ValueError, match="no layer grouping"):
+        plain.input_layers()
 
 
 def test_lite0_layers_are_the_stem_then_each_stage_of_blocks() -> None:

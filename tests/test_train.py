@@ -101,7 +101,7 @@ def test_trained_model_beats_the_training_mean_on_held_out_faces(utkface: Path, 
         assert (out / "report" / name).is_file()
 
 
-@pytest.mark.parametrize("extra", [[], ["ema_decay=0.9"]], ids=["plain", "ema"])
+@pytest.mark.parametrize("extra", [[], ["ema_decay=0.9"], ["stage1.freeze_backbone_layers=2"]], ids=["plain", "ema", "frozen_layers"])
 def test_kill_9_then_resume_matches_uninterrupted_run(utkface: Path, tmp_path: Path, overrides, extra: list[str]) -> None:
     args = ["train", "--data", str(utkface), "--no-progress", *overrides("stage1.epochs=3", *extra)]
     reference = tmp_path / "reference"
@@ -234,6 +234,13 @@ def test_a_stage_list_of_three_trains_in_order(utkface: Path, tmp_path: Path, ov
             assert changed, name  # stage 3 trained it
         elif not name.startswith("heads.vanilla"):
             assert not changed, name  # backbone and balanced head stayed
+
+
+def test_too_many_frozen_layers_in_stage_2_stop_the_run_before_stage_1(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *overrides("stage2.freeze_backbone_layers=6")]) == 2
+    assert "stages.1.freeze_backbone_layers is 6, but resnet18 has 5 layers" in capsys.readouterr().err
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
 
 
 def test_freeze_backbone_layers_keeps_the_stem_as_it_started(utkface: Path, tmp_path: Path, overrides) -> None:

@@ -85,13 +85,17 @@ class Backbone(nn.Module):
         reduction: Total stride; the map is ``ceil(H_in / reduction)`` high.
         expected_input: Normalization the architecture's ImageNet weights
             expect; only matters when they are used.
+        layer_rules: How ``input_layers`` groups a network that has no timm
+            ``group_matcher``: timm's matcher form, ``{"stem": regex, "blocks": regex}``.
     """
 
     def __init__(
-        self, net: nn.Module, out_channels: int, reduction: int, expected_input: InputNormalization
+        self, net: nn.Module, out_channels: int, reduction: int, expected_input: InputNormalization,
+        layer_rules: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.layer_rules = layer_rules
         self.out_channels = out_channels
         self.reduction = reduction
         self.expected_input = expected_input
@@ -104,12 +108,18 @@ class Backbone(nn.Module):
         """The network's layers from the input on: the stem, then each stage of blocks.
 
         What a stage's ``freeze_backbone_layers`` counts. The grouping is timm's coarse
-        ``group_matcher`` (the one its layer-wise learning-rate decay uses); torchvision's
-        ResNets have timm's ResNet names, so they share its rules. Each layer lists the
-        modules that hold its parameters.
+        ``group_matcher`` (the one its layer-wise learning-rate decay uses), or the
+        ``layer_rules`` the backbone was built with in the same form (torchvision's ResNets
+        take timm's ResNet rules: the module names are the same). Each layer lists the
+        modules that hold its parameters. A network with neither has no layers to count.
         """
         matcher = getattr(self.net, "group_matcher", None)
-        rules = cast(Callable[..., Any], matcher)(coarse=True) if callable(matcher) else _RESNET_LAYERS
+        rules = cast(Callable[..., Any], matcher)(coarse=True) if callable(matcher) else self.layer_rules
+        if rules is None:
+            raise ValueError(
+                f"{type(self.net).__name__} has no layer grouping (timm's group_matcher, or Backbone's layer_rules), "
+                "so freeze_backbone_layers cannot count its layers; use freeze: [backbone] or 0"
+            )
         groups = group_modules(self.net, rules, return_values=True)
         return [list(groups[index]) for index in sorted(groups)]
 
@@ -170,6 +180,8 @@ def list_backbones() -> list[str]:
 # --------------------------------------------------------------------------- torchvision ResNets
 
 # timm's coarse layer grouping of its ResNets, whose module names torchvision's share.
+# timm reads a capture group as the layer's number, so the stem's alternatives stay
+# ungrouped: ``re.match`` anchors each of them at the start of the name anyway.
 _RESNET_LAYERS = {"stem": r"^conv1|bn1|maxpool", "blocks": r"^layer(\d+)"}
 
 
@@ -196,7 +208,7 @@ def _torchvision_resnet(name: str, pretrained: bool) -> Backbone:
         model.load_state_dict(state)
     # Same child names as torchvision, so its checkpoints (minus fc.*) load into `net`.
     net = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if n not in ("avgpool", "fc")))
-    return Backbone(net, out_channels=model.fc.in_features, reduction=32, expected_input=IMAGENET_INPUT)
+    return Backbone(net, out_channels=model.fc.in_features, reduction=32, expected_input=IMAGENET_INPUT, layer_rules=_RESNET_LAYERS)
 
 
 @register_backbone
