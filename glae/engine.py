@@ -104,8 +104,8 @@ def freeze(model: AgeModel, names: Iterable[str], backbone_layers: int = 0) -> N
     unknown = names - set(parts)
     if unknown:
         raise ValueError(f"cannot freeze {sorted(unknown)}: the model's parts are {sorted(parts)}")
-    layers = model.backbone.input_layers()
-    if not 0 <= backbone_layers <= len(layers):
+    layers = model.backbone.input_layers() if backbone_layers else []  # a backbone may have no grouping
+    if backbone_layers < 0 or backbone_layers > len(layers):
         raise ValueError(f"freeze_backbone_layers must be in 0..{len(layers)} (the backbone's layers), got {backbone_layers}")
     frozen = [module for name, module in parts.items() if name in names]
     frozen += [module for layer in layers[:backbone_layers] for module in layer]

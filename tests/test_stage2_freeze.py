@@ -221,10 +221,23 @@ def test_freezing_the_first_backbone_layers_keeps_them_exactly_and_trains_the_re
         freeze(model, set(), backbone_layers=6)
 
 
-def test_a_backbone_without_layer_grouping_says_so_instead_of_freezing_everything() -> None:
-    plain = Backbone(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)), out_channels=4, reduction=1, expected_input=IMAGENET_INPUT)
+def test_a_backbone_without_layer_grouping_says_so_instead_of_freezing_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registered network without a grouping still trains and freezes whole parts; only
+    counting its layers is refused, in words."""
+    from glae.models import backbones
+
+    def ungrouped(pretrained: bool = False) -> Backbone:
+        net = nn.Sequential(nn.Conv2d(3, 256, 3, stride=2), nn.BatchNorm2d(256), nn.Conv2d(256, 256, 3, stride=2))
+        return Backbone(net, out_channels=256, reduction=4, expected_input=IMAGENET_INPUT)
+
+    monkeypatch.setitem(backbones._REGISTRY, "ungrouped", ungrouped)
+    model = AgeModel(ModelConfig(backbone="ungrouped", max_age=10, input_size=32))
+    freeze(model, {"backbone"})  # stage 2's usual freeze
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    freeze(model, set())
+    assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="no layer grouping"):
-        plain.input_layers()
+        freeze(model, set(), backbone_layers=1)
 
 
 def test_lite0_layers_are_the_stem_then_each_stage_of_blocks() -> None:
