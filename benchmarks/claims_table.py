@@ -2,6 +2,7 @@
 
     python benchmarks/claims_table.py --eval-lt     # first: -LT evaluation of finished runs that lack it
     python benchmarks/claims_table.py > /tmp/claims.md
+    python benchmarks/claims_table.py --results benchmarks/results/claims_gpu   # runs trained on a GPU
 
 Reads ``benchmarks/results/claims/<run>/test_metrics.json`` (written by ``glae plan``) and
 ``lt10.json`` (``glae eval --lt 10`` on the run's test part). Runs are grouped by name
@@ -26,10 +27,10 @@ ROWS = (("ℓ_base", "base", "vanilla"), ("Vanilla", "glae", "vanilla"), ("Balan
         ("Bigger Υ", "glae", "bigger"), ("AR", "glae", "routing"))
 
 
-def load(part: str) -> dict[str, list[dict]]:
+def load(part: str, results: Path = RESULTS) -> dict[str, list[dict]]:
     """``{method: [report per seed]}`` for ``part`` ``test`` (test_metrics.json) or ``lt10``."""
     reports: dict[str, list[dict]] = defaultdict(list)
-    for folder in sorted(RESULTS.iterdir()):
+    for folder in sorted(results.iterdir()):
         file = folder / ("test_metrics.json" if part == "test" else "lt10.json")
         if folder.is_dir() and file.is_file():
             reports[re.sub(r"_seed\d+$", "", folder.name)].append(json.loads(file.read_text()))
@@ -119,10 +120,12 @@ def eval_lt() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval-lt", action="store_true", help="first evaluate the -LT subset of finished runs that lack lt10.json")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where the runs' reports are (benchmarks/gpu/claims_results.py writes GPU runs' elsewhere)")
     args = parser.parse_args()
     if args.eval_lt:
         eval_lt()
-    test, lt = load("test"), load("lt10")
+    test, lt = load("test", args.results), load("lt10", args.results)
     print("### Test split (3,785 faces): mean ± sample std (seeds)\n")
     print(table(test))
     print("\n### Balanced -LT subset of the test split (10 faces per age)\n")
