@@ -54,6 +54,10 @@ def conformal_quantile(scores: Tensor, level: float) -> float:
     return float(scores.flatten().sort().values[rank - 1])
 
 
+class CalibrationError(ValueError):
+    """No temperature makes the interval cover the level: the distributions are far off (an undertrained model)."""
+
+
 INTERVAL_LEVEL = 0.9
 """The nominal coverage of the interval every prediction carries (``interval_90``)."""
 
@@ -128,7 +132,7 @@ def fit_temperature(probs: Tensor, truth: Tensor, level: float = INTERVAL_LEVEL)
 
     low, high = 0.05, 100.0
     if coverage(high) < level:
-        raise ValueError(f"no temperature up to {high} gives {level:.0%} coverage on these faces")
+        raise CalibrationError(f"no temperature up to {high} gives {level:.0%} coverage on these faces")
     for _ in range(50):
         middle = math.sqrt(low * high)  # the temperature is a scale: bisect its logarithm
         if coverage(middle) >= level:

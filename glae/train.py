@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
+from .calibration import CalibrationError
 from .checkpoint import (
     load_model,
     load_training_state,
@@ -442,9 +443,13 @@ def finish(
             "train_images": len(split.train), "loss": config.training_loss, "seed": config.seed,
         }
         if split.val:
-            model.calibration = calibrate_samples(model, split.val, mode, inference_pass(config, context.device))
-            log.info("90%% interval: temperature %.3f covers %.1f%% of %d validation faces",
-                     model.calibration.temperature, 100 * model.calibration.coverage, model.calibration.faces)
+            try:
+                model.calibration = calibrate_samples(model, split.val, mode, inference_pass(config, context.device))
+                log.info("90%% interval: temperature %.3f covers %.1f%% of %d validation faces",
+                         model.calibration.temperature, 100 * model.calibration.coverage, model.calibration.faces)
+            except CalibrationError as error:  # the trained model is still worth keeping
+                log.warning("90%% interval not calibrated (%s); the model keeps its raw quantiles "
+                            "(glae calibrate can fit them later)", error)
         save_model(final, model, info)
         if split.test:
             report = evaluate_model(model, split.test, config, context.device, mode)

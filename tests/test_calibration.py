@@ -12,6 +12,7 @@ import torch
 
 from glae import calibration
 from glae.calibration import (
+    CalibrationError,
     IntervalCalibration,
     age_interval,
     conformal_quantile,
@@ -81,6 +82,30 @@ def test_fit_temperature_finds_the_smallest_temperature_that_covers_the_level() 
     assert covered(age_interval(probs, slightly_less), truth).double().mean() < 0.9
     with pytest.raises(ValueError, match="empty"):
         fit_temperature(probs[:0], truth[:0])
+    # Distributions all far from the truth: no temperature helps, and the error says so.
+    far = torch.zeros(4, 101, dtype=torch.double)
+    far[:, 0] = 1.0
+    with pytest.raises(CalibrationError, match="no temperature"):
+        fit_temperature(far, torch.full((4,), 100.0, dtype=torch.double))  # even a flat distribution misses 100
+
+
+def test_a_run_whose_interval_cannot_be_calibrated_still_saves_its_model(
+    utkface: Path, tmp_path: Path, overrides, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An undertrained model (a 2-step smoke run) can be too far off for any temperature:
+    the hours of training are kept, the interval stays raw, the log says why."""
+    from glae.cli import main
+
+    def impossible(*args, **kwargs):
+        raise CalibrationError("no temperature up to 100.0 gives 90% coverage on these faces")
+
+    monkeypatch.setattr("glae.train.calibrate_samples", impossible)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *overrides("stage2.epochs=0")]) == 0
+    model, _ = load_model(run / "model.safetensors")
+    assert model.calibration is None
+    assert json.loads((run / "test_metrics.json").read_text())["interval_90"]["calibrated"] is False
+    assert "not calibrated" in caplog.text
 
 
 def test_interval_report_counts_per_age_group() -> None:
