@@ -13,10 +13,12 @@ before the runs: a difference counts when it exceeds twice the pooled seed std, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -107,14 +109,16 @@ def routing_shares(reports: dict[str, list[dict]]) -> str:
 
 
 def eval_lt() -> None:
+    """``glae eval --lt 10`` of finished runs that lack it; its printed summary goes to stderr, not into the tables."""
     from glae.cli import main
 
     for folder in sorted(RESULTS.iterdir()):
         run = RUNS / folder.name
         if (folder / "test_metrics.json").is_file() and not (folder / "lt10.json").is_file() and (run / "model.safetensors").is_file():
-            main(["eval", "--checkpoint", str(run / "model.safetensors"), "--data", "../shared/data/utkface",
-                  "--split", str(run / "split.json"), "--part", "test", "--lt", "10", "--workers", "1",
-                  "--json", str(folder / "lt10.json")])
+            with contextlib.redirect_stdout(sys.stderr):
+                main(["eval", "--checkpoint", str(run / "model.safetensors"), "--data", "../shared/data/utkface",
+                      "--split", str(run / "split.json"), "--part", "test", "--lt", "10", "--workers", "1",
+                      "--json", str(folder / "lt10.json")])
 
 
 def main() -> None:
