@@ -22,7 +22,7 @@ from glae.checkpoint import load_model, save_model
 from glae.config import config_from_dict, config_to_dict
 from glae.estimator import default_model_path
 from glae.fileio import atomic_write_text
-from glae.models import count_parameters
+from glae.models import AgeModel, count_parameters
 
 LIMIT_BYTES = 25 * 1024 * 1024
 
@@ -88,9 +88,10 @@ def interval_lines(calibration: IntervalCalibration | None, test: dict) -> list[
 
 
 def model_card(
-    run: Path, info: dict, parameters: int, size: int, base: tuple[str, dict] | None, peer: dict | None,
-    speed: dict | None, reproduce: str | None, calibration: IntervalCalibration | None,
+    run: Path, model: AgeModel, size: int, base: tuple[str, dict] | None, peer: dict | None,
+    speed: dict | None, reproduce: str | None,
 ) -> str:
+    parameters = count_parameters(model)
     config = config_to_dict(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())))  # older run folders too
     split = json.loads((run / "split.json").read_text())
     test = json.loads((run / "test_metrics.json").read_text())
@@ -146,7 +147,7 @@ def model_card(
         f"Reproduce the test rows: `bash benchmarks/shipped_model_targets.sh ../shared/data/utkface {run}/split.json BASE_TEST_JSON`",
         "(the shipped model and the peer, which runs in its own venv, on this split; ℓ_base from its test metrics).",
         "",
-        *(interval_lines(calibration, test) if "interval_90" in test else []),
+        *(interval_lines(model.calibration, test) if "interval_90" in test else []),
     ]
     if speed is not None:
         lines += ["", "## Speed (2 CPU cores)", ""]
@@ -188,7 +189,7 @@ def main() -> None:
             base = (args.base_label, json.loads(base_file.read_text()))
         peer = json.loads(args.peer.read_text()) if args.peer else None
         speed = json.loads(args.speed.read_text()) if args.speed else None
-        card = model_card(args.run, info, count_parameters(model), size, base, peer, speed, args.reproduce, model.calibration)
+        card = model_card(args.run, model, size, base, peer, speed, args.reproduce)
         atomic_write_text(args.out / "MODEL_CARD.md", card)
         staged.replace(target)
     finally:
