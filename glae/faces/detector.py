@@ -3,7 +3,8 @@
 Alignment, ``glae align`` and ``glae predict`` only ever see ``DetectedFace`` records from
 a ``FaceDetector``; MTCNN (``glae.faces.mtcnn``) is the default because the paper aligns
 its faces with it, but any object with a matching ``detect`` method works; a
-``detect_batch`` method, when present, is used for many photos at once.
+``detect_batch`` method, when present, is used for many photos at once. ``DETECTORS``
+names the ones ``--detector`` offers.
 """
 
 from __future__ import annotations
@@ -65,3 +66,35 @@ def detect_batch(detector: FaceDetector, images: Sequence[Image.Image]) -> list[
 def largest_first(faces: list[DetectedFace]) -> list[DetectedFace]:
     """The order every detector returns: the main subject of a photo comes first."""
     return sorted(faces, key=lambda face: face.area, reverse=True)
+
+
+def _mtcnn(device: str) -> FaceDetector:
+    from .mtcnn import MTCNNDetector
+
+    return MTCNNDetector(device=device)
+
+
+def _blazeface(device: str) -> FaceDetector:
+    from .blazeface import BlazeFace
+    from .mtcnn import MTCNNDetector
+
+    return MTCNNDetector(device=device, proposer=BlazeFace(device=device))
+
+
+# The detectors ``glae predict --detector`` and ``glae serve --detector`` offer, by name;
+# each builder imports its code only when chosen. Add a detector here.
+DETECTORS = {
+    # The paper's: P-Net over an image pyramid, then R-Net and O-Net.
+    "mtcnn": _mtcnn,
+    # BlazeFace's proposals, then MTCNN's R-Net and O-Net (the same five landmarks), and the
+    # pyramid for photos where that finds nothing. Faster on the CPU; but beside a large
+    # face, it misses most faces under 48 px (docs/detect_speed.md).
+    "blazeface": _blazeface,
+}
+
+
+def build_detector(name: str, device: str) -> FaceDetector:
+    """The detector called ``name`` in ``DETECTORS``, on ``device``."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
+    return DETECTORS[name](device)

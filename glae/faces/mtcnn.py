@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,9 @@ WEIGHTS_PIP = "pip install --no-deps facenet-pytorch==2.6.0"
 # larger calls), large ones go alone; on the CPU, stacking 4 levels of a 640x480 photo's
 # first scale (1.8 M pixels) ran slower per photo than one at a time (cache), 0.5 M did not.
 PNET_PIXELS_PER_PASS = 2**19
+# Candidate boxes for R-Net and O-Net in place of P-Net's pyramid: ``[B, 3, H, W]`` 0..255
+# pixels -> ``[N, 4]`` boxes in image pixels, ``[N]`` scores, ``[N]`` the image of each box.
+Proposer = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 class MTCNNWeightsError(FileNotFoundError):
@@ -184,6 +187,9 @@ class MTCNNDetector:
         chunk: crops per R-/O-Net forward pass, to bound memory on crowded images.
         device: where the three nets run ("cpu", "cuda", "cuda:1"...); the faces come back
             on the CPU either way.
+        proposer: where R-Net's candidates come from; default: P-Net over the pyramid.
+            ``glae.faces.blazeface.BlazeFace`` proposes from one pass over a small copy of
+            the photo. A photo where its candidates yield no face goes through the pyramid.
     """
 
     def __init__(
@@ -194,6 +200,7 @@ class MTCNNDetector:
         weights_dir: str | Path | None = None,
         chunk: int = 512,
         device: str | torch.device = "cpu",
+        proposer: Proposer | None = None,
     ) -> None:
         if min_face_size < 12:
             raise ValueError(f"min_face_size must be at least 12 px (P-Net's window), got {min_face_size}")
@@ -212,6 +219,7 @@ class MTCNNDetector:
         self.thresholds = thresholds
         self.scale_factor = scale_factor
         self.chunk = chunk
+        self.proposer = proposer
 
     def detect(self, image: Image.Image) -> list[DetectedFace]:
         """Faces in an RGB image, largest first."""
@@ -238,13 +246,24 @@ class MTCNNDetector:
                 stacked = torch.from_numpy(np.stack([np.asarray(images[index]) for index in part]))
                 # Contiguous: roi_align would copy a channels-last batch at each call.
                 pixels = stacked.to(self.device).permute(0, 3, 1, 2).float().contiguous()
-                for index, faces in zip(part, self._cascade(pixels)):
-                    found[index] = faces
+                faces = self._cascade(pixels, self.proposer)
+                if self.proposer is not None:
+                    # Photos with no face from the proposer's candidates get the pyramid.
+                    missed = [k for k, image_faces in enumerate(faces) if not image_faces]
+                    if missed:
+                        for k, image_faces in zip(missed, self._cascade(pixels[missed], None)):
+                            faces[k] = image_faces
+                for index, image_faces in zip(part, faces):
+                    found[index] = image_faces
         return found
 
-    def _cascade(self, pixels: Tensor) -> list[list[DetectedFace]]:
-        """``[B, 3, H, W]`` 0..255 pixels -> the faces of each image."""
-        boxes, owners = self._propose(pixels)
+    def _cascade(self, pixels: Tensor, proposer: Proposer | None) -> list[list[DetectedFace]]:
+        """``[B, 3, H, W]`` 0..255 pixels -> the faces of each image, from ``proposer``'s candidates or P-Net's."""
+        if proposer is None:
+            boxes, owners = self._propose(pixels)
+        else:
+            boxes, _, owners = proposer(pixels)
+            boxes = _square(boxes)
         if len(boxes):
             boxes, owners = self._refine(pixels, boxes, owners)
         faces: list[list[DetectedFace]] = [[] for _ in range(len(pixels))]

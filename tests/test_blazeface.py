@@ -1,0 +1,125 @@
+"""BlazeFace: the TFLite graph replayed in PyTorch, its anchors, and its proposals feeding MTCNN's last two nets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glae.faces.blazeface import MODELS, BlazeFace, anchor_centres, default_model_path
+from glae.faces.detector import build_detector
+from glae.faces.mtcnn import MTCNNDetector
+from glae.faces.tflite_graph import TFLiteGraph, TFLiteGraphError, _same_padding
+from glae.predict_options import PredictOptions
+
+# TensorFlow Lite 2.14's own interpreter (tflite_runtime) on scikit-image's astronaut,
+# resized to 192x192 with Pillow's bilinear filter and scaled to [-1, 1]: the anchor with
+# the highest face logit, that logit, its 16 regressed values (box centre offset, size,
+# six keypoints, in input pixels), and the logits of three other anchors.
+ASTRONAUT_TOP_ANCHOR = 549
+ASTRONAUT_TOP_LOGIT = 2.747729
+ASTRONAUT_TOP_REGRESSION = [
+    -1.0396, -0.557, 39.8939, 39.8924, -8.9988, -7.7789, 6.4412, -6.5661,
+    -1.8884, 2.7685, -2.3078, 9.5252, -17.704, -5.0942, 15.2442, -2.8708,
+]
+ASTRONAUT_OTHER_LOGITS = {0: -6.300147, 100: -4.163723, 1000: -5.506201}
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="module")
+def full_range_graph() -> TFLiteGraph:
+    return TFLiteGraph(default_model_path("full_range"))
+
+
+def test_graph_matches_tensorflow_lite_on_a_real_photo(full_range_graph: TFLiteGraph, astronaut: Image.Image) -> None:
+    pixels = np.asarray(astronaut.resize((192, 192), Image.Resampling.BILINEAR), dtype=np.float32) / 127.5 - 1
+    with torch.no_grad():
+        regressors, logits = full_range_graph(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+    assert regressors.shape == (1, 2304, 16) and logits.shape == (1, 2304, 1)
+    assert int(logits[0, :, 0].argmax()) == ASTRONAUT_TOP_ANCHOR
+    assert float(logits[0, ASTRONAUT_TOP_ANCHOR, 0]) == pytest.approx(ASTRONAUT_TOP_LOGIT, abs=1e-3)
+    assert regressors[0, ASTRONAUT_TOP_ANCHOR].tolist() == pytest.approx(ASTRONAUT_TOP_REGRESSION, abs=2e-3)
+    for anchor, logit in ASTRONAUT_OTHER_LOGITS.items():
+        assert float(logits[0, anchor, 0]) == pytest.approx(logit, abs=1e-3)
+
+
+def test_graph_runs_on_other_input_sizes_and_batches(full_range_graph: TFLiteGraph) -> None:
+    """A 4:3 input needs no square letterbox: one cell per 4 input pixels, and each photo of a batch on its own."""
+    photos = torch.rand(3, 3, 192, 256) * 2 - 1
+    with torch.no_grad():
+        regressors, logits = full_range_graph(photos)
+        alone = full_range_graph(photos[1:2])[1]
+    assert regressors.shape == (3, 48 * 64, 16) and logits.shape == (3, 48 * 64, 1)
+    assert torch.allclose(logits[1:2], alone, atol=1e-4)
+
+
+def test_tensorflow_same_padding_puts_the_odd_pixel_after() -> None:
+    assert _same_padding(6, 3, 2) == (0, 1)  # 3 outputs need 7 pixels: one more, at the end
+    assert _same_padding(5, 3, 2) == (1, 1)
+    assert _same_padding(8, 2, 2) == (0, 0)
+    assert _same_padding(7, 5, 1) == (2, 2)
+
+
+def test_resize_samples_output_pixel_i_at_input_i_over_the_factor() -> None:
+    """TFLite's default bilinear resize, unlike PyTorch's half-pixel one: even pixels copy, the last repeats."""
+    row = torch.tensor([0.0, 1.0, 4.0]).view(1, 1, 1, 3)
+    resized = TFLiteGraph._resize(row, {"factor": (1, 2), "align_corners": False, "half_pixel": False})
+    assert resized.flatten().tolist() == [0.0, 0.5, 1.0, 2.5, 4.0, 4.0]
+
+
+def test_anchor_centres_follow_the_graph_output_order() -> None:
+    assert anchor_centres(MODELS["full_range"], 8, 8).tolist() == [[2, 2], [6, 2], [2, 6], [6, 6]]
+    short = anchor_centres(MODELS["short_range"], 16, 16)
+    # 2 x 2 cells of 8 px with 2 anchors each, then one 16 px cell with 6.
+    assert short.tolist() == [[4, 4]] * 2 + [[12, 4]] * 2 + [[4, 12]] * 2 + [[12, 12]] * 2 + [[8, 8]] * 6
+
+
+def test_files_that_are_not_tflite_graphs_are_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "model.tflite"
+    fake.write_bytes(b"PK\x03\x04 not a flatbuffer at all")
+    with pytest.raises(TFLiteGraphError, match="not a TensorFlow Lite file"):
+        TFLiteGraph(fake)
+
+
+def test_proposals_find_the_face_mtcnn_finds(detector: MTCNNDetector, astronaut: Image.Image) -> None:
+    (face,) = detector.detect(astronaut)
+    pixels = torch.from_numpy(np.array(astronaut)).permute(2, 0, 1)[None].float()
+    boxes, scores, owners = BlazeFace()(pixels)
+    best = boxes[scores.argmax()].tolist()
+    overlap = [max(0.0, min(a, b) - max(c, d)) for a, b, c, d in ((best[2], face.box[2], best[0], face.box[0]), (best[3], face.box[3], best[1], face.box[1]))]
+    assert overlap[0] * overlap[1] > 0.5 * face.area and owners.tolist() == [0] * len(owners)
+
+
+def test_blazeface_detector_places_mtcnn_landmarks(detector: MTCNNDetector, two_faces_photo: Image.Image) -> None:
+    """R-Net and O-Net on BlazeFace's boxes: the same faces, landmarks within 10% of the eye distance."""
+    reference = detector.detect(two_faces_photo)
+    found = build_detector("blazeface", "cpu").detect(two_faces_photo)
+    assert len(found) == len(reference) == 2
+    for ours, theirs in zip(sorted(found, key=lambda f: f.box[0]), sorted(reference, key=lambda f: f.box[0])):
+        eye_distance = np.linalg.norm(theirs.landmarks[0] - theirs.landmarks[1])
+        assert np.abs(ours.landmarks - theirs.landmarks).max() < 0.1 * eye_distance
+        assert ours.score > 0.9
+
+
+def test_photos_without_proposals_go_through_the_pyramid(detector: MTCNNDetector, two_faces_photo: Image.Image) -> None:
+    def nothing(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+
+    fallback = MTCNNDetector(proposer=nothing)
+    for ours, theirs in zip(fallback.detect(two_faces_photo), detector.detect(two_faces_photo)):
+        assert ours.box == theirs.box and np.array_equal(ours.landmarks, theirs.landmarks)
+
+
+def test_detector_option_names_a_known_detector() -> None:
+    assert PredictOptions(detector="blazeface").detector == "blazeface"
+    with pytest.raises(ValueError, match="--detector must be one of mtcnn, blazeface"):
+        PredictOptions(detector="retinaface")
