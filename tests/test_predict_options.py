@@ -14,7 +14,7 @@ from glae.inference_backends import load_routed_predictor
 from glae.predict_options import PredictOptions
 
 # A value other than the default for every option: a new option must be added here.
-NOT_DEFAULT = {"batch_size": 7, "margin": 0.25, "min_face_score": 0.5, "min_face_size": 20.0, "device": "cpu"}
+NOT_DEFAULT = {"batch_size": 7, "margin": 0.25, "min_face_score": 0.5, "min_face_size": 20.0, "detector": "blazeface", "device": "cpu"}
 COMMANDS = [["predict", "photo.jpg"], ["serve"]]
 
 
@@ -78,6 +78,7 @@ def test_glae_serve_options_reach_the_apps_estimator(model_file: Path, monkeypat
         ({"min_face_score": -0.1}, "--min-face-score must be in [0, 1], got -0.1"),
         ({"min_face_score": float("nan")}, "--min-face-score must be in [0, 1], got nan"),
         ({"min_face_size": -1.0}, "--min-face-size must be >= 0 pixels, got -1.0"),
+        ({"detector": "retinaface"}, "--detector must be one of mtcnn, blazeface, got 'retinaface'"),
         ({"device": "banana"}, "--device 'banana' is not a device; use auto, cpu, cuda or cuda:N"),
     ],
 )

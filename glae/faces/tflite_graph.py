@@ -8,6 +8,7 @@ the ten operator kinds of MediaPipe's face detectors and refuses any other by na
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,18 @@ class TFLiteGraph(nn.Module):
         data = Path(path).read_bytes()
         if len(data) < 8 or data[4:8] != b"TFL3":
             raise TFLiteGraphError(f"{path} is not a TensorFlow Lite file (no TFL3 identifier)")
-        model = tflite.Model.GetRootAsModel(data, 0)
+        try:
+            self._read(tflite, tflite.Model.GetRootAsModel(data, 0), path)
+        except TFLiteGraphError:
+            raise
+        except (IndexError, KeyError, ValueError, TypeError, struct.error) as error:
+            raise TFLiteGraphError(f"{path} is a damaged TensorFlow Lite file: {type(error).__name__}: {error}") from error
+        # Registered as buffers so that .to(device) moves them.
+        for key, constant in self._constants.items():
+            self.register_buffer(f"t{key}", constant, persistent=False)
+
+    def _read(self, tflite: Any, model: Any, path: str | Path) -> None:
+        """The graph's operators as steps and its constants as float32 tensors."""
         if model.SubgraphsLength() != 1:
             raise TFLiteGraphError(f"{path} has {model.SubgraphsLength()} subgraphs; only single-graph files are supported")
         graph = model.Subgraphs(0)
@@ -88,7 +100,7 @@ class TFLiteGraph(nn.Module):
             if kind == "DEQUANTIZE":
                 self._constants[output] = torch.from_numpy(self._buffer(model, graph, inputs[0]).astype(np.float32))
                 continue
-            self._steps.append(_Step(kind, inputs, output, self._options(tflite, kind, op, model, graph, inputs)))
+            self._steps.append(_Step(kind, inputs, output, self._options(tflite, kind, op, graph, inputs)))
         computed = {self._input} | {step.output for step in self._steps}
         for step in self._steps:
             for tensor in step.inputs[1:]:
@@ -101,9 +113,6 @@ class TFLiteGraph(nn.Module):
                 uses[tensor] = uses.get(tensor, 0) + 1
         # Intermediate tensors read by one operator only: ADD and RELU may overwrite them.
         self._read_once = {step.output for step in self._steps if uses.get(step.output) == 1} - set(self._outputs)
-        # Registered as buffers so that .to(device) moves them.
-        for key, constant in self._constants.items():
-            self.register_buffer(f"t{key}", constant, persistent=False)
 
     @staticmethod
     def _buffer(model: Any, graph: Any, tensor_id: int) -> np.ndarray:
@@ -115,7 +124,7 @@ class TFLiteGraph(nn.Module):
         return np.frombuffer(raw.tobytes(), dtype=_DTYPES[tensor.Type()]).reshape(shape)
 
     @staticmethod
-    def _options(tflite: Any, kind: str, op: Any, model: Any, graph: Any, inputs: list[int]) -> dict[str, Any]:
+    def _options(tflite: Any, kind: str, op: Any, graph: Any, inputs: list[int]) -> dict[str, Any]:
         """The settings of one operator, as plain values."""
 
         def table(cls: Any) -> Any:
