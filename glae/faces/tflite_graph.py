@@ -39,10 +39,10 @@ def _schema() -> Any:
     return tflite
 
 
-def _same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow's SAME padding of one axis: the odd pixel goes after, unlike PyTorch's symmetric padding."""
     out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
 
