@@ -1,7 +1,8 @@
 """AgeEstimator: photos in, one age per face out.
 
-The path of one photo, top to bottom: ``read_rgb`` (decode upright RGB) -> MTCNN
-(``glae.faces``: boxes and five landmarks) -> five-point alignment onto the training
+The path of one photo, top to bottom: ``read_rgb`` (decode upright RGB) -> the face
+detector that ``--detector`` names (``glae.faces.detector.DETECTORS``: MTCNN, or BlazeFace's
+proposals checked by MTCNN's last nets; boxes and five landmarks) -> five-point alignment onto the training
 framing -> ``eval_transform`` -> a ``RoutedPredictor`` (``AgeModel.predict_views`` on the
 image and its flip through both heads, then ``route``: Adaptive Routing, in PyTorch or in
 an exported ONNX graph) -> expectation and a 90% interval of the chosen head's
@@ -154,10 +155,10 @@ class AgeEstimator:
         predictor: the model behind ``glae.inference_backends.RoutedPredictor`` (a PyTorch
             model file or an ONNX export); it routes between the two heads when the
             balanced head was trained, otherwise it uses the vanilla head alone.
-        options: batch size, alignment margin, face filter and device
-            (``glae.predict_options``); the device is where MTCNN runs when it is built here.
-        detector: any ``FaceDetector``; MTCNN is built on first use when None, so a caller
-            with aligned crops needs no detector weights.
+        options: batch size, alignment margin, face filter, detector and device
+            (``glae.predict_options``); the device is where the detector runs when it is built here.
+        detector: any ``FaceDetector``; when None, the one ``options.detector`` names is
+            built on first use, so a caller with aligned crops needs no detector weights.
     """
 
     def __init__(self, predictor: RoutedPredictor, options: PredictOptions = PredictOptions(), detector: FaceDetector | None = None) -> None:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def create_app(estimator: AgeEstimator, settings: ServeSettings, model_name: str) -> FastAPI:
     """The app around a loaded ``estimator`` (its detector is built here, once, not per request)."""
-    estimator.detector  # MTCNN's weights load now: a missing install fails at startup
+    estimator.detector  # the detector's weights load now: a missing install fails at startup
     pool = InferencePool(settings.workers, settings.queue)
 
     @asynccontextmanager
