@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from glae.estimator import AgeEstimator
 from glae.faces.blazeface import MODELS, BlazeFace, anchor_centres, default_model_path
 from glae.faces.detector import build_detector
-from glae.faces.mtcnn import MTCNNDetector
+from glae.faces.mtcnn import MTCNNDetector, _crops
 from glae.faces.tflite_graph import TFLiteGraph, TFLiteGraphError, _same_padding
 from glae.predict_options import PredictOptions
 
@@ -98,11 +99,27 @@ def test_files_that_are_not_tflite_graphs_are_refused(tmp_path: Path) -> None:
 
 def test_proposals_find_the_face_mtcnn_finds(detector: MTCNNDetector, astronaut: Image.Image) -> None:
     (face,) = detector.detect(astronaut)
-    pixels = torch.from_numpy(np.array(astronaut)).permute(2, 0, 1)[None].float()
-    boxes, scores, owners = BlazeFace()(pixels)
-    best = boxes[scores.argmax()].tolist()
-    overlap = [max(0.0, min(a, b) - max(c, d)) for a, b, c, d in ((best[2], face.box[2], best[0], face.box[0]), (best[3], face.box[3], best[1], face.box[1]))]
-    assert overlap[0] * overlap[1] > 0.5 * face.area and owners.tolist() == [0] * len(owners)
+    wide = Image.new("RGB", (900, 600), (128, 128, 128))
+    wide.paste(astronaut, (300, 40))
+    boxes, scores, owners = BlazeFace()([astronaut, wide])
+    for photo, shift in ((0, 0), (1, 300)):
+        best = boxes[owners == photo][scores[owners == photo].argmax()].tolist()
+        expected = (face.box[0] + shift, face.box[1] + 40 * photo, face.box[2] + shift, face.box[3] + 40 * photo)
+        width = max(0.0, min(best[2], expected[2]) - max(best[0], expected[0]))
+        height = max(0.0, min(best[3], expected[3]) - max(best[1], expected[1]))
+        assert width * height > 0.5 * face.area
+
+
+def test_crops_from_bytes_equal_crops_from_the_float_photos() -> None:
+    """R-Net and O-Net read BlazeFace's few boxes from the bytes; P-Net's from the widened batch: the same crops."""
+    photos = torch.randint(0, 256, (2, 60, 80, 3), dtype=torch.uint8)
+    boxes = torch.tensor([[10.3, 5.7, 40.2, 35.6], [-12.0, -8.5, 20.0, 23.5], [60.5, 40.2, 95.0, 74.7], [100.0, 70.0, 130.0, 99.0]])
+    owners = torch.tensor([0, 1, 1, 0])
+    from_floats = _crops(photos.permute(0, 3, 1, 2).contiguous().float(), boxes, owners, 24)
+    from_bytes = _crops(photos, boxes, owners, 24)
+    assert from_bytes.shape == (4, 3, 24, 24)
+    assert torch.allclose(from_bytes, from_floats, atol=1e-5)
+    assert from_bytes[3].eq(_crops(torch.zeros(1, 60, 80, 3, dtype=torch.uint8), boxes[:1], owners[:1], 24)[0]).all()  # outside: black
 
 
 def test_blazeface_detector_places_mtcnn_landmarks(detector: MTCNNDetector, two_faces_photo: Image.Image) -> None:
@@ -117,7 +134,7 @@ def test_blazeface_detector_places_mtcnn_landmarks(detector: MTCNNDetector, two_
 
 
 def test_photos_without_proposals_go_through_the_pyramid(detector: MTCNNDetector, two_faces_photo: Image.Image) -> None:
-    def nothing(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def nothing(photos: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)
 
     fallback = MTCNNDetector(proposer=nothing)

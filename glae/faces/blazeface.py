@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torchvision.ops import batched_nms
 
@@ -79,7 +81,7 @@ def anchor_centres(model: BlazeFaceModel, height: int, width: int) -> Tensor:
 
 
 class BlazeFace:
-    """Face proposals from BlazeFace: ``[B, 3, H, W]`` 0..255 pixels -> boxes in image pixels.
+    """Face proposals from BlazeFace: RGB photos -> boxes in image pixels.
 
     Args:
         model: a key of ``MODELS``.
@@ -116,31 +118,41 @@ class BlazeFace:
         self.min_score = min_score
         self.iou_threshold = iou_threshold
 
-    def _shrink(self, pixels: Tensor) -> tuple[Tensor, float]:
-        """Photos shrunk so the longer side is ``input_size``, padded at the bottom/right, in [-1, 1]."""
-        height, width = pixels.shape[-2:]
-        scale = self.input_size / max(height, width)
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        shrunk = F.interpolate(pixels, size=size, mode="area") / 127.5 - 1
+    def _shrink(self, images: Sequence[Image.Image]) -> tuple[Tensor, Tensor]:
+        """The photos shrunk so their longer side is ``input_size``, in [-1, 1], and each one's scale.
+
+        Pillow's box filter shrinks the bytes (0.9 ms for a 640x480 photo on this CPU, where
+        widening it to float first and averaging in torch took 5 ms). Each photo sits at the
+        top left of a batch padded up to the graph's multiple with black (-1), as MediaPipe
+        pads its letterbox.
+        """
+        scales, shrunk = [], []
+        for image in images:
+            scale = self.input_size / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            scales.append(scale)
+            shrunk.append(image.resize(size, Image.Resampling.BOX))
         multiple = self.spec.multiple
-        padded = (math.ceil(size[0] / multiple) * multiple, math.ceil(size[1] / multiple) * multiple)
-        # Outside the photo is black (-1), as MediaPipe pads its letterbox. Channels-last: on
-        # the CPU the graph runs about 1.1x faster so.
-        padded_input = F.pad(shrunk, (0, padded[1] - size[1], 0, padded[0] - size[0]), value=-1.0)
-        return padded_input.contiguous(memory_format=torch.channels_last), scale
+        height = math.ceil(max(image.height for image in shrunk) / multiple) * multiple
+        width = math.ceil(max(image.width for image in shrunk) / multiple) * multiple
+        batch = torch.full((len(shrunk), height, width, 3), -1.0)
+        for index, image in enumerate(shrunk):
+            batch[index, : image.height, : image.width] = torch.from_numpy(np.array(image)).float() / 127.5 - 1
+        # Channels-last: on the CPU the graph runs about 1.1x faster so.
+        return batch.permute(0, 3, 1, 2).to(self.device), torch.tensor(scales, device=self.device)
 
     @torch.no_grad()
-    def __call__(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``[N, 4]`` boxes (x1, y1, x2, y2) in image pixels, ``[N]`` scores and ``[N]`` their image."""
-        net_input, scale = self._shrink(pixels.to(self.device))
+    def __call__(self, images: Sequence[Image.Image]) -> tuple[Tensor, Tensor, Tensor]:
+        """``[N, 4]`` boxes (x1, y1, x2, y2) in image pixels, ``[N]`` scores and ``[N]`` their photo."""
+        net_input, scales = self._shrink(images)
         regressors, logits = self.net(net_input)
         centres = anchor_centres(self.spec, *net_input.shape[-2:]).to(self.device)
         scores = logits[..., 0].clamp(-100, 100).sigmoid()
-        images, anchors = torch.nonzero(scores >= self.min_score, as_tuple=True)
-        offsets = regressors[images, anchors]
+        photos, anchors = torch.nonzero(scores >= self.min_score, as_tuple=True)
+        offsets = regressors[photos, anchors]
         centre = centres[anchors] + offsets[:, 0:2]
         half = offsets[:, 2:4] / 2
-        boxes = torch.cat([centre - half, centre + half], 1) / scale
-        scores = scores[images, anchors]
-        keep = batched_nms(boxes, scores, images, self.iou_threshold)
-        return boxes[keep], scores[keep], images[keep]
+        boxes = torch.cat([centre - half, centre + half], 1) / scales[photos, None]
+        scores = scores[photos, anchors]
+        keep = batched_nms(boxes, scores, photos, self.iou_threshold)
+        return boxes[keep], scores[keep], photos[keep]

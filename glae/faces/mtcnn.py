@@ -33,9 +33,9 @@ WEIGHTS_PIP = "pip install --no-deps facenet-pytorch==2.6.0"
 # larger calls), large ones go alone; on the CPU, stacking 4 levels of a 640x480 photo's
 # first scale (1.8 M pixels) ran slower per photo than one at a time (cache), 0.5 M did not.
 PNET_PIXELS_PER_PASS = 2**19
-# Candidate boxes for R-Net and O-Net in place of P-Net's pyramid: ``[B, 3, H, W]`` 0..255
-# pixels -> ``[N, 4]`` boxes in image pixels, ``[N]`` scores, ``[N]`` the image of each box.
-Proposer = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+# Candidate boxes for R-Net and O-Net in place of P-Net's pyramid: RGB photos of one size ->
+# ``[N, 4]`` boxes in image pixels, ``[N]`` scores, ``[N]`` the photo of each box.
+Proposer = Callable[[Sequence[Image.Image]], tuple[Tensor, Tensor, Tensor]]
 
 
 class MTCNNWeightsError(FileNotFoundError):
@@ -58,6 +58,41 @@ def _normalize(pixels: Tensor) -> Tensor:
 def _flatten_transposed(features: Tensor) -> Tensor:
     """Flatten ``[B, C, H, W]`` in (W, H, C) order, the layout the ported Caffe weights expect."""
     return features.permute(0, 3, 2, 1).flatten(1)
+
+
+def _widen(photos: Tensor) -> Tensor:
+    """``[B, H, W, 3]`` bytes -> ``[B, 3, H, W]`` contiguous floats (roi_align would copy a
+    channels-last batch at each call). Reordered as bytes, then widened: 1.6x faster than
+    the other way round on the CPU."""
+    return photos.permute(0, 3, 1, 2).contiguous().float()
+
+
+def _crops(pixels: Tensor, boxes: Tensor, owners: Tensor, size: int) -> Tensor:
+    """Normalized ``size`` x ``size`` crops of ``boxes`` (``owners``: their image), channels-last.
+
+    Outside the image is black, as MTCNN was trained. ``pixels`` is either the ``[B, 3, H, W]``
+    float photos, or the ``[B, H, W, 3]`` bytes: then each box's surroundings alone are
+    widened to float, which pays for a few boxes per photo (BlazeFace's proposals, not
+    P-Net's hundreds). Both give the same crops: ``roi_align`` samples inside the box, and a
+    region cut 2 px beyond it, or at the image's own edge, holds every pixel it reads.
+    """
+    if pixels.dtype != torch.uint8:
+        rois = torch.cat([owners[:, None].to(boxes.dtype), boxes], 1)
+        crops = roi_align(pixels, rois, output_size=size, aligned=True)
+    else:
+        height, width = pixels.shape[1:3]
+        parts = []
+        for (x1, y1, x2, y2), owner in zip(boxes.tolist(), owners.tolist()):
+            left, top = min(width, max(0, math.floor(x1) - 2)), min(height, max(0, math.floor(y1) - 2))
+            right, bottom = max(left, min(width, math.ceil(x2) + 3)), max(top, min(height, math.ceil(y2) + 3))
+            if right == left or bottom == top:  # wholly outside the image
+                parts.append(torch.zeros(1, 3, size, size, device=pixels.device))
+                continue
+            region = pixels[owner, top:bottom, left:right].permute(2, 0, 1).float()[None]
+            roi = torch.tensor([[0.0, x1 - left, y1 - top, x2 - left, y2 - top]], device=pixels.device)
+            parts.append(roi_align(region, roi, output_size=size, aligned=True))
+        crops = torch.cat(parts) if parts else torch.zeros(0, 3, size, size, device=pixels.device)
+    return _normalize(crops).contiguous(memory_format=torch.channels_last)
 
 
 class PNet(nn.Module):
@@ -243,28 +278,30 @@ class MTCNNDetector:
             per_batch = math.ceil(MAX_BATCH_PIXELS / (width * height))
             for start in range(0, len(indices), per_batch):
                 part = indices[start : start + per_batch]
-                stacked = torch.from_numpy(np.stack([np.asarray(images[index]) for index in part]))
-                # Contiguous: roi_align would copy a channels-last batch at each call. Reordered
-                # as bytes, then widened: 1.6x faster than the other way round on the CPU.
-                pixels = stacked.to(self.device).permute(0, 3, 1, 2).contiguous().float()
-                faces = self._cascade(pixels, self.proposer)
-                if self.proposer is not None:
+                photos = torch.from_numpy(np.stack([np.asarray(images[index]) for index in part])).to(self.device)
+                if self.proposer is None:
+                    pixels = _widen(photos)
+                    faces = self._cascade(pixels, *self._propose(pixels))
+                else:
+                    boxes, _, owners = self.proposer([images[index] for index in part])
+                    # R-Net and O-Net read the few proposals from the bytes: the photos are
+                    # never widened to float as a whole (that alone took 2-4 ms a photo).
+                    faces = self._cascade(photos, _square(boxes.to(self.device)), owners.to(self.device))
                     # Photos with no face from the proposer's candidates get the pyramid.
                     missed = [k for k, image_faces in enumerate(faces) if not image_faces]
                     if missed:
-                        for k, image_faces in zip(missed, self._cascade(pixels[missed], None)):
+                        pixels = _widen(photos[missed])
+                        for k, image_faces in zip(missed, self._cascade(pixels, *self._propose(pixels))):
                             faces[k] = image_faces
                 for index, image_faces in zip(part, faces):
                     found[index] = image_faces
         return found
 
-    def _cascade(self, pixels: Tensor, proposer: Proposer | None) -> list[list[DetectedFace]]:
-        """``[B, 3, H, W]`` 0..255 pixels -> the faces of each image, from ``proposer``'s candidates or P-Net's."""
-        if proposer is None:
-            boxes, owners = self._propose(pixels)
-        else:
-            boxes, _, owners = proposer(pixels)
-            boxes = _square(boxes)
+    def _cascade(self, pixels: Tensor, boxes: Tensor, owners: Tensor) -> list[list[DetectedFace]]:
+        """R-Net and O-Net on the candidate ``boxes`` (``owners``: their image) -> the faces of each image.
+
+        ``pixels``: the photos as ``[B, 3, H, W]`` floats or ``[B, H, W, 3]`` bytes (``_crops``).
+        """
         if len(boxes):
             boxes, owners = self._refine(pixels, boxes, owners)
         faces: list[list[DetectedFace]] = [[] for _ in range(len(pixels))]
@@ -303,12 +340,8 @@ class MTCNNDetector:
         return _square(boxes[keep]), owners[keep]
 
     def _run_on_crops(self, net: nn.Module, pixels: Tensor, boxes: Tensor, owners: Tensor, size: int) -> list[Tensor]:
-        """``net`` on ``size`` x ``size`` crops of the boxes, ``chunk`` at a time; outside the image is black, as MTCNN was trained."""
-        rois = torch.cat([owners[:, None].to(boxes.dtype), boxes], 1)
-        outputs = [
-            net(_normalize(roi_align(pixels, part, output_size=size, aligned=True)).contiguous(memory_format=torch.channels_last))
-            for part in rois.split(self.chunk)
-        ]
+        """``net`` on ``size`` x ``size`` crops of the boxes, ``chunk`` at a time."""
+        outputs = [net(_crops(pixels, part_boxes, part_owners, size)) for part_boxes, part_owners in zip(boxes.split(self.chunk), owners.split(self.chunk))]
         return [torch.cat(parts) for parts in zip(*outputs)]
 
     def _refine(self, pixels: Tensor, boxes: Tensor, owners: Tensor) -> tuple[Tensor, Tensor]:
