@@ -14,6 +14,7 @@ file is read, as data, by ``glae.faces.tflite_graph``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from collections.abc import Sequence
@@ -70,8 +71,12 @@ def default_model_path(model: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / MODELS[model].file
 
 
+@functools.lru_cache(maxsize=8)
 def anchor_centres(model: BlazeFaceModel, height: int, width: int) -> Tensor:
-    """``[N, 2]`` (x, y) centres in input pixels, in the order of the graph's outputs."""
+    """``[N, 2]`` (x, y) centres in input pixels, in the order of the graph's outputs.
+
+    Cached: every batch of same-sized photos has the same anchors.
+    """
     centres = []
     for stride, count in zip(model.strides, model.anchors_per_cell):
         ys, xs = torch.meshgrid(torch.arange(height // stride), torch.arange(width // stride), indexing="ij")
