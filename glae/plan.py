@@ -17,6 +17,9 @@ A plan is a small YAML file::
 when it ends, and keeps ``status.json`` there. Rerunning the command at any time is
 harmless: a lock makes a second runner exit at once, finished runs are skipped, and an
 interrupted one resumes where it stopped, with the numbers an uninterrupted run gives.
+A run whose ``test_metrics.json`` is in the results folder counts as finished even when its
+run folder is gone (a fresh machine, a cleaned disk): the committed results are the record,
+and retraining would cost hours to reproduce them. Delete that file to train the run again.
 """
 
 from __future__ import annotations
@@ -88,6 +91,11 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "test_metrics.json").is_file() and (run_dir / "model.safetensors").is_file()
 
 
+def is_recorded(plan: Plan, run: PlannedRun) -> bool:
+    """The run is done: finished in its run folder, or its test results are already in the results folder."""
+    return is_finished(plan.run_dir(run)) or (plan.results_dir / run.name / "test_metrics.json").is_file()
+
+
 def _copy_if_changed(source: Path, target: Path) -> None:
     if not source.is_file():
         return
@@ -108,11 +116,14 @@ def run_state(plan: Plan, run: PlannedRun) -> dict[str, Any]:
     run_dir = plan.run_dir(run)
     history = []
     metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        metrics = plan.results_dir / run.name / "metrics.jsonl"
     if metrics.is_file():
         history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     state: dict[str, Any] = {"name": run.name, "config": run.config, "set": run.overrides, "epochs_logged": len(history)}
-    if is_finished(run_dir):
-        test = json.loads((run_dir / "test_metrics.json").read_text())
+    if is_recorded(plan, run):
+        recorded = run_dir if is_finished(run_dir) else plan.results_dir / run.name
+        test = json.loads((recorded / "test_metrics.json").read_text())
         state.update(state="finished", test={"mode": test["mode"], "mae": test["mae"], "cmae": test["cmae"]})
     else:
         state["state"] = "partial" if history or run_dir.exists() else "not started"
@@ -190,7 +201,7 @@ def execute(plan: Plan) -> int:
             return 0
         failures: dict[str, str] = {}
         for run in plan.runs:
-            if is_finished(plan.run_dir(run)):
+            if is_recorded(plan, run):
                 sync_results(plan, run)
                 continue
             write_status(plan, run.name, failures)
@@ -241,4 +252,4 @@ def describe(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Plan", "PlannedRun", "describe", "execute", "is_finished", "load_plan", "start_in_background", "sync_results"]
+__all__ = ["Plan", "PlannedRun", "describe", "execute", "is_finished", "is_recorded", "load_plan", "start_in_background", "sync_results"]

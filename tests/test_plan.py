@@ -53,6 +53,19 @@ def test_a_second_runner_of_the_same_plan_leaves_at_once(tmp_path: Path, utkface
     assert not (plan.out / "tiny").exists()
 
 
+def test_a_run_recorded_in_the_results_is_not_retrained_when_its_run_folder_is_gone(tmp_path: Path, utkface: Path) -> None:
+    """A fresh machine has the committed results but no run folders: the plan must not redo hours of training."""
+    plan = load_plan(_plan(tmp_path, utkface, [{"name": "done", "config": "configs/missing.yaml"}]))
+    recorded = tmp_path / "results" / "p" / "done"
+    recorded.mkdir(parents=True)
+    (recorded / "test_metrics.json").write_text(json.dumps({"mode": "routing", "mae": 4.7, "cmae": 6.2}))
+    (recorded / "metrics.jsonl").write_text(json.dumps({"stage": 2, "epoch": 3, "train_loss": 1.0}) + "\n")
+    assert execute(plan) == 0  # the missing config would fail the run if it were trained
+    assert not (plan.out / "done").exists()
+    status = json.loads((recorded.parent / "status.json").read_text())["runs"][0]
+    assert status["state"] == "finished" and status["test"]["mae"] == 4.7 and status["epochs_logged"] == 1
+
+
 @pytest.mark.parametrize("runs, message", [
     ([], "no runs"),
     ([{"name": "a"}], "needs a name and a config"),
