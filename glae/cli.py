@@ -8,14 +8,16 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .checkpoint import CheckpointError
 from .config import MAX_BATCH_SIZE, check_device
-from .data import DATASET_FORMATS, CsvColumns, DatasetError
+from .data import DATASET_FORMATS, AgeSample, CsvColumns, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
 from .export import DEFAULT_OPSET, MissingExtraError
+from .faces.detector import DETECTORS
 from .fileio import atomic_write_text
 from .models import BackboneError
 from .predict_options import PredictOptions
@@ -28,6 +30,14 @@ USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageReadError, Mis
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--data", required=required, help="dataset folder or manifest file")
     parser.add_argument("--format", choices=sorted(DATASET_FORMATS), help="dataset layout (default: the config's for train, the model's training data for eval)")
+
+
+def _add_model_pass_arguments(parser: argparse.ArgumentParser) -> None:
+    """What eval and calibrate share: columns of a csv manifest, and how the model goes over the faces."""
+    parser.add_argument("--csv-column", dest="csv_columns", action="append", default=[], metavar="FIELD=NAME", help="format csv: read FIELD (path, age, std, subject, split) from column NAME, e.g. age=real_age")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a model on a dataset (flip TTA, routing, reports)")
     evaluate.add_argument("--checkpoint", help="model file (.safetensors) written by glae train; default: the shipped model")
     _add_data_arguments(evaluate, required=True)
-    evaluate.add_argument("--csv-column", dest="csv_columns", action="append", default=[], metavar="FIELD=NAME", help="format csv: read FIELD (path, age, std, subject, split) from column NAME, e.g. age=real_age")
+    _add_model_pass_arguments(evaluate)
     evaluate.add_argument("--mode", choices=ROUTING_MODES, default=None, help="head choice for the top-level numbers (default: routing when the model has a balanced head)")
     evaluate.add_argument("--split", type=Path, help="a run's split.json: evaluate only one part of it (see --part)")
     evaluate.add_argument("--part", choices=("train", "val", "test"), help="with --split: the part to evaluate (default: test)")
@@ -59,20 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--lt-seed", type=int, default=0)
     evaluate.add_argument("--json", type=Path, help="write the report as JSON here")
     evaluate.add_argument("--report", type=Path, help="write Markdown + PNG reports into this folder")
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--workers", type=int, default=2)
-    evaluate.add_argument("--device", default="auto")
 
     calibrate = commands.add_parser("calibrate", help="fit a model's 90%% interval on faces it never trained on (a validation part)")
     calibrate.add_argument("--checkpoint", help="model file (.safetensors); default: the shipped model")
     _add_data_arguments(calibrate, required=True)
+    _add_model_pass_arguments(calibrate)
     calibrate.add_argument("--split", type=Path, help="the split.json of the run that trained the model")
     calibrate.add_argument("--config", help="instead of --split: the config whose seeded split the model was trained on")
     calibrate.add_argument("--part", choices=("val", "test", "train"), default="val", help="the part to fit on (default: val; never the part you report)")
     calibrate.add_argument("--out", type=Path, required=True, help="the calibrated model file to write (the input is never changed)")
-    calibrate.add_argument("--batch-size", type=int, default=64)
-    calibrate.add_argument("--workers", type=int, default=2)
-    calibrate.add_argument("--device", default="auto")
 
     align = commands.add_parser("align", help="detect and align every face of a dataset into a folder of the same format")
     align.add_argument("source", metavar="SRC", help="dataset folder or manifest file")
@@ -81,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--workers", type=int, default=2, help="detection processes (0: this process)")
     align.add_argument("--size", type=int, default=224, help="aligned crop side in pixels")
     align.add_argument("--margin", type=float, default=0.0, help="context added around UTKFace's framing, as a fraction of it")
+    align.add_argument("--detector", choices=sorted(DETECTORS), default="mtcnn", help="face detector, as glae predict's (default: mtcnn)")
     align.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     predict = commands.add_parser("predict", help="ages of the faces in photos")
@@ -173,10 +179,8 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_eval_arguments(args: argparse.Namespace) -> None:
-    """Everything ``glae eval`` can refuse without reading a model or a dataset."""
-    if args.part is not None and args.split is None:
-        raise ValueError(f"--part {args.part} needs --split RUN/split.json (the run's split); without it every image is evaluated")
+def _check_model_pass_arguments(args: argparse.Namespace) -> None:
+    """Everything eval and calibrate can refuse without reading a model or a dataset."""
     if args.split is not None and not args.split.is_file():
         raise ValueError(f"--split {args.split} does not exist; pass the split.json of the run that trained the model")
     check_device(args.device)
@@ -184,6 +188,13 @@ def _check_eval_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {args.batch_size}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    _csv_columns(args.csv_columns)
+
+
+def _check_eval_arguments(args: argparse.Namespace) -> None:
+    if args.part is not None and args.split is None:
+        raise ValueError(f"--part {args.part} needs --split RUN/split.json (the run's split); without it every image is evaluated")
+    _check_model_pass_arguments(args)
     if args.json is not None:
         _check_output_file(args.json, "--json")
     if args.report is not None:
@@ -213,9 +224,30 @@ def _csv_columns(pairs: list[str]) -> CsvColumns:
     return CsvColumns(**renamed)
 
 
+def _faces(args: argparse.Namespace, info: dict[str, Any], part: str | None) -> list[AgeSample]:
+    """The faces eval or calibrate go over: the dataset at --data, or one part of its split.
+
+    The split is the run's split.json (--split) or, for calibrate, the seeded split a config
+    gives (--config); without either, every face (eval only).
+    """
+    from .config import load_config
+    from .data import Split, load_dataset, split_dataset
+
+    config = load_config(args.config, [f"data.format={args.format}"] if args.format else []) if getattr(args, "config", None) else None
+    data_format = args.format or (config.data.format if config else info.get("data_format", "utkface"))
+    csv_columns = _csv_columns(args.csv_columns) if args.csv_columns or config is None else config.data.csv_columns
+    index = load_dataset(args.data, data_format, csv_columns)
+    logging.getLogger(__name__).info(index.summary())
+    if args.split is not None:
+        return list(getattr(Split.from_json(_read_split(args.split), index.samples, index.root), part or "test"))
+    if config is not None:
+        return list(getattr(split_dataset(index.samples, config.data), part or "test"))
+    return index.samples
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .data import Split, balanced_test_subset, load_dataset
+    from .data import balanced_test_subset
     from .engine import pick_device
     from .evaluate import InferencePass, evaluate_samples
     from .estimator import resolve_model_path
@@ -223,15 +255,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from .routing import routing_mode
 
     _check_eval_arguments(args)
-    csv_columns = _csv_columns(args.csv_columns)
     device = pick_device(args.device)
     checkpoint = resolve_model_path(args.checkpoint)
     model, info = load_model(checkpoint, device)
-    index = load_dataset(args.data, args.format or info.get("data_format", "utkface"), csv_columns)
-    logging.getLogger(__name__).info(index.summary())
-    samples = index.samples
-    if args.split is not None:
-        samples = getattr(Split.from_json(_read_split(args.split), samples, index.root), args.part or "test")
+    samples = _faces(args, info, args.part)
     if args.lt is not None:
         samples = balanced_test_subset(samples, args.lt, seed=args.lt_seed)
     if not samples:
@@ -255,8 +282,6 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     from .calibration import IntervalCalibration
     from .checkpoint import load_model, save_model
-    from .config import load_config
-    from .data import Split, load_dataset, split_dataset
     from .engine import pick_device
     from .estimator import resolve_model_path
     from .evaluate import InferencePass, calibrate_samples
@@ -264,23 +289,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     if (args.split is None) == (args.config is None):
         raise ValueError("give the part to fit on with --split RUN/split.json or --config CONFIG (its seeded split)")
-    if args.split is not None and not args.split.is_file():
-        raise ValueError(f"--split {args.split} does not exist; pass the split.json of the run that trained the model")
-    check_device(args.device)
+    _check_model_pass_arguments(args)
     checkpoint = resolve_model_path(args.checkpoint)
     if args.out.resolve() == checkpoint.resolve():
         raise ValueError(f"--out {args.out} is the model itself; write the calibrated model to a new file")
     _check_output_file(args.out, "--out")
     device = pick_device(args.device)
     model, info = load_model(checkpoint, device)
-    if args.split is not None:
-        index = load_dataset(args.data, args.format or info.get("data_format", "utkface"))
-        split = Split.from_json(_read_split(args.split), index.samples, index.root)
-    else:
-        config = load_config(args.config, [f"data.path={args.data}"] + ([f"data.format={args.format}"] if args.format else []))
-        index = load_dataset(args.data, config.data.format, config.data.csv_columns)
-        split = split_dataset(index.samples, config.data)
-    samples = getattr(split, args.part)
+    samples = _faces(args, info, args.part)
     if not samples:
         raise ValueError(f"the {args.part} part is empty: nothing to fit the interval on")
     run = InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True)
@@ -304,7 +320,8 @@ def run_align(args: argparse.Namespace) -> int:
     from .faces.align_dataset import REPORT_NAME, align_dataset
 
     report = align_dataset(
-        args.source, args.destination, args.format, args.workers, args.size, args.margin, show_progress=not args.no_progress
+        args.source, args.destination, args.format, args.workers, args.size, args.margin, args.detector,
+        show_progress=not args.no_progress
     )
     counts = report["counts"]
     print(
@@ -330,7 +347,7 @@ def run_predict(args: argparse.Namespace) -> int:
         check_annotate_folder(args.annotate, paths)
     estimator = AgeEstimator.load(args.model, options)
     output = JsonOutput() if args.json else JsonLinesOutput() if args.jsonl else CsvOutput() if args.csv else TableOutput([str(p) for p in paths])
-    copies = AnnotatedCopies(args.annotate, paths) if args.annotate else None
+    copies = AnnotatedCopies(args.annotate) if args.annotate else None
     summary = write_predictions(estimator.iter_predict(paths, aligned=args.aligned), output, len(paths), copies)
     print(summary.line(), file=sys.stderr)
     return 0 if summary.any_read else 1
@@ -396,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        resumable = args.command in ("train", "plan")
+        print("interrupted" + ("; rerun the same command to resume" if resumable else ""), file=sys.stderr)
         return 130
 
 

@@ -22,8 +22,12 @@ UNDECODABLE = frozenset({"BUFR", "EPS", "GRIB", "HDF5", "MPEG", "WMF"})
 
 
 @cache
-def _register_openers() -> None:
-    """Load Pillow's plugins, plus HEIF/HEIC when pillow-heif is installed; once per process."""
+def register_openers() -> None:
+    """Load Pillow's plugins, plus HEIF/HEIC when pillow-heif is installed; once per process.
+
+    Everything that decides or decodes a format calls it first (``read_rgb`` included), so a
+    HEIC photo is read whether or not anything asked for the list of formats before.
+    """
     try:
         from pillow_heif import register_heif_opener
     except ImportError:
@@ -35,12 +39,14 @@ def _register_openers() -> None:
 
 def decodable_formats() -> list[str]:
     """Pillow's names of the formats GLAE reads, e.g. ``["AVIF", "BMP", ..., "WEBP"]``."""
-    _register_openers()
+    register_openers()
     return sorted(set(Image.OPEN) - UNDECODABLE)
 
 
+@cache
 def image_extensions() -> frozenset[str]:
-    """Lower-case file extensions (``".jpg"``, ``".avif"``...) of the formats GLAE reads."""
+    """Lower-case file extensions (``".jpg"``, ``".avif"``...) of the formats GLAE reads;
+    computed once, as folders of many thousand files are filtered by it."""
     formats = set(decodable_formats())
     return frozenset(extension.lower() for extension, name in Image.registered_extensions().items() if name in formats)
 
@@ -49,7 +55,7 @@ def image_format(data: bytes) -> str | None:
     """Pillow's name for the format of ``data``, by the signature test Pillow itself runs
     on a file's first 16 bytes (so a truncated photo is still recognised, then refused as
     corrupt by the decoder); None when no decoder here claims it."""
-    _register_openers()
+    register_openers()
     prefix = data[:16]
     for name in Image.ID:
         _, accept = Image.OPEN[name]
@@ -67,12 +73,14 @@ def image_format(data: bytes) -> str | None:
 def expand_image_paths(patterns: Iterable[str | os.PathLike]) -> list[Path]:
     """Files, folders (searched recursively for images) and globs -> paths, in argument order.
 
-    An argument that matches nothing is kept as it is, so it is reported as "file not
-    found" instead of vanishing.
+    An existing file or folder is taken as it is, even when its name looks like a glob
+    (``photo[1].jpg``); an argument that matches nothing is kept as it is, so it is
+    reported as "file not found" instead of vanishing.
     """
     paths: list[Path] = []
     for pattern in map(str, patterns):
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        literal = os.path.exists(pattern) or not glob.has_magic(pattern)
+        matches = [pattern] if literal else sorted(glob.glob(pattern, recursive=True))
         for match in map(Path, matches or [pattern]):
             if match.is_dir():
                 paths += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in image_extensions())

@@ -101,6 +101,7 @@ class OnnxAgeModel:
         if METADATA_PREFIX + "model" not in stored:
             raise CheckpointError(f"{path} is an ONNX model but not one written by glae export (no '{METADATA_PREFIX}model' metadata)")
         metadata = _checked_metadata(path, stored)
+        _check_graph_names(path, session)
         _check_finite_weights(path)
         return cls(session, metadata)
 
@@ -165,11 +166,25 @@ def _checked_calibration(text: str, fail: Callable[[str, str], CheckpointError])
         raise fail("calibration", f"is invalid ({error})") from None
 
 
+def _check_graph_names(path: str | os.PathLike, session: Any) -> None:
+    """Refuse a graph whose inputs or outputs are not the ones ``glae export`` writes, at load
+    rather than as an onnxruntime traceback at the first face."""
+    inputs = [node.name for node in session.get_inputs()]
+    outputs = [node.name for node in session.get_outputs()]
+    if inputs != [INPUT_NAME] or outputs[: len(ROUTED_OUTPUTS)] != list(ROUTED_OUTPUTS):
+        raise CheckpointError(
+            f"{path}: graph inputs {inputs} and outputs {outputs} are not glae export's "
+            f"([{INPUT_NAME!r}] -> {list(ROUTED_OUTPUTS)}, ...); export the model again with glae export"
+        )
+
 
 def _check_finite_weights(path: str | os.PathLike) -> None:
     """Refuse NaN or infinite initializers, as ``load_model`` does for model files."""
-    import onnx
-    from onnx import numpy_helper
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise MissingExtraError("checking an ONNX model's weights needs onnx: pip install 'glae[onnx]'") from None
 
     for initializer in onnx.load(str(path)).graph.initializer:
         values = numpy_helper.to_array(initializer)

@@ -112,7 +112,7 @@ class TableOutput:
     def lines(self, prediction: ImagePrediction) -> list[str]:
         name = printable(prediction.file or "<image>")
         if not prediction.faces:
-            return [self._row((name, f"error: {prediction.error}" if prediction.error else "no face"))]
+            return [self._row((name, f"error: {printable(prediction.error)}" if prediction.error else "no face"))]
         rows = []
         for number, face in enumerate(prediction.faces, 1):
             low, high = face.interval_90
@@ -172,29 +172,30 @@ def check_annotate_folder(folder: Path, inputs: Sequence[Path]) -> None:
 class AnnotatedCopies:
     """Annotated copies of readable photos in ``folder``, as ``<name>.jpg``, one photo at a time.
 
-    Photos from different folders may share a name; later ones get ``_2``, ``_3``...
-    instead of overwriting the first. A rerun overwrites its own earlier copies, never an
-    input photo (``inputs``), whatever folder it is given.
+    Each copy is created exclusively, so no file already in the folder is ever replaced: not
+    a user's file, not a copy from this run or an earlier one. A taken name moves the copy to
+    the next free ``<name>_2.jpg``, ``<name>_3.jpg``...; a rerun adds new copies beside the
+    earlier ones.
     """
 
-    def __init__(self, folder: Path, inputs: Iterable[str | Path]) -> None:
+    def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        self.inputs = {Path(path).resolve() for path in inputs}
-        self.written: set[Path] = set()
 
     def write(self, prediction: ImagePrediction) -> Path | None:
         """The copy written, or None for an input that is no readable photo file."""
         if prediction.file is None or prediction.error:
             return None
-        stem, number = Path(prediction.file).stem, 1
+        image, stem, number = annotate(prediction), Path(prediction.file).stem, 1
         target = self.folder / f"{stem}.jpg"
-        while target in self.written or target.resolve() in self.inputs:
-            number += 1
-            target = self.folder / f"{stem}_{number}.jpg"
-        annotate(prediction).save(target, quality=92)
-        self.written.add(target)
-        return target
+        while True:
+            try:
+                with target.open("xb") as handle:  # O_EXCL: fails on any existing name, a link included
+                    image.save(handle, format="JPEG", quality=92)
+                return target
+            except FileExistsError:
+                number += 1
+                target = self.folder / f"{stem}_{number}.jpg"
 
 
 def write_predictions(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -137,3 +138,22 @@ def test_destination_that_is_a_file_is_refused(utk_crops: list[Path], tmp_path: 
     assert main(["align", str(source), str(tmp_path / "out"), "--no-progress"]) == 2
     assert "is an existing file, not a folder" in capsys.readouterr().err
     assert (tmp_path / "out").read_text() == "my notes"
+
+
+class _Doubtful:
+    """A detector whose only find is doubtful (score 0.8): glae predict's filter drops it."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+
+    def detect(self, image):
+        return [dataclasses.replace(face, score=0.8) for face in self.detector.detect(image)]
+
+
+def test_align_keeps_only_the_faces_predict_would_keep(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    from glae.faces.align_dataset import align_dataset
+
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    report = align_dataset(source, tmp_path / "aligned", "utkface", workers=0, detector=_Doubtful(detector), show_progress=False)
+    assert report["counts"]["aligned"] == 0 and report["counts"]["no_face"] == 2
+    assert not any((tmp_path / "aligned").glob("*.jpg"))

@@ -225,3 +225,36 @@ def test_the_onnx_export_carries_the_calibration(tmp_path: Path, model_file: Pat
     model.calibration = None
     export_onnx(model, tmp_path / "raw.onnx", info)
     assert OnnxAgeModel.load(tmp_path / "raw.onnx").calibration is None
+
+
+def _linked_faces(folder: Path, utkface: Path, count: int) -> list[str]:
+    """``count`` real UTKFace crops linked into ``folder`` (no copy of the data)."""
+    folder.mkdir()
+    names = sorted(path.name for path in utkface.glob("*.jpg"))[:count]
+    for name in names:
+        (folder / name).symlink_to(utkface / name)
+    return names
+
+
+def test_glae_calibrate_reads_a_csv_manifest_by_its_own_column_names(tmp_path: Path, model_file: Path, utkface: Path) -> None:
+    names = _linked_faces(tmp_path / "faces", utkface, 40)
+    manifest = tmp_path / "faces" / "table.csv"
+    manifest.write_text("File,Years\n" + "".join(f"{name},{name.split('_')[0]}\n" for name in names))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "val": names, "test": []}))
+    out = tmp_path / "calibrated.safetensors"
+    args = ["calibrate", "--checkpoint", str(model_file), "--data", str(manifest), "--format", "csv", "--split", str(split),
+            "--workers", "0", "--out", str(out), "--csv-column", "path=file", "--csv-column", "age=years"]
+    assert main(args) == 0
+    assert load_model(out)[0].calibration.faces == 40
+
+
+def test_glae_calibrate_with_a_config_takes_any_folder_name(tmp_path: Path, model_file: Path, utkface: Path) -> None:
+    """--data is a path, never YAML: a folder named 2024 or yes must not be read as a number or a boolean."""
+    _linked_faces(tmp_path / "2024", utkface, 40)
+    config = tmp_path / "split.yaml"
+    config.write_text("data: {format: utkface, val_fraction: 0.5, test_fraction: 0.25, split_seed: 0}\n")
+    out = tmp_path / "calibrated.safetensors"
+    assert main(["calibrate", "--checkpoint", str(model_file), "--data", str(tmp_path / "2024"), "--config", str(config),
+                 "--workers", "0", "--out", str(out)]) == 0
+    assert load_model(out)[0].calibration.faces == 20

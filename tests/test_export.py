@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from glae.checkpoint import save_model
+from glae.checkpoint import CheckpointError, save_model
 from glae.cli import main
 from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
 from glae.models.glae import PAPER_INPUT
-from glae.export import DEFAULT_OPSET, MIN_OPSET, ROUTED_OUTPUTS
+from glae.export import DEFAULT_OPSET, MIN_OPSET, ROUTED_OUTPUTS, MissingExtraError, onnx_metadata
 from glae.inference_backends import OnnxAgeModel
 from glae.models.glae import AgeModel, ModelConfig
 from glae.routing import route
@@ -116,6 +117,42 @@ def test_missing_files_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="does not exist"):
         OnnxAgeModel.load(tmp_path / "out.onnx")
+
+
+def _identity_graph(path: Path, metadata: dict[str, str], inputs: list[str], outputs: list[str]) -> Path:
+    """A tiny ONNX file with glae's metadata but the given graph inputs and outputs (each output a copy of the first input)."""
+    from onnx import TensorProto, helper
+
+    tensors = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, 64, 64]) for name in inputs + outputs]
+    nodes = [helper.make_node("Identity", [inputs[0]], [name]) for name in outputs]
+    graph = helper.make_graph(nodes, "foreign", tensors[: len(inputs)], tensors[len(inputs) :])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)], ir_version=10)
+    helper.set_model_props(model, metadata)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs"),
+    [(["x"], ["y"]), (["images"], ["age", "probs"]), (["images", "extra"], [*ROUTED_OUTPUTS, "vanilla_probs"])],
+)
+def test_graph_that_glae_export_did_not_write_is_refused_at_load(
+    routed_model: AgeModel, tmp_path: Path, inputs: list[str], outputs: list[str]
+) -> None:
+    """Metadata copied onto another graph: one line at load, not an onnxruntime traceback at the first face."""
+    metadata = onnx_metadata(routed_model, "routing", {"balanced_trained": True})
+    path = _identity_graph(tmp_path / "foreign.onnx", metadata, inputs, outputs)
+    with pytest.raises(CheckpointError, match=r"foreign\.onnx: graph inputs .* are not glae export's") as caught:
+        OnnxAgeModel.load(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_onnx_package_is_a_missing_extra_error(routed_model: AgeModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    metadata = onnx_metadata(routed_model, "routing", {"balanced_trained": True})
+    path = _identity_graph(tmp_path / "model.onnx", metadata, ["images"], [*ROUTED_OUTPUTS, "vanilla_probs", "balanced_probs"])
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails as if not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'glae\[onnx\]'"):
+        OnnxAgeModel.load(path)
 
 
 def test_glae_predict_runs_on_the_onnx_file(exported: tuple[Path, Path], utkface: Path, capsys) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from glae.cli import main
 from glae.estimator import ImagePrediction
-from glae.predict_output import JsonLinesOutput, JsonOutput, place_labels, write_predictions
+from glae.predict_output import AnnotatedCopies, JsonLinesOutput, JsonOutput, TableOutput, place_labels, write_predictions
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -159,3 +159,25 @@ def test_file_name_with_a_newline_stays_on_its_row(model_file: Path, utk_crops: 
     assert code == 0
     assert len(out.splitlines()) == 2 and "line one\\nline two.jpg" in out.splitlines()[1]
     assert err.count("\n") == 1
+
+
+def test_table_error_row_keeps_a_newline_in_the_file_name_on_its_row() -> None:
+    name = "line one\nline two.jpg"
+    (row,) = TableOutput([name]).lines(ImagePrediction(name, [], f"{name}: empty file"))
+    assert "\n" not in row and row.endswith("error: line one\\nline two.jpg: empty file")
+
+
+def test_annotated_copies_never_replace_an_existing_file(tmp_path: Path) -> None:
+    """``trip/IMG_1.png`` is copied as ``IMG_1.jpg``: a user's ``IMG_1.jpg`` there stays, and so do earlier copies."""
+    photo = tmp_path / "trip" / "IMG_1.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (32, 24), (10, 20, 30)).save(photo)
+    folder = tmp_path / "annotated"
+    folder.mkdir()
+    (folder / "IMG_1.jpg").write_bytes(b"the user's own file")
+    prediction = ImagePrediction(str(photo), [], None)
+    first = AnnotatedCopies(folder).write(prediction)
+    rerun = AnnotatedCopies(folder).write(prediction)
+    assert (first, rerun) == (folder / "IMG_1_2.jpg", folder / "IMG_1_3.jpg")
+    assert (folder / "IMG_1.jpg").read_bytes() == b"the user's own file"
+    assert all(Image.open(copy).size == (32, 24) for copy in (first, rerun))

@@ -259,3 +259,10 @@ def test_port_out_of_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["serve", "--port", "70000", "--model", "/nonexistent.safetensors"]) == 2
     err = capsys.readouterr().err
     assert err == "error: --port 70000 is not a TCP port; use 1..65535 (default 8000)\n"
+
+
+@pytest.mark.parametrize(("option", "value"), [("--max-upload-mb", "nan"), ("--timeout", "inf"), ("--header-timeout", "nan")])
+def test_non_finite_limits_are_one_line_at_startup(option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--max-upload-mb nan`` once passed the check, then every upload answered 500."""
+    assert main(["serve", option, value, "--model", "/nonexistent.safetensors"]) == 2
+    assert capsys.readouterr().err == f"error: {option} must be a positive finite number, got {float(value)}\n"

@@ -22,7 +22,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+from ..imageformats import image_extensions
+
+IMAGE_EXTENSIONS = image_extensions()
+"""The extensions ``glae predict`` takes (``glae.imageformats``), so eval and align accept the same files."""
 
 
 class DatasetError(ValueError):

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..imageformats import register_openers
 from .datasets import AgeSample
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -82,6 +83,7 @@ def _open_file(source: bytes | str | os.PathLike, name: str, max_pixels: int) ->
             if os.path.getsize(source) == 0:
                 raise ImageReadError(f"{name}: empty file")
             handle = os.fspath(source)
+        register_openers()  # HEIF/HEIC (pillow-heif) is known to Image.open only once registered
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(handle)

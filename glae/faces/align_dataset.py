@@ -6,6 +6,10 @@ so ``load_dataset(DST, format)`` reads the aligned copy exactly as it read the o
 This holds for CSVs whose image paths are relative; an image outside the dataset folder
 is reported instead of aligned.
 
+Faces are found as ``glae predict`` finds them: the same detectors (``--detector``) and the
+same filter (``FaceFilter``'s default score and size), so a photo whose only detection is a
+doubtful one is reported as having no face instead of aligned around it.
+
 Resumable: a crop is written to a temporary file and renamed, so it is either complete
 or absent, and a crop that exists is never redone. Problems never stop the run; each is
 listed in ``DST/align_report.json``.
@@ -29,7 +33,8 @@ from ..fileio import atomic_write, atomic_write_text
 from ..data.datasets import load_dataset
 from ..data.images import ImageReadError, read_rgb
 from .align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face, reference_points
-from .detector import FaceDetector
+from .detector import FaceDetector, build_detector
+from .filtering import FaceFilter
 
 REPORT_NAME = "align_report.json"
 
@@ -46,10 +51,12 @@ class AlignResult:
 class Aligner:
     """Detect, align and write one image; a picklable job for worker processes."""
 
-    def __init__(self, detector: FaceDetector, size: int = ALIGNED_SIZE, margin: float = DEFAULT_MARGIN) -> None:
+    def __init__(self, detector: FaceDetector, size: int = ALIGNED_SIZE, margin: float = DEFAULT_MARGIN,
+                 face_filter: FaceFilter = FaceFilter()) -> None:
         self.detector = detector
         self.size = size
         self.margin = margin
+        self.face_filter = face_filter
 
     def __call__(self, task: tuple[Path, Path]) -> AlignResult:
         source, target = task
@@ -57,7 +64,7 @@ class Aligner:
             image = read_rgb(source)
         except ImageReadError as error:
             return AlignResult(source, "unreadable", str(error))
-        faces = self.detector.detect(image)
+        faces = self.face_filter(self.detector.detect(image))
         if not faces:
             return AlignResult(source, "no_face")
         _save_atomically(align_face(image, faces[0].landmarks, self.size, self.margin), target)
@@ -76,13 +83,11 @@ def _save_atomically(image: Image.Image, target: Path) -> None:
 _WORKER_ALIGNER: Aligner | None = None
 
 
-def _start_worker(size: int, margin: float) -> None:
+def _start_worker(detector: str, size: int, margin: float) -> None:
     """Each worker builds its own detector once; one thread each, the processes give the parallelism."""
     global _WORKER_ALIGNER
-    from .mtcnn import MTCNNDetector
-
     torch.set_num_threads(1)
-    _WORKER_ALIGNER = Aligner(MTCNNDetector(), size, margin)
+    _WORKER_ALIGNER = Aligner(build_detector(detector, "cpu"), size, margin)
 
 
 def _align_in_worker(task: tuple[Path, Path]) -> AlignResult:
@@ -97,14 +102,15 @@ def align_dataset(
     workers: int = 2,
     size: int = ALIGNED_SIZE,
     margin: float = DEFAULT_MARGIN,
-    detector: FaceDetector | None = None,
+    detector: FaceDetector | str = "mtcnn",
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Align a dataset into ``destination``; returns (and writes) the report.
 
     Args:
-        workers: processes for detection; 0 runs in this process (with ``detector`` when
-            given, so tests and callers can plug in another detector).
+        workers: processes for detection; 0 runs in this process.
+        detector: a name in ``DETECTORS``, or, with ``workers=0``, a detector object (tests
+            and callers can plug in their own).
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
@@ -198,20 +204,18 @@ def _run(
     workers: int,
     size: int,
     margin: float,
-    detector: FaceDetector | None,
+    detector: FaceDetector | str,
     show_progress: bool,
 ) -> list[AlignResult]:
     progress: dict[str, Any] = {"total": len(tasks), "desc": "align", "unit": "img", "disable": not show_progress}
     if workers == 0 or not tasks:
-        if detector is None:
-            from .mtcnn import MTCNNDetector
-
-            detector = MTCNNDetector()
-        aligner = Aligner(detector, size, margin)
+        aligner = Aligner(build_detector(detector, "cpu") if isinstance(detector, str) else detector, size, margin)
         return [aligner(task) for task in tqdm(tasks, **progress)]
+    if not isinstance(detector, str):
+        raise ValueError("worker processes build their own detector: pass its name, or workers=0 with a detector object")
     # spawn: a forked copy of a process that already ran torch threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_start_worker, initargs=(size, margin)) as pool:
+    with context.Pool(workers, initializer=_start_worker, initargs=(detector, size, margin)) as pool:
         return list(tqdm(pool.imap_unordered(_align_in_worker, tasks, chunksize=4), **progress))
 
 

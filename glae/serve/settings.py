@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..data.images import MAX_IMAGE_PIXELS
@@ -42,8 +43,9 @@ class ServeSettings:
         if not 0 < self.max_pixels <= MAX_IMAGE_PIXELS:
             raise ValueError(f"--max-pixels must be in 1..{MAX_IMAGE_PIXELS}, got {self.max_pixels}")
         for name in ("max_upload_mb", "timeout_s", "header_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-').removesuffix('-s')} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):  # nan passes `<= 0`, then fails every request
+                raise ValueError(f"--{name.replace('_', '-').removesuffix('-s')} must be a positive finite number, got {value}")
         for name in ("max_faces", "workers", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
