@@ -34,7 +34,7 @@ from glae.calibration import conformal_quantile, covered, fit_temperature, quant
 from glae.checkpoint import load_model
 from glae.config import load_config
 from glae.evaluate import InferencePass, predict_samples
-from glae.metrics import AGE_GROUPS
+from glae.metrics import AGE_GROUPS, age_class
 from glae.routing import route
 from glae.train import load_samples, make_split
 
@@ -84,8 +84,9 @@ def fit_candidates(probs: Tensor, ages: Tensor, truth: Tensor) -> dict[str, Inte
 def describe(intervals: Tensor, ages: Tensor, truth: Tensor) -> dict:
     inside = covered(intervals, truth).double()
     groups = {}
+    classes = age_class(truth)
     for label, low, high in AGE_GROUPS:
-        mask = (truth >= low) & (truth < high)
+        mask = (classes >= low) & (classes < high)
         groups[label] = {"n": int(mask.sum()), "coverage": float(inside[mask].mean()),
                          "mean_width": float((intervals[mask, 1] - intervals[mask, 0]).mean()),
                          "mean_signed_error": float((ages[mask] - truth[mask]).mean())}

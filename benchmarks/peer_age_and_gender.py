@@ -30,7 +30,7 @@ largest box is used (ties: nearest the image centre). Two subsets are scored:
 Metrics are ``glae/metrics.py``'s, the same code that scores GLAE: MAE, CMAE
 (mean over the integer ages present of their MAE, the class of an image being
 its true age rounded half up) and MAE/CMAE in the age groups 0-17, 18-65 and
-66+ (half-open on the true age). Throughput is end to end (JPEG decode,
+66+ (half-open on the age class). Throughput is end to end (JPEG decode,
 detection, landmarks and both of the peer's networks, since ``predict()``
 always runs gender too) on one thread, the peer's fixed ONNX Runtime setting.
 

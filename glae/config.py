@@ -35,7 +35,11 @@ class StageConfig:
     epochs: int = 1  # 0 skips the stage
     batch_size: int = 32  # per process (paper: 32 per GPU)
     lr: float = 0.01  # OneCycle peak learning rate
-    momentum: float = 0.9  # SGD with Nesterov momentum (Section V-A)
+    # SGD with Nesterov momentum (Section V-A), cycled by OneCycle against the learning rate:
+    # ``momentum`` at the lowest learning rate (start and end), ``base_momentum`` at its peak.
+    # The defaults are PyTorch's, which every run trained with before these keys existed.
+    momentum: float = 0.95
+    base_momentum: float = 0.85
     weight_decay: float = 5e-4
     sampling: Literal["instance", "class"] = "instance"  # instance- or class-balanced batches
     freeze: list[str] = field(default_factory=list)  # more parts kept fixed: "backbone" (its BatchNorm statistics too)
@@ -114,6 +118,9 @@ class TrainConfig:
         check_device(self.device, "device")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            # 0 would silently mean no clipping, and a negative norm flips the gradients.
+            raise ValueError(f"clip_grad_norm must be > 0 or null (no clipping), got {self.clip_grad_norm}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
 
@@ -133,6 +140,13 @@ def _validate_stage(stages: list[StageConfig], index: int) -> None:
         raise ValueError(f"{key}.epochs must be >= 0, got {stage.epochs}")
     if not 1 <= stage.batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"{key}.batch_size must be >= 1 and <= {MAX_BATCH_SIZE}, got {stage.batch_size}; fix it with --set {key}.batch_size=N")
+    if not stage.lr > 0:
+        raise ValueError(f"{key}.lr must be > 0, got {stage.lr}")
+    if not (0 <= stage.base_momentum <= stage.momentum < 1 and stage.momentum > 0):  # Nesterov needs momentum
+        raise ValueError(f"{key}.base_momentum and {key}.momentum must satisfy 0 <= base_momentum <= momentum < 1 "
+                         f"and momentum > 0, got {stage.base_momentum} and {stage.momentum}")
+    if not stage.weight_decay >= 0:
+        raise ValueError(f"{key}.weight_decay must be >= 0, got {stage.weight_decay}")
     if stage.max_steps_per_epoch is not None and stage.max_steps_per_epoch < 1:
         raise ValueError(f"{key}.max_steps_per_epoch must be >= 1 or null, got {stage.max_steps_per_epoch}")
     if stage.freeze_backbone_layers < 0:
@@ -196,6 +210,24 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     config = from_dict(TrainConfig, data)
     config.validate()
     return config
+
+
+def run_record_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A run folder's ``config.yaml`` (a full dump of its config), read as the run trained.
+
+    Runs recorded before ``base_momentum`` existed trained with PyTorch's OneCycle cycle,
+    0.95 down to 0.85, whatever their ``momentum`` said: they read as that, so they resume.
+    """
+
+    def as_trained(stage: Any) -> Any:
+        if isinstance(stage, dict) and "base_momentum" not in stage:
+            return {**stage, "momentum": 0.95, "base_momentum": 0.85}
+        return stage
+
+    data = {key: as_trained(value) if _STAGE_SECTION.fullmatch(key) else value for key, value in data.items()}
+    if isinstance(data.get("stages"), list):
+        data["stages"] = [as_trained(stage) for stage in data["stages"]]
+    return config_from_dict(data)
 
 
 _STAGE_SECTION = re.compile(r"stage([1-9][0-9]*)")
@@ -312,5 +344,6 @@ __all__ = [
     "load_config",
     "model_config_from_dict",
     "read_yaml_mapping",
+    "run_record_from_dict",
     "trains_balanced_head",
 ]

@@ -165,6 +165,18 @@ class EpochSettings:
     show_progress: bool = True
 
 
+@dataclass
+class LossTally:
+    """An epoch's summed per-image loss and image count so far.
+
+    The caller checkpoints it with the step, so an epoch resumed mid-way logs the mean
+    loss of all its steps, as an uninterrupted one does.
+    """
+
+    loss_sum: float = 0.0
+    images: int = 0
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -173,17 +185,21 @@ def train_one_epoch(
     settings: EpochSettings,
     start_step: int = 0,
     after_step: Callable[[int], None] | None = None,
+    tally: LossTally | None = None,
 ) -> dict[str, float]:
     """Train ``settings.head`` for up to ``settings.max_steps`` steps, counting from ``start_step``.
 
     ``after_step(step)`` runs after every optimizer step (the caller checkpoints there).
-    Returns the mean loss and images/s of the steps run in this call.
+    ``tally`` holds the epoch's loss before ``start_step`` and is updated in place (a
+    fresh one when None). Returns the epoch's mean loss (over ``tally``) and the images/s
+    of the steps run in this call.
 
     Raises:
         TrainingDiverged: the loss is not finite.
     """
     set_train_mode(unwrap(model))
-    total_loss, total_images, steps = 0.0, 0, start_step
+    tally = tally if tally is not None else LossTally()
+    images_before, steps = tally.images, start_step
     started = time.perf_counter()
     progress = tqdm(
         total=settings.max_steps, initial=start_step, desc=settings.description,
@@ -216,18 +232,18 @@ def train_one_epoch(
         optimizer.step()
         scheduler.step()
         steps += 1
-        total_loss += loss.item() * len(ages)
-        total_images += len(ages)
-        elapsed = time.perf_counter() - started
-        progress.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{total_images / max(elapsed, 1e-9):.1f}")
+        tally.loss_sum += loss.item() * len(ages)
+        tally.images += len(ages)
+        speed = (tally.images - images_before) / max(time.perf_counter() - started, 1e-9)
+        progress.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{speed:.1f}")
         progress.update()
         if after_step is not None:
             after_step(steps)
     progress.close()
     elapsed = time.perf_counter() - started
     return {
-        "loss": total_loss / max(total_images, 1),
-        "images_per_s": total_images / max(elapsed, 1e-9),
+        "loss": tally.loss_sum / max(tally.images, 1),
+        "images_per_s": (tally.images - images_before) / max(elapsed, 1e-9),
     }
 
 
@@ -265,14 +281,18 @@ def predict_views_dataset(
 
 
 def steps_per_epoch(num_samples_per_rank: int, batch_size: int, cap: int | None) -> int:
-    """Optimizer steps in one epoch: every full batch (the last partial batch is dropped)."""
-    steps = max(num_samples_per_rank // batch_size, 1)
+    """Optimizer steps in one epoch: its full batches (the loader drops a partial last one), at most ``cap``.
+
+    0 when not even one batch is full: a training run refuses such a batch size before it starts.
+    """
+    steps = num_samples_per_rank // batch_size
     return min(steps, cap) if cap else steps
 
 
 __all__ = [
     "DistributedContext",
     "EpochSettings",
+    "LossTally",
     "TrainingDiverged",
     "barrier",
     "freeze",

@@ -14,7 +14,7 @@ from .data.datasets import AgeSample
 from .data.images import AgeImageDataset
 from .data.transforms import eval_transform
 from .engine import predict_views_dataset
-from .metrics import AGE_GROUPS, summarize
+from .metrics import AGE_GROUPS, age_class, summarize
 from .models.glae import AgeModel
 from .routing import ROUTING_MODES, RoutingMode, heads_for, route
 
@@ -25,10 +25,11 @@ def available_modes(views: dict[str, Tensor]) -> tuple[RoutingMode, ...]:
 
 
 def routing_usage(ages: Tensor, used_balanced: Tensor) -> dict[str, Any]:
-    """Share of images routed to each head, overall and per age group (Fig. 4)."""
+    """Share of images routed to each head, overall and per age group of the age class (Fig. 4), as the metrics group."""
+    classes = age_class(ages)
     groups: dict[str, dict[str, Any]] = {}
     for label, low, high in AGE_GROUPS:
-        inside = (ages >= low) & (ages < high)
+        inside = (classes >= low) & (classes < high)
         count = int(inside.sum())
         balanced = float(used_balanced[inside].float().mean()) if count else None
         groups[label] = {"n": count, "vanilla": None if balanced is None else 1.0 - balanced, "balanced": balanced}

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import age_class
+
 LossFunction = Callable[[dict[str, Tensor], Tensor, "float | Tensor"], Tensor]
 """``loss(outputs, ages, sigma) -> scalar``: a head's outputs dict, ``[B]`` ages, Eq. 1's σ."""
 
@@ -279,7 +281,8 @@ def corn_loss(logits: Tensor, ages: Tensor) -> Tensor:
 
     Args:
         logits: ``[B, K]`` rank scores.
-        ages: ``[B]`` true ages (real values are fine: the tasks compare ``age > k``).
+        ages: ``[B]`` true ages; real values are first rounded half up to their class
+            (:func:`glae.metrics.age_class`, as CMAE), so 20.3 is rank 20, not "older than 20".
 
     Returns:
         Scalar tensor.
@@ -289,7 +292,7 @@ def corn_loss(logits: Tensor, ages: Tensor) -> Tensor:
         0.6931
     """
     _check_logits(logits, ages, 2, "logits")
-    ages = ages.to(device=logits.device, dtype=logits.dtype).unsqueeze(1)
+    ages = age_class(ages).to(device=logits.device, dtype=logits.dtype).unsqueeze(1)
     ranks = torch.arange(logits.shape[1], device=logits.device, dtype=logits.dtype)
     in_task = (ages > ranks - 1).to(logits.dtype)
     older = (ages > ranks).to(logits.dtype)

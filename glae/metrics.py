@@ -5,8 +5,8 @@ floats. They return Python floats, ints, dicts and lists, so every result can
 be written to JSON as it is; an empty age group gives ``None``, never NaN.
 
 Apparent ages (ChaLearn LAP) are real numbers. Wherever a metric needs an age
-*class* (CMAE, per-age MAE) the class is the true age rounded half up,
-``floor(y + 0.5)``, so 20.5 is class 21 (NumPy's and Python's ``round`` would
+*class* (CMAE, per-age MAE, the age groups) the class is the true age rounded half
+up, :func:`age_class`, so 20.5 is class 21 (NumPy's and Python's ``round`` would
 give 20, rounding halves to even).
 
 Example:
@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -30,9 +33,10 @@ AGE_GROUPS: tuple[tuple[str, float, float], ...] = (
     ("18-65", 18, 66),
     ("66+", 66, math.inf),
 )
-"""Long-tailed age groups as ``(label, low, high)``, half-open ``low <= y < high`` on
-the true age. The paper's last group is 66-100; it is open-ended here so that
-ages above 100 (UTKFace goes to 116) are counted rather than dropped."""
+"""Long-tailed age groups as ``(label, low, high)``, half-open ``low <= c < high`` on
+the age class ``c`` (as CMAE counts it, so 17.9 is in "18-65"). The paper's last group
+is 66-100; it is open-ended here so that ages above 100 (UTKFace goes to 116) are
+counted rather than dropped."""
 
 AAR_GROUP_LABELS: tuple[str, ...] = (
     "1-10",
@@ -65,8 +69,31 @@ def _validated(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.nda
     return true, pred
 
 
-def _age_classes(true: np.ndarray) -> np.ndarray:
-    return np.floor(true + 0.5).astype(np.int64)
+@overload
+def age_class(age: float) -> int: ...
+
+
+@overload
+def age_class(age: np.ndarray) -> np.ndarray: ...
+
+
+@overload
+def age_class(age: Tensor) -> Tensor: ...
+
+
+def age_class(age: float | np.ndarray | Tensor) -> int | np.ndarray | Tensor:
+    """The age class of a true age: rounded half up, ``floor(age + 0.5)``, so 20.5 is class 21.
+
+    One rounding for everything that bins ages (CMAE, age groups, class-balanced sampling,
+    the -LT subsets, the ordinal loss's ranks). A float gives an int; a NumPy array or a
+    torch tensor gives whole numbers of its own float type (floor division works on all three).
+
+    Example:
+        >>> age_class(20.5), age_class(20.49), age_class(np.array([17.9, 0.4])).tolist()
+        (21, 20, [18.0, 0.0])
+    """
+    classes = (age + 0.5) // 1
+    return int(classes) if isinstance(classes, float) else classes
 
 
 def mae(y_true: ArrayLike, y_pred: ArrayLike) -> float:
@@ -91,7 +118,7 @@ def per_age_mae(y_true: ArrayLike, y_pred: ArrayLike) -> dict[int, tuple[int, fl
         y_pred: ``[N]`` predicted ages.
     """
     true, pred = _validated(y_true, y_pred)
-    classes = _age_classes(true)
+    classes = age_class(true)
     errors = np.abs(true - pred)
     return {
         int(age): (int((classes == age).sum()), float(errors[classes == age].mean()))
@@ -187,8 +214,9 @@ def group_metrics(
 
     ``bias`` is the mean signed error ``mean(y_pred - y_true)``: negative when a group
     comes out too young (the elderly of a long-tailed set, typically), which MAE hides.
-    A sample belongs to the group with ``low <= y_true < high``. A group without
-    images gets ``n = 0`` and ``None`` for every error.
+    A sample belongs to the group with ``low <= age_class(y_true) < high``, so its CMAE
+    class and its group agree. A group without images gets ``n = 0`` and ``None`` for
+    every error.
 
     Args:
         y_true: ``[N]`` true ages.
@@ -196,11 +224,12 @@ def group_metrics(
         groups: ``(label, low, high)`` triples, by default :data:`AGE_GROUPS`.
     """
     true, pred = _validated(y_true, y_pred)
+    classes = age_class(true)
     result: dict[str, dict[str, Any]] = {}
     for label, low, high in groups:
         if not low < high:
             raise ValueError(f"age group {label!r} has low {low} >= high {high}")
-        inside = (true >= low) & (true < high)
+        inside = (classes >= low) & (classes < high)
         if inside.any():
             result[label] = {
                 "n": int(inside.sum()),

@@ -25,6 +25,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
@@ -43,15 +44,16 @@ from .checkpoint import (
     save_model,
     save_training_state,
 )
-from .config import StageConfig, TrainConfig, config_from_dict, config_to_dict, dump_config, trains_balanced_head
-from .data import DatasetIndex, Split, check_ages, load_dataset, split_dataset
+from .config import StageConfig, TrainConfig, config_to_dict, dump_config, run_record_from_dict, trains_balanced_head
+from .data import AgeSample, DatasetIndex, Split, check_ages, load_dataset, split_dataset
 from .data.cache import CachedImages, open_image_cache
-from .data.images import AgeImageDataset, ages_of
+from .data.images import AgeImageDataset, ImageReadError, ages_of, read_rgb
 from .data.samplers import EpochSampler
 from .data.transforms import train_transform
 from .engine import (
     DistributedContext,
     EpochSettings,
+    LossTally,
     barrier,
     freeze,
     init_distributed,
@@ -123,7 +125,7 @@ def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedC
     """
     config_file = out_dir / "config.yaml"
     if config_file.exists() and has_begun(out_dir):
-        saved = config_from_dict(yaml.safe_load(config_file.read_text()))
+        saved = run_record_from_dict(yaml.safe_load(config_file.read_text()))
         if _identity(saved) != _identity(config):
             raise RunFolderError(
                 f"{out_dir} holds a run with a different configuration ({config_file}); "
@@ -145,10 +147,37 @@ def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, 
         atomic_write_text(split_file, json.dumps(split.to_json(index.root), indent=1))
     barrier(context)
     split = Split.from_json(json.loads(split_file.read_text()), index.samples, index.root)
+    split = without_unreadable(split, ("val", "test") if config.data.cache else ("train", "val", "test"))
     log.info("split: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test))
     if not split.train:
         raise ValueError("the training split is empty")
     return split
+
+
+def _problem(sample: AgeSample) -> str | None:
+    try:
+        read_rgb(sample.path)
+    except ImageReadError as error:
+        return str(error)
+    return None
+
+
+def without_unreadable(split: Split, parts: tuple[str, ...]) -> Split:
+    """``split`` without the images of ``parts`` that cannot be decoded, each one logged.
+
+    A corrupt file is found before training, not at the first validation or after the last
+    epoch. The image cache skips unreadable training images the same way, so ``data.cache``
+    never changes which images a run uses. Decoding runs on two threads (Pillow releases the GIL).
+    """
+    kept = {}
+    with ThreadPoolExecutor(2) as pool:
+        for part in parts:
+            samples = getattr(split, part)
+            problems = list(pool.map(_problem, samples))
+            for problem in filter(None, problems):
+                log.warning("skipped (%s part): %s", part, problem)
+            kept[part] = [sample for sample, problem in zip(samples, problems) if problem is None]
+    return dataclasses.replace(split, **kept)
 
 
 def inference_pass(config: TrainConfig, device: torch.device) -> InferencePass:
@@ -214,7 +243,8 @@ class StageRunner:
         )
         return loader, sampler
 
-    def _save(self, epoch: int, step: int, optimizer, scheduler) -> None:
+    def _save(self, epoch: int, step: int, optimizer, scheduler, tally: LossTally) -> None:
+        """Checkpoint after ``step`` steps of ``epoch``; ``tally`` is that epoch's loss so far."""
         if not self.context.is_main:
             return
         save_training_state(
@@ -224,6 +254,7 @@ class StageRunner:
                 "model": unwrap(self.model).state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(), "history": self.history,
+                "epoch_loss_sum": tally.loss_sum, "epoch_images": tally.images,
                 **({"ema": self.average.state_dict()} if self.average is not None else {}),
             },
         )
@@ -234,16 +265,10 @@ class StageRunner:
         loader, sampler = self._loader()
         steps = steps_per_epoch(sampler.num_samples, stage_config.batch_size, stage_config.max_steps_per_epoch)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            trainable, lr=stage_config.lr, momentum=stage_config.momentum, nesterov=True,
-            weight_decay=stage_config.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=stage_config.lr, total_steps=stage_config.epochs * steps
-        )
+        optimizer, scheduler = one_cycle_optimizer(trainable, stage_config, stage_config.epochs * steps)
         if self.config.ema_decay:
             self.average = WeightAverage(model, self.config.ema_decay)
-        start_epoch, start_step = 0, 0
+        start_epoch, start_step, start_tally = 0, 0, LossTally()
         if resume is not None:
             if self.average is not None:
                 self.average.load_state_dict(resume["ema"])
@@ -251,6 +276,8 @@ class StageRunner:
             scheduler.load_state_dict(resume["scheduler"])
             torch.set_rng_state(resume["rng"])
             start_epoch, start_step = resume["epoch"], resume["step"]
+            # Checkpoints written before the tally was saved lack it: their epoch's mean starts afresh.
+            start_tally = LossTally(resume.get("epoch_loss_sum", 0.0), resume.get("epoch_images", 0))
             log.info("stage %d: resuming at epoch %d, step %d", self.stage, start_epoch + 1, start_step)
         wrapped: torch.nn.Module = self.model
         if context.distributed:
@@ -267,17 +294,19 @@ class StageRunner:
         )
         for epoch in range(start_epoch, stage_config.epochs):
             sampler.set_epoch(epoch)
-            first_step = start_step if epoch == start_epoch else 0
+            resumed = epoch == start_epoch
+            first_step = start_step if resumed else 0
+            tally = start_tally if resumed else LossTally()
             sampler.start_at(first_step * stage_config.batch_size)
             settings.description = f"stage {self.stage} epoch {epoch + 1}/{stage_config.epochs}"
 
-            def checkpoint(step: int, epoch: int = epoch) -> None:
+            def checkpoint(step: int, epoch: int = epoch, tally: LossTally = tally) -> None:
                 if self.average is not None:
                     self.average.update(model)
                 if step % self.config.checkpoint_every == 0 and step < steps:
-                    self._save(epoch, step, optimizer, scheduler)
+                    self._save(epoch, step, optimizer, scheduler, tally)
 
-            result = train_one_epoch(wrapped, loader, optimizer, scheduler, settings, first_step, checkpoint)
+            result = train_one_epoch(wrapped, loader, optimizer, scheduler, settings, first_step, checkpoint, tally)
             self._end_epoch(epoch, result, optimizer, scheduler)
 
     def _end_epoch(self, epoch: int, result: dict[str, float], optimizer, scheduler) -> None:
@@ -304,7 +333,7 @@ class StageRunner:
             with self.average.applied(unwrap(self.model)) if self.average is not None else nullcontext():
                 record["val"] = self._validate()
         self.history.append(record)
-        self._save(epoch + 1, 0, optimizer, scheduler)
+        self._save(epoch + 1, 0, optimizer, scheduler, LossTally())
         if self.context.is_main:
             write_history(self.out_dir, self.history)
             if self.writer is not None:
@@ -322,6 +351,24 @@ class StageRunner:
         """MAE and CMAE on the val part, per head choice of the stage's ``val_mode``."""
         val = evaluate_model(unwrap(self.model), self.split.val, self.config, self.context.device, self.stage_config.val_mode)
         return {name: {"mae": m["mae"], "cmae": m["cmae"]} for name, m in val["modes"].items()}
+
+
+def one_cycle_optimizer(
+    parameters: list[torch.nn.Parameter], stage: StageConfig, total_steps: int,
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+    """SGD with Nesterov momentum under OneCycle (Section V-A) for ``total_steps`` steps.
+
+    The learning rate climbs to ``stage.lr`` and falls again while the momentum moves the
+    other way: ``stage.momentum`` at the start and end, ``stage.base_momentum`` at the peak.
+    """
+    optimizer = torch.optim.SGD(
+        parameters, lr=stage.lr, momentum=stage.momentum, nesterov=True, weight_decay=stage.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=stage.lr, total_steps=total_steps,
+        base_momentum=stage.base_momentum, max_momentum=stage.momentum,
+    )
+    return optimizer, scheduler
 
 
 def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -388,6 +435,22 @@ def check_backbone_layers(model: AgeModel, config: TrainConfig) -> None:
                         "they stay at their random initialisation", index, count)
 
 
+def check_batch_sizes(config: TrainConfig, train_images: int, processes: int) -> None:
+    """Every stage's batch size against the training images, before any stage trains.
+
+    Batches are full (``drop_last``), so a batch larger than a process's share of the
+    images would give epochs of no step: a run that trains nothing yet saves a model.
+    """
+    per_process = -(-train_images // processes)  # padded as EpochSampler pads
+    share = f"{train_images} training images" + (f" ({per_process} per process)" if processes > 1 else "")
+    for index, stage in enumerate(config.stages):
+        if stage.epochs > 0 and stage.batch_size > per_process:
+            raise ValueError(
+                f"stages.{index}.batch_size is {stage.batch_size}, more than the {share}: an epoch would have "
+                f"no full batch; lower it with --set stages.{index}.batch_size=N"
+            )
+
+
 def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) -> Path:
     """Run (or resume) every stage and the final test evaluation; returns the final model file."""
     out_dir = Path(out_dir)
@@ -396,6 +459,7 @@ def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) 
     prepare_run_folder(config, out_dir, context)
     index = load_samples(config)
     split = load_or_make_split(config, index, out_dir, context)
+    check_batch_sizes(config, len(split.train), context.world_size)
     seed_everything(config.seed)
     model = AgeModel(config.model)
     check_backbone_layers(model, config)

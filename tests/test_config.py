@@ -8,7 +8,15 @@ import pytest
 import torch
 import yaml
 
-from glae.config import TrainConfig, apply_overrides, config_from_dict, config_to_dict, dump_config, load_config
+from glae.config import (
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    run_record_from_dict,
+)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -186,6 +194,18 @@ def test_every_shipped_config_loads(path: Path) -> None:
         ("stage1.batch_size=100000000", r"stages\.0\.batch_size must be >= 1 and <= 4096"),
         ("eval_batch_size=100000000", r"eval_batch_size must be >= 1 and <= 4096"),
         ("device=banana", r"device 'banana' is not a device; use auto, cpu, cuda"),
+        ("stage1.lr=0", r"stages\.0\.lr must be > 0, got 0"),
+        ("stage2.lr=-0.01", r"stages\.1\.lr must be > 0, got -0\.01"),
+        ("stage1.weight_decay=-0.0005", r"stages\.0\.weight_decay must be >= 0, got -0\.0005"),
+        ("stage1.weight_decay=0", None),
+        ("clip_grad_norm=0", r"clip_grad_norm must be > 0 or null \(no clipping\), got 0"),
+        ("clip_grad_norm=-5", r"clip_grad_norm must be > 0 or null \(no clipping\), got -5"),
+        ("clip_grad_norm=null", None),
+        ("stage1.momentum=1", r"stages\.0\.base_momentum and stages\.0\.momentum must satisfy 0 <= base_momentum <= momentum < 1"),
+        ("stage2.base_momentum=0.96", r"stages\.1\.base_momentum and stages\.1\.momentum must satisfy .* got 0\.96 and 0\.95"),
+        ("stage1.base_momentum=-0.1", r"stages\.0\.base_momentum and stages\.0\.momentum must satisfy"),
+        ("stage1.momentum=0", r"stages\.0\.base_momentum .* and momentum > 0"),
+        ("stage1.momentum=0.9", None),  # what run folders recorded before base_momentum existed
     ],
 )
 def test_settings_that_cannot_work_are_refused_up_front(override: str, message: str | None) -> None:
@@ -228,6 +248,28 @@ def test_older_stage_sections_and_flat_head_settings_still_load() -> None:
     assert (first.head, first.epochs, first.lr, first.head_init, first.freeze) == ("vanilla", 12, 0.005, "keep", [])
     assert (second.head, second.epochs, second.head_init, second.freeze, second.val_mode) == ("balanced", 3, "fresh", ["backbone"], "routing")
     assert config_from_dict(yaml.safe_load(dump_config(config))) == config
+
+
+def test_momentum_defaults_are_pytorchs_one_cycle() -> None:
+    """``momentum`` peaks at the lowest learning rate, ``base_momentum`` at the highest: 0.95 and 0.85,
+    the cycle every run trained with before the keys said so."""
+    for stage in TrainConfig().stages:
+        assert (stage.momentum, stage.base_momentum) == (0.95, 0.85)
+
+
+def test_run_records_from_before_base_momentum_read_as_they_trained() -> None:
+    """A run folder's config.yaml recorded ``momentum: 0.9`` while OneCycle cycled 0.95 -> 0.85:
+    it reads as that cycle, so the run resumes; newer records keep their values."""
+    old = config_to_dict(TrainConfig())
+    for stage in old["stages"]:
+        stage.pop("base_momentum")
+        stage["momentum"] = 0.9
+    assert config_from_dict(old).stages[0].momentum == 0.9  # still a valid config as it stands
+    assert [(s.momentum, s.base_momentum) for s in run_record_from_dict(old).stages] == [(0.95, 0.85)] * 2
+    sections = {"stage1": {"epochs": 3, "momentum": 0.9}, "stage2": {"epochs": 1, "momentum": 0.9}}
+    assert [(s.momentum, s.base_momentum) for s in run_record_from_dict(sections).stages] == [(0.95, 0.85)] * 2
+    new = load_config(None, ["stage1.momentum=0.9", "stage1.base_momentum=0.8"])
+    assert run_record_from_dict(config_to_dict(new)) == new
 
 
 def test_a_stage_list_in_yaml_and_its_short_overrides(tmp_path: Path) -> None:

@@ -286,3 +286,18 @@ def test_corn_loss_hand_values() -> None:
     both = losses.corn_loss(torch.cat([torch.zeros(1, 2), logits]), torch.tensor([0.0, 1.0])).item()
     assert math.isclose(both, (math.log(2) + softplus(-2.0) + softplus(-1.0)) / 3, rel_tol=1e-6)
     assert losses.compute_loss("corn", {"logits": logits}, torch.tensor([1.0])).item() == pytest.approx(expected)
+
+
+def test_corn_loss_rounds_real_ages_half_up_to_their_class() -> None:
+    """1.3 is class 1, not "older than 1"; 0.5 is class 1 and 0.4 class 0 (half up, as CMAE)."""
+    logits = torch.tensor([[2.0, -1.0]])
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    # Age 1.3 as class 1: task 0 yes (softplus(-2)), task 1 no (softplus(-1)), as for age 1 above.
+    # Compared as a real value, 1.3 > 1 would answer task 1 "yes": softplus(1) instead.
+    expected = (softplus(-2.0) + softplus(-1.0)) / 2
+    assert math.isclose(losses.corn_loss(logits, torch.tensor([1.3])).item(), expected, rel_tol=1e-6)
+    # Age 0.4 as class 0: only task 0 applies, answer no: -log(1 - sigmoid(2)) = softplus(2).
+    # Compared as a real value, 0.4 > 0 would answer task 0 "yes" and enter task 1 too.
+    assert math.isclose(losses.corn_loss(logits, torch.tensor([0.4])).item(), softplus(2.0), rel_tol=1e-6)
+    batch = logits.repeat(3, 1)
+    assert torch.equal(losses.corn_loss(batch, torch.tensor([1.3, 0.5, 0.4])), losses.corn_loss(batch, torch.tensor([1.0, 1.0, 0.0])))

@@ -6,12 +6,15 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from glae import metrics
+from glae.evaluate import routing_usage
 from glae.metrics import (
     AAR_GROUP_LABELS,
     AGE_GROUPS,
     aar,
+    age_class,
     cmae,
     epsilon_error,
     group_metrics,
@@ -100,17 +103,30 @@ def test_aar_group_boundaries():
 
 
 def test_group_metrics_boundaries_and_empty_group():
-    # 10 and 17.9 -> "0-17"; 18 and 65.9 -> "18-65"; nothing is 66 or more.
-    # "0-17": errors 1, 3 in classes 10, 18 -> MAE 2, CMAE 2.
-    # "18-65": errors 2, 2, 5 in classes 18, 18, 66 -> MAE 3, CMAE (2 + 5) / 2 = 3.5.
-    # Bias (signed): "0-17" +1 and -3 -> -1; "18-65" +2, -2, -5 -> -5/3.
-    y_true = [10, 17.9, 18, 18, 65.9]
-    y_pred = [11, 14.9, 20, 16, 60.9]
+    # Groups go by the age class (rounded half up), as CMAE: 10 and 17.4 (class 17) -> "0-17";
+    # 17.9 (class 18), 18 and 65.4 (class 65) -> "18-65"; no class is 66 or more.
+    # "0-17": errors +1, -3 in classes 10, 17 -> MAE 2, CMAE 2, bias -1.
+    # "18-65": errors +3, -2 in class 18 and -5 in class 65 -> MAE 10/3,
+    # CMAE ((3 + 2) / 2 + 5) / 2 = 3.75, bias (3 - 2 - 5) / 3 = -4/3.
+    y_true = [10, 17.4, 17.9, 18, 65.4]
+    y_pred = [11, 14.4, 20.9, 16, 60.4]
     result = group_metrics(y_true, y_pred)
     assert list(result) == [label for label, _, _ in AGE_GROUPS]
     assert result["0-17"] == {"n": 2, "mae": pytest.approx(2.0), "cmae": pytest.approx(2.0), "bias": pytest.approx(-1.0)}
-    assert result["18-65"] == {"n": 3, "mae": pytest.approx(3.0), "cmae": pytest.approx(3.5), "bias": pytest.approx(-5 / 3)}
+    assert result["18-65"] == {"n": 3, "mae": pytest.approx(10 / 3), "cmae": pytest.approx(3.75), "bias": pytest.approx(-4 / 3)}
     assert result["66+"] == {"n": 0, "mae": None, "cmae": None, "bias": None}
+    # The routing report counts the same groups.
+    usage = routing_usage(torch.tensor(y_true), torch.tensor([True, False, True, True, False]))
+    assert {label: group["n"] for label, group in usage["groups"].items()} == {"0-17": 2, "18-65": 3, "66+": 0}
+    assert usage["groups"]["18-65"]["balanced"] == pytest.approx(2 / 3)
+
+
+def test_age_class_rounds_half_up_for_floats_arrays_and_tensors():
+    # 17.5 -> 18 and 18.5 -> 19 (half up; round() would give 18 for both), 17.49 -> 17, 0.4 -> 0.
+    assert [age_class(age) for age in (17.5, 18.5, 17.49, 0.4)] == [18, 19, 17, 0]
+    assert isinstance(age_class(17.5), int)
+    assert age_class(np.array([17.5, 18.5, 17.49])).tolist() == [18, 19, 17]
+    assert age_class(torch.tensor([17.5, 18.5, 17.49])).tolist() == [18, 19, 17]
 
 
 def test_group_metrics_last_group_is_open_ended():

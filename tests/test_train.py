@@ -1,4 +1,7 @@
-"""The two-stage pipeline end to end on real UTKFace images: train, resume, DDP, eval, reports."""
+"""The two-stage pipeline end to end on real UTKFace images: train, resume, DDP, eval, reports.
+
+Tests that train are marked slow; the optimizer and the checks made before training are not.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,19 @@ import signal
 import subprocess
 import sys
 import time
+from inspect import signature
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from glae.checkpoint import load_model, load_training_state
 from glae.cli import main
-from glae.config import load_config
+from glae.config import StageConfig, load_config
+from glae.engine import steps_per_epoch
 from glae.models import AgeModel
-from glae.train import seed_everything
-
-pytestmark = pytest.mark.slow
+from glae.train import check_batch_sizes, one_cycle_optimizer, seed_everything
 
 REPORT_KEYS = {"mae", "cmae", "aar", "groups", "routing", "n_images"}
 
@@ -45,6 +49,7 @@ def _utkface_age(relative_path: str) -> float:
     return float(Path(relative_path).name.split("_")[0])
 
 
+@pytest.mark.slow
 def test_trained_model_beats_the_training_mean_on_held_out_faces(utkface: Path, tmp_path: Path, overrides) -> None:
     """Both stages, then eval: every head choice must predict held-out real faces clearly better
     than the constant a model that learned nothing would converge to (the training mean)."""
@@ -101,6 +106,7 @@ def test_trained_model_beats_the_training_mean_on_held_out_faces(utkface: Path, 
         assert (out / "report" / name).is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["ema_decay=0.9"], ["stage1.freeze_backbone_layers=2"]], ids=["plain", "ema", "frozen_layers"])
 def test_kill_9_then_resume_matches_uninterrupted_run(utkface: Path, tmp_path: Path, overrides, extra: list[str]) -> None:
     args = ["train", "--data", str(utkface), "--no-progress", *overrides("stage1.epochs=3", *extra)]
@@ -130,8 +136,27 @@ def test_kill_9_then_resume_matches_uninterrupted_run(utkface: Path, tmp_path: P
         assert actual["modes"][mode]["cmae"] == pytest.approx(expected["modes"][mode]["cmae"], abs=1e-5)
     history = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in history] == [(1, 1), (1, 2), (1, 3), (2, 1)]
+    # Every logged number matches, the interrupted epoch's train_loss (over all its steps) included.
+    assert _logged_numbers(interrupted) == pytest.approx(_logged_numbers(reference), rel=1e-6)
 
 
+def _logged_numbers(run: Path) -> dict[str, Any]:
+    """metrics.jsonl as ``{"LINE.key.subkey": value}``, without the throughput (it follows the machine's load)."""
+    numbers: dict[str, Any] = {}
+
+    def collect(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                collect(f"{prefix}.{key}", inner)
+        elif not prefix.endswith(".train_images_per_s"):
+            numbers[prefix] = value
+
+    for index, line in enumerate((run / "metrics.jsonl").read_text().splitlines()):
+        collect(str(index), json.loads(line))
+    return numbers
+
+
+@pytest.mark.slow
 def test_rerunning_with_other_settings_is_refused(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
     run = tmp_path / "run"
     args = ["train", "--data", str(utkface), "--out", str(run), "--no-progress"]
@@ -143,6 +168,7 @@ def test_rerunning_with_other_settings_is_refused(utkface: Path, tmp_path: Path,
     assert "needs a balanced head" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
     code = main([
         "train", "--data", str(utkface), "--out", str(tmp_path / "run"), "--no-progress",
@@ -152,6 +178,7 @@ def test_nan_loss_stops_with_a_clear_message(utkface: Path, tmp_path: Path, over
     assert "loss became" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_gloo(utkface: Path, tmp_path: Path, overrides) -> None:
     run = tmp_path / "ddp"
     command = [
@@ -170,6 +197,7 @@ def test_ddp_two_processes_gloo(utkface: Path, tmp_path: Path, overrides) -> Non
     assert info["balanced_trained"]
 
 
+@pytest.mark.slow
 def test_stage2_starts_from_another_runs_stage1_checkpoint(utkface: Path, tmp_path: Path, overrides) -> None:
     first = tmp_path / "stage1_only"
     args = ["train", "--data", str(utkface), "--no-progress"]
@@ -189,6 +217,7 @@ def test_stage2_starts_from_another_runs_stage1_checkpoint(utkface: Path, tmp_pa
     assert not torch.equal(stage1.heads["balanced"].holistic.classifier.weight, model.heads["balanced"].holistic.classifier.weight)
 
 
+@pytest.mark.slow
 def test_ordinal_head_trains_both_stages_and_routes(utkface: Path, tmp_path: Path, overrides) -> None:
     """A head added as registry entries (``model.head=ordinal``, its CORN loss) runs the whole
     pipeline: both stages, routing in validation and test, a model file that predicts."""
@@ -209,6 +238,7 @@ def test_ordinal_head_trains_both_stages_and_routes(utkface: Path, tmp_path: Pat
     assert torch.allclose(views["balanced"].sum(-1), torch.ones(2, 1), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_stage_list_of_three_trains_in_order(utkface: Path, tmp_path: Path, overrides) -> None:
     """Stages are data: a third stage (the vanilla head again, backbone frozen) runs after the
     paper's two, logs as stage 3, and leaves the balanced head as stage 2 trained it."""
@@ -236,6 +266,7 @@ def test_a_stage_list_of_three_trains_in_order(utkface: Path, tmp_path: Path, ov
             assert not changed, name  # backbone and balanced head stayed
 
 
+@pytest.mark.slow
 def test_too_many_frozen_layers_in_stage_2_stop_the_run_before_stage_1(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
     run = tmp_path / "run"
     assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *overrides("stage2.freeze_backbone_layers=6")]) == 2
@@ -243,6 +274,7 @@ def test_too_many_frozen_layers_in_stage_2_stop_the_run_before_stage_1(utkface: 
     assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_freeze_backbone_layers_keeps_the_stem_as_it_started(utkface: Path, tmp_path: Path, overrides) -> None:
     """``stage1.freeze_backbone_layers=2`` reaches training: the stem and layer1 (weights and
     BatchNorm statistics) end as the run began them, while layer2 learned."""
@@ -260,3 +292,69 @@ def test_freeze_backbone_layers_keeps_the_stem_as_it_started(utkface: Path, tmp_
             assert torch.equal(tensor, end[name]), name
         elif name.startswith("layer2.") and name.endswith(".weight"):
             assert not torch.equal(tensor, end[name]), name
+
+
+def test_one_cycle_momentum_is_momentum_at_the_start_and_base_momentum_at_the_lr_peak() -> None:
+    stage = StageConfig(lr=0.1, momentum=0.9, base_momentum=0.8)
+    optimizer, scheduler = one_cycle_optimizer([torch.nn.Parameter(torch.zeros(1))], stage, total_steps=10)
+    group = optimizer.param_groups[0]
+    # First step: lr = 0.1 / 25 (OneCycle's div_factor), momentum at its top.
+    assert (group["lr"], group["momentum"]) == (pytest.approx(0.004), pytest.approx(0.9))
+    for _ in range(2):  # the warm-up ends after pct_start * total_steps - 1 = 0.3 * 10 - 1 = 2 steps
+        optimizer.step()
+        scheduler.step()
+    assert (group["lr"], group["momentum"]) == (pytest.approx(0.1), pytest.approx(0.8))
+    for _ in range(7):  # the last step (9): lowest lr, momentum back at its top
+        optimizer.step()
+        scheduler.step()
+    assert group["momentum"] == pytest.approx(0.9)
+    # The defaults are PyTorch's cycle, which every run trained with before these keys existed.
+    defaults = signature(torch.optim.lr_scheduler.OneCycleLR).parameters
+    assert (StageConfig().momentum, StageConfig().base_momentum) == (defaults["max_momentum"].default, defaults["base_momentum"].default)
+
+
+def test_a_batch_larger_than_the_training_images_is_refused() -> None:
+    """drop_last keeps full batches only: such a stage would train nothing and still save a model."""
+    config = load_config(None, ["stage2.batch_size=40"])
+    assert steps_per_epoch(39, 40, None) == 0 and steps_per_epoch(80, 40, 1) == 1
+    check_batch_sizes(config, 40, 1)  # one full batch
+    with pytest.raises(ValueError, match=r"stages\.1\.batch_size is 40, more than the 39 training images: an epoch would have no full batch"):
+        check_batch_sizes(config, 39, 1)
+    with pytest.raises(ValueError, match=r"stages\.1\.batch_size is 40, more than the 70 training images \(35 per process\)"):
+        check_batch_sizes(config, 70, 2)
+    check_batch_sizes(load_config(None, ["stage2.batch_size=40", "stage2.epochs=0"]), 39, 1)  # a skipped stage
+
+
+def test_a_batch_larger_than_the_training_split_stops_the_run_before_it_trains(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *overrides("stage2.batch_size=41")]) == 2
+    assert "stages.1.batch_size is 41, more than the 40 training images" in capsys.readouterr().err
+    assert not (run / "checkpoints").exists() and not (run / "model.safetensors").exists()
+
+
+def test_unreadable_images_are_dropped_from_the_split_before_training(utk_crops: list[Path], tmp_path: Path, caplog) -> None:
+    """A corrupt val or test file must not stop a run at its first validation or after its last
+    epoch; with the image cache off, training images are checked too (the cache skips them itself)."""
+    from glae.data import load_dataset
+    from glae.engine import DistributedContext
+    from glae.train import load_or_make_split
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for crop in utk_crops:
+        (folder / crop.name).symlink_to(crop)
+    corrupt = [f"{age}_0_0_20170101000000000.jpg.chip.jpg" for age in (30, 40, 50, 60)]
+    for name in corrupt:
+        (folder / name).write_bytes(utk_crops[0].read_bytes()[:300])  # cut short: the header reads, the pixels do not
+    index = load_dataset(folder, "utkface")
+    context = DistributedContext(device=torch.device("cpu"))
+    for cache, out in (("true", tmp_path / "cached"), ("false", tmp_path / "uncached")):
+        out.mkdir()
+        config = load_config(None, [f"data.path={folder}", f"data.cache={cache}", "data.val_fraction=0.25", "data.test_fraction=0.25"])
+        split = load_or_make_split(config, index, out, context)
+        saved = json.loads((out / "split.json").read_text())  # the split as made: every file, readable or not
+        held_out = {s.path.name for s in split.val + split.test}
+        assert held_out == {name for name in saved["val"] + saved["test"] if name not in corrupt}
+        trained = {s.path.name for s in split.train}
+        assert trained == ({name for name in saved["train"] if name not in corrupt} if cache == "false" else set(saved["train"]))
+    assert sum("skipped" in record.message for record in caplog.records) >= len(corrupt)

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from glae.data.config import DataConfig
 from glae.data.datasets import AgeSample, DatasetError
+from glae.metrics import age_class
 
 log = logging.getLogger(__name__)
 
@@ -310,11 +311,6 @@ def morph_partial_filter(sample: AgeSample) -> bool:
     return sample.attributes.get("race", "").strip().lower() in {"w", "white"}
 
 
-def _age_bin(sample: AgeSample) -> int:
-    """Integer age, rounded half up (Python's round() would send 24.5 down and 25.5 up)."""
-    return math.floor(sample.age + 0.5)
-
-
 def balanced_test_subset(
     test: Sequence[AgeSample],
     per_age: int,
@@ -334,7 +330,7 @@ def balanced_test_subset(
         raise ValueError(f"per_age must be >= 1, got {per_age}")
     groups: dict[int, list[AgeSample]] = defaultdict(list)
     for sample in _by_path(test):
-        groups[_age_bin(sample)].append(sample)
+        groups[age_class(sample.age)].append(sample)
     subset: list[AgeSample] = []
     for age in sorted(groups):
         group = groups[age]

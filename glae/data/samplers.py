@@ -10,12 +10,13 @@ a pure function of ``(seed, epoch)`` and each draw's augmentation seed of its po
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
 from torch.utils.data import Sampler
+
+from glae.metrics import age_class
 
 SamplingMode = Literal["instance", "class"]
 _SEED_STRIDE = 1_000_003
@@ -54,7 +55,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.start = 0
         classes: dict[int, list[int]] = {}
         for index, age in enumerate(ages):
-            classes.setdefault(math.floor(age + 0.5), []).append(index)
+            classes.setdefault(age_class(age), []).append(index)
         self.class_members = [torch.tensor(members) for _, members in sorted(classes.items())]
 
     def set_epoch(self, epoch: int) -> None:
