@@ -71,6 +71,8 @@ def test_wrong_types_are_rejected(override: str, pattern: str) -> None:
         ("data.val_fraction=0.8", r"data\.test_fraction \+ data\.val_fraction must be < 1 .* got 0\.2 \+ 0\.8"),
         ("data.limit=0", r"data\.limit must be >= 1 or null, got 0; fix it with --set data\.limit=N"),
         ("data.num_workers=-1", r"data\.num_workers must be >= 0, got -1"),
+        ("data.train_list=train.txt", r"data\.train_list is read only by protocol lists, but data\.protocol is random; add --set data\.protocol=lists"),
+        ("data.fold=2", r"data\.fold is read only by protocol lopo, but data\.protocol is random; add --set data\.protocol=lopo"),
     ],
 )
 def test_impossible_data_settings_are_refused_up_front(override: str, message: str) -> None:

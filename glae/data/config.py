@@ -47,6 +47,12 @@ class DataConfig:
             )
         if self.fold < 0:
             raise ValueError(f"data.fold must be >= 0, got {self.fold}; fix it with --set data.fold=N")
+        # Settings only one protocol reads: set under another, they would be silently ignored
+        # (a forgotten data.protocol=lists would give a random split instead of the lists).
+        for name, protocol in (("train_list", "lists"), ("val_list", "lists"), ("test_list", "lists"), ("fold", "lopo")):
+            if self.protocol != protocol and getattr(self, name) not in (None, 0):
+                raise ValueError(f"data.{name} is read only by protocol {protocol}, but data.protocol is {self.protocol}; "
+                                 f"add --set data.protocol={protocol}, or remove data.{name}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit must be >= 1 or null, got {self.limit}; fix it with --set data.limit=N")
         if self.num_workers < 0:
