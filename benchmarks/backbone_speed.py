@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from glae.export import RoutedAgeModel
+from glae.models.routed import RoutedAgeModel
 from glae.losses import compute_loss
 from glae.models import AgeModel, ModelConfig
 

@@ -16,7 +16,8 @@ from .config import MAX_BATCH_SIZE, check_device
 from .data import DATASET_FORMATS, AgeSample, CsvColumns, DatasetError
 from .data.images import ImageReadError
 from .engine import TrainingDiverged
-from .export import DEFAULT_OPSET, MissingExtraError
+from .errors import MissingExtraError
+from .export import DEFAULT_OPSET
 from .faces.detector import DETECTORS
 from .fileio import atomic_write_text
 from .models import BackboneError

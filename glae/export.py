@@ -19,16 +19,12 @@ import os
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
+from .errors import MissingExtraError
 from .fileio import atomic_write
 from .models.glae import AgeModel
-from .routing import RoutingMode, heads_for, route, routing_mode
-
-INPUT_NAME = "images"
-ROUTED_OUTPUTS = ("age", "probs", "used_balanced")
-"""Outputs of every exported graph; ``vanilla_probs`` always follows, ``balanced_probs`` too
-when the model has a trained balanced head."""
+from .models.routed import INPUT_NAME, ROUTED_OUTPUTS, RoutedAgeModel
+from .routing import RoutingMode, routing_mode
 
 METADATA_PREFIX = "glae."
 DEFAULT_OPSET = 18
@@ -37,33 +33,6 @@ on onnxruntime 1.18 and later."""
 MIN_OPSET = DEFAULT_OPSET
 """Below it torch converts the graph down and, when that fails (it does for this graph), logs
 the failure and writes opset 18 anyway: refused up front instead."""
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency of ONNX export or inference is not installed; the message says how."""
-
-
-class RoutedAgeModel(nn.Module):
-    """``AgeModel`` + ``route`` as one module, so the whole prediction is one traceable graph.
-
-    ``forward`` maps normalized images ``[B, 3, S, S]`` to ``(age [B], probs [B, K+1],
-    used_balanced [B] bool, vanilla_probs [B, K+1][, balanced_probs [B, K+1]])``: the routed
-    age and distribution, which images went to the balanced head, and each head's
-    flip-averaged distribution. In ``vanilla`` mode the balanced head is never run (it was
-    not trained), so ``balanced_probs`` is absent.
-    """
-
-    def __init__(self, model: AgeModel, mode: RoutingMode) -> None:
-        super().__init__()
-        self.model = model
-        self.mode = mode
-        self.heads = heads_for(mode)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        views = self.model.predict_views(images, self.heads)
-        routed = route(views, self.mode)
-        per_head = tuple(views[head].mean(0) for head in self.heads)
-        return (routed.ages, routed.probs, routed.used_balanced, *per_head)
 
 
 def onnx_metadata(model: AgeModel, mode: RoutingMode, info: dict[str, Any]) -> dict[str, str]:

@@ -21,7 +21,9 @@ from torch import Tensor
 from .calibration import IntervalCalibration
 from .checkpoint import CheckpointError, load_model
 from .config import model_config_from_dict
-from .export import INPUT_NAME, METADATA_PREFIX, ROUTED_OUTPUTS, MissingExtraError, RoutedAgeModel
+from .errors import MissingExtraError
+from .export import METADATA_PREFIX
+from .models.routed import INPUT_NAME, ROUTED_OUTPUTS, RoutedAgeModel
 from .models.backbones import InputNormalization
 from .models.glae import AgeModel, ModelConfig
 from .routing import ROUTING_MODES, RoutingMode, routing_mode
@@ -68,7 +70,7 @@ class TorchRoutedPredictor:
         return ages.cpu(), probs.cpu(), used_balanced.cpu()
 
 
-class OnnxAgeModel:
+class OnnxRoutedPredictor:
     """The ONNX backend: a file written by ``glae export``, run by onnxruntime on the CPU.
 
     Everything needed to use the file comes from the file: ``config`` (the ``ModelConfig``),
@@ -86,7 +88,7 @@ class OnnxAgeModel:
         self.mode: RoutingMode = metadata["routing_mode"]
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "OnnxAgeModel":
+    def load(cls, path: str | os.PathLike) -> "OnnxRoutedPredictor":
         try:
             import onnxruntime
         except ImportError:
@@ -198,5 +200,5 @@ def _check_finite_weights(path: str | os.PathLike) -> None:
 def load_routed_predictor(path: str | os.PathLike, device: str | torch.device = "cpu") -> RoutedPredictor:
     """``.onnx`` files run on onnxruntime (CPU, ``device`` unused); model files on PyTorch."""
     if Path(path).suffix.lower() == ".onnx":
-        return OnnxAgeModel.load(path)
+        return OnnxRoutedPredictor.load(path)
     return TorchRoutedPredictor.load(path, device)

@@ -176,7 +176,7 @@ def _figure(**options: Any) -> Figure:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        from .export import MissingExtraError
+        from .errors import MissingExtraError
 
         raise MissingExtraError("the PNG reports need matplotlib: pip install 'glae[train]'") from None
     return Figure(**options)

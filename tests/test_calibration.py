@@ -216,15 +216,15 @@ def test_the_shipped_models_interval_covers_90_percent_of_held_out_faces(utkface
 def test_the_onnx_export_carries_the_calibration(tmp_path: Path, model_file: Path) -> None:
     pytest.importorskip("onnxruntime")
     from glae.export import export_onnx
-    from glae.inference_backends import OnnxAgeModel
+    from glae.inference_backends import OnnxRoutedPredictor
 
     model, info = load_model(model_file)
     model.calibration = IntervalCalibration(1.25, 0.9, 50)
     export_onnx(model, tmp_path / "calibrated.onnx", info)
-    assert OnnxAgeModel.load(tmp_path / "calibrated.onnx").calibration == IntervalCalibration(1.25, 0.9, 50)
+    assert OnnxRoutedPredictor.load(tmp_path / "calibrated.onnx").calibration == IntervalCalibration(1.25, 0.9, 50)
     model.calibration = None
     export_onnx(model, tmp_path / "raw.onnx", info)
-    assert OnnxAgeModel.load(tmp_path / "raw.onnx").calibration is None
+    assert OnnxRoutedPredictor.load(tmp_path / "raw.onnx").calibration is None
 
 
 def _linked_faces(folder: Path, utkface: Path, count: int) -> list[str]:

@@ -16,8 +16,10 @@ from glae.cli import main
 from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
 from glae.models.glae import PAPER_INPUT
-from glae.export import DEFAULT_OPSET, MIN_OPSET, ROUTED_OUTPUTS, MissingExtraError, onnx_metadata
-from glae.inference_backends import OnnxAgeModel
+from glae.errors import MissingExtraError
+from glae.export import DEFAULT_OPSET, MIN_OPSET, onnx_metadata
+from glae.models.routed import ROUTED_OUTPUTS
+from glae.inference_backends import OnnxRoutedPredictor
 from glae.models.glae import AgeModel, ModelConfig
 from glae.routing import route
 
@@ -58,7 +60,7 @@ def crops(utkface: Path) -> torch.Tensor:
 def test_onnxruntime_matches_pytorch_on_real_crops(
     routed_model: AgeModel, exported: tuple[Path, Path], crops: torch.Tensor, batch_size: int
 ) -> None:
-    onnx_model = OnnxAgeModel.load(exported[1])
+    onnx_model = OnnxRoutedPredictor.load(exported[1])
     used = []
     for batch in crops.split(batch_size):  # batch size 5 also runs a last batch of 3
         expected = route(routed_model.predict_views(batch), "routing")
@@ -75,7 +77,7 @@ def test_onnxruntime_matches_pytorch_on_real_crops(
 def test_graph_outputs_each_heads_flip_averaged_distribution(
     routed_model: AgeModel, exported: tuple[Path, Path], crops: torch.Tensor
 ) -> None:
-    session = OnnxAgeModel.load(exported[1]).session
+    session = OnnxRoutedPredictor.load(exported[1]).session
     names = [output.name for output in session.get_outputs()]
     assert names == [*ROUTED_OUTPUTS, "vanilla_probs", "balanced_probs"]
     vanilla_probs, balanced_probs = session.run(["vanilla_probs", "balanced_probs"], {"images": crops.numpy()})
@@ -85,7 +87,7 @@ def test_graph_outputs_each_heads_flip_averaged_distribution(
 
 
 def test_metadata_round_trip(routed_model: AgeModel, exported: tuple[Path, Path]) -> None:
-    onnx_model = OnnxAgeModel.load(exported[1])
+    onnx_model = OnnxRoutedPredictor.load(exported[1])
     assert onnx_model.config == routed_model.config
     assert onnx_model.info == {"balanced_trained": True}
     assert onnx_model.mode == "routing"
@@ -101,7 +103,7 @@ def test_model_without_balanced_head_exports_vanilla(tmp_path: Path, crops: torc
     checkpoint, onnx_file = tmp_path / "stage1.safetensors", tmp_path / "stage1.onnx"
     save_model(checkpoint, model, info={"balanced_trained": False})
     assert main(["export", "--onnx", str(onnx_file), "--model", str(checkpoint)]) == 0
-    onnx_model = OnnxAgeModel.load(onnx_file)
+    onnx_model = OnnxRoutedPredictor.load(onnx_file)
     assert onnx_model.mode == "vanilla"
     assert [output.name for output in onnx_model.session.get_outputs()] == [*ROUTED_OUTPUTS, "vanilla_probs"]
     expected = route(model.predict_views(crops, ("vanilla",)), "vanilla")
@@ -116,7 +118,7 @@ def test_missing_files_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["export", "--onnx", str(tmp_path / "out.onnx"), "--model", str(missing)]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="does not exist"):
-        OnnxAgeModel.load(tmp_path / "out.onnx")
+        OnnxRoutedPredictor.load(tmp_path / "out.onnx")
 
 
 def _identity_graph(path: Path, metadata: dict[str, str], inputs: list[str], outputs: list[str]) -> Path:
@@ -143,7 +145,7 @@ def test_graph_that_glae_export_did_not_write_is_refused_at_load(
     metadata = onnx_metadata(routed_model, "routing", {"balanced_trained": True})
     path = _identity_graph(tmp_path / "foreign.onnx", metadata, inputs, outputs)
     with pytest.raises(CheckpointError, match=r"foreign\.onnx: graph inputs .* are not glae export's") as caught:
-        OnnxAgeModel.load(path)
+        OnnxRoutedPredictor.load(path)
     assert "\n" not in str(caught.value)
 
 
@@ -152,7 +154,7 @@ def test_missing_onnx_package_is_a_missing_extra_error(routed_model: AgeModel, t
     path = _identity_graph(tmp_path / "model.onnx", metadata, ["images"], [*ROUTED_OUTPUTS, "vanilla_probs", "balanced_probs"])
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails as if not installed
     with pytest.raises(MissingExtraError, match=r"pip install 'glae\[onnx\]'"):
-        OnnxAgeModel.load(path)
+        OnnxRoutedPredictor.load(path)
 
 
 def test_glae_predict_runs_on_the_onnx_file(exported: tuple[Path, Path], utkface: Path, capsys) -> None:
@@ -216,4 +218,4 @@ def test_export_is_quiet_self_contained_and_in_the_opset_asked(
     assert not [record.getMessage() for record in caplog.records if record.name.startswith(("onnxscript", "onnx_ir"))]
     assert [path.name for path in tmp_path.iterdir()] == ["newer.onnx"], "weights must not be written as external data"
     assert _opset(onnx_file) == DEFAULT_OPSET + 1
-    assert OnnxAgeModel.load(onnx_file).mode == "routing"
+    assert OnnxRoutedPredictor.load(onnx_file).mode == "routing"

@@ -13,7 +13,7 @@ from glae.checkpoint import CheckpointError, load_model
 from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
 from glae.export import export_onnx
-from glae.inference_backends import OnnxAgeModel, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
+from glae.inference_backends import OnnxRoutedPredictor, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
 from glae.models.glae import ModelConfig
 from glae.routing import route
 
@@ -44,7 +44,7 @@ def test_torch_predictor_is_route_in_channels_last(model_file: Path, utk_crops: 
 
 def test_load_routed_predictor_picks_the_backend_from_the_file(model_file: Path, onnx_file: Path) -> None:
     predictors: list[RoutedPredictor] = [load_routed_predictor(model_file), load_routed_predictor(onnx_file)]
-    assert [type(p) for p in predictors] == [TorchRoutedPredictor, OnnxAgeModel]
+    assert [type(p) for p in predictors] == [TorchRoutedPredictor, OnnxRoutedPredictor]
     assert predictors[0].mode == predictors[1].mode == "routing"  # type: ignore[attr-defined]
 
 
@@ -88,11 +88,11 @@ def _rewrite_onnx(source: Path, target: Path, metadata: dict[str, str | None] | 
 def test_nonsense_onnx_metadata_is_refused(onnx_file: Path, tmp_path: Path, key: str, value: str | None, message: str) -> None:
     path = _rewrite_onnx(onnx_file, tmp_path / "hostile.onnx", {key: value})
     with pytest.raises(CheckpointError, match=r"hostile\.onnx: metadata " + message) as caught:
-        OnnxAgeModel.load(path)
+        OnnxRoutedPredictor.load(path)
     assert "\n" not in str(caught.value)
 
 
 def test_onnx_with_nan_weights_is_refused(onnx_file: Path, tmp_path: Path) -> None:
     path = _rewrite_onnx(onnx_file, tmp_path / "diverged.onnx", nan_weight=True)
     with pytest.raises(CheckpointError, match=r"diverged\.onnx: weight .* holds NaN or infinity"):
-        OnnxAgeModel.load(path)
+        OnnxRoutedPredictor.load(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..estimator import AgeEstimator, resolve_model_path
-from ..export import MissingExtraError
+from ..errors import MissingExtraError
 from ..predict_options import PredictOptions
 from .settings import ServeSettings
 
