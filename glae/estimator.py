@@ -22,7 +22,6 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
 
 from .calibration import age_interval
 from .checkpoint import CheckpointError
@@ -148,6 +147,16 @@ class _Prepared:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _Estimate:
+    """What the model says of one aligned crop; a detection joins it to make a ``FaceAge``."""
+
+    age: float
+    interval_90: tuple[float, float]
+    head: HeadName
+    distribution: tuple[float, ...]
+
+
 class AgeEstimator:
     """A trained GLAE model plus a face detector: ``predict`` takes photos, returns ages.
 
@@ -247,11 +256,11 @@ class AgeEstimator:
         crops = [crop for item in pending for crop in item.crops]
         estimates = iter(self._estimate(crops)) if crops else iter(())
         for item in pending:
-            faces = [_face_age(face, item.size, *next(estimates)) for face in item.faces]
+            faces = [_face_age(face, item.size, next(estimates)) for face in item.faces]
             yield ImagePrediction(item.file, faces, item.error)
 
     @torch.no_grad()
-    def _estimate(self, crops: list[Image.Image]) -> list[tuple[float, tuple[float, float], HeadName, Tensor]]:
+    def _estimate(self, crops: list[Image.Image]) -> list[_Estimate]:
         """Age, interval, head and distribution of each aligned crop, ``batch_size`` at a time."""
         results = []
         batch_size = self.options.batch_size
@@ -261,13 +270,11 @@ class AgeEstimator:
             intervals = age_interval(probs.double(), self.predictor.calibration)
             for age, interval, balanced, distribution in zip(ages, intervals, used_balanced, probs):
                 head: HeadName = "balanced" if bool(balanced) else "vanilla"
-                results.append((float(age), (float(interval[0]), float(interval[1])), head, distribution))
+                results.append(_Estimate(float(age), (float(interval[0]), float(interval[1])), head, tuple(distribution.tolist())))
         return results
 
 
-def _face_age(
-    face: DetectedFace | None, size: tuple[int, int], age: float, interval: tuple[float, float], head: HeadName, probs: Tensor
-) -> FaceAge:
+def _face_age(face: DetectedFace | None, size: tuple[int, int], estimate: _Estimate) -> FaceAge:
     """Join a detection (None: the whole aligned image) with its estimate."""
     if face is None:
         box, landmarks, score = (0.0, 0.0, float(size[0]), float(size[1])), None, None
@@ -275,7 +282,7 @@ def _face_age(
         box = face.box
         landmarks = tuple((float(x), float(y)) for x, y in face.landmarks)
         score = face.score
-    return FaceAge(box, landmarks, score, age, interval, head, tuple(float(p) for p in probs))
+    return FaceAge(box, landmarks, score, estimate.age, estimate.interval_90, estimate.head, estimate.distribution)
 
 
 __all__ = ["AgeEstimator", "FaceAge", "ImageInput", "ImagePrediction", "default_model_path", "resolve_model_path"]
