@@ -30,10 +30,9 @@ from torch import nn
 
 from .engine import unwrap
 from .calibration import IntervalCalibration
-from .config import model_config_from_dict
 from .fileio import atomic_write, atomic_write_bytes
 from .models.backbones import InputNormalization
-from .models.glae import PAPER_INPUT, AgeModel
+from .models.glae import PAPER_INPUT, AgeModel, ModelConfig
 from .typed import is_finite_number
 
 METADATA_KEY = "glae"
@@ -101,7 +100,7 @@ def _parse_record(path: Path, text: str) -> dict[str, Any]:
             found = "missing" if key not in record else f"a {type(record[key]).__name__}"
             raise CheckpointError(f"{where}: key '{key}' must be a JSON object, found {found}; {advice}")
     try:
-        model_config_from_dict(record["model"])
+        ModelConfig.from_dict(record["model"])
     except ValueError as error:
         raise CheckpointError(f"{where}: {error}; {advice}") from None
     normalization = _parse_normalization(record.get("input", PAPER_INPUT._asdict()))
@@ -140,7 +139,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     """
     path = Path(path)
     record = read_model_metadata(path)
-    config = model_config_from_dict({**record["model"], "pretrained": False})
+    config = ModelConfig.from_dict({**record["model"], "pretrained": False})
     try:
         model = AgeModel(config)
     except (ValueError, RuntimeError) as error:
@@ -167,10 +166,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(
-                f"{path}: weight {name} holds NaN or infinity: the model diverged in training; "
-                "retrain with a lower learning rate or with clip_grad_norm set"
-            )
+            raise diverged_weight(path, name)
+
+
+def diverged_weight(path: str | os.PathLike, name: str) -> CheckpointError:
+    """The refusal of a model (file or ONNX export) whose weight ``name`` holds NaN or infinity."""
+    return CheckpointError(
+        f"{path}: weight {name} holds NaN or infinity: the model diverged in training; "
+        "retrain with a lower learning rate or with clip_grad_norm set"
+    )
 
 
 def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:

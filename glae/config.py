@@ -194,11 +194,6 @@ def check_device(preference: str, key: str = "--device") -> None:
         raise ValueError(f"{key} {preference!r}: GLAE runs on cpu, cuda or mps; use one of those or auto")
 
 
-def model_config_from_dict(data: Any) -> ModelConfig:
-    """A ``ModelConfig`` from untrusted data (a model file's metadata): types checked, sizes validated."""
-    return ModelConfig.from_dict(data)
-
-
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
@@ -342,7 +337,6 @@ __all__ = [
     "config_to_dict",
     "dump_config",
     "load_config",
-    "model_config_from_dict",
     "read_yaml_mapping",
     "run_record_from_dict",
     "trains_balanced_head",

@@ -19,13 +19,12 @@ import torch
 from torch import Tensor
 
 from .calibration import IntervalCalibration
-from .checkpoint import CheckpointError, load_model
-from .config import model_config_from_dict
+from .checkpoint import CheckpointError, diverged_weight, load_model
 from .errors import MissingExtraError
 from .export import METADATA_PREFIX
-from .models.routed import INPUT_NAME, ROUTED_OUTPUTS, RoutedAgeModel
 from .models.backbones import InputNormalization
 from .models.glae import AgeModel, ModelConfig
+from .models.routed import INPUT_NAME, ROUTED_OUTPUTS, RoutedAgeModel
 from .routing import ROUTING_MODES, RoutingMode, routing_mode
 from .typed import is_finite_number
 
@@ -134,7 +133,7 @@ def _checked_metadata(path: str | os.PathLike, stored: dict[str, str]) -> dict[s
         except json.JSONDecodeError:
             raise fail(key, "is not JSON") from None
     try:
-        config = model_config_from_dict(metadata["model"])
+        config = ModelConfig.from_dict(metadata["model"])
     except ValueError as error:
         raise fail("model", f"is invalid ({error})") from None
     if not isinstance(metadata["info"], dict):
@@ -191,10 +190,7 @@ def _check_finite_weights(path: str | os.PathLike) -> None:
     for initializer in onnx.load(str(path)).graph.initializer:
         values = numpy_helper.to_array(initializer)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise CheckpointError(
-                f"{path}: weight {initializer.name} holds NaN or infinity: the model diverged in training; "
-                "retrain with a lower learning rate or with clip_grad_norm set"
-            )
+            raise diverged_weight(path, initializer.name)
 
 
 def load_routed_predictor(path: str | os.PathLike, device: str | torch.device = "cpu") -> RoutedPredictor:

@@ -27,7 +27,7 @@ class PredictOptions:
             absent device.
     """
 
-    batch_size: int = field(default=32, metadata={"help": "faces per forward pass (each also runs flipped)"})
+    batch_size: int = field(default=32, metadata={"help": "faces per forward pass (each also runs flipped), and photos per detection batch"})
     margin: float = field(
         default=DEFAULT_MARGIN,
         metadata={"help": f"context added around UTKFace's framing when aligning a face, as a fraction of it, at most {MAX_MARGIN:g}"},

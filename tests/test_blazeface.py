@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from glae.estimator import AgeEstimator
-from glae.faces.blazeface import MODELS, BlazeFace, anchor_centres, default_model_path
+from glae.faces.blazeface import MODELS, BlazeFace, anchor_centres, default_graph_path
 from glae.faces.detector import build_detector
 from glae.faces.mtcnn import MTCNNDetector, _crops
 from glae.faces.tflite_graph import TFLiteGraph, TFLiteGraphError, _same_padding
@@ -39,7 +39,7 @@ def astronaut() -> Image.Image:
 
 @pytest.fixture(scope="module")
 def full_range_graph() -> TFLiteGraph:
-    return TFLiteGraph(default_model_path("full_range"))
+    return TFLiteGraph(default_graph_path("full_range"))
 
 
 def test_graph_matches_tensorflow_lite_on_a_real_photo(full_range_graph: TFLiteGraph, astronaut: Image.Image) -> None:
@@ -90,7 +90,7 @@ def test_files_that_are_not_tflite_graphs_are_refused(tmp_path: Path) -> None:
     fake.write_bytes(b"PK\x03\x04 not a flatbuffer at all")
     with pytest.raises(TFLiteGraphError, match="not a TensorFlow Lite file"):
         TFLiteGraph(fake)
-    real = default_model_path("full_range").read_bytes()
+    real = default_graph_path("full_range").read_bytes()
     for damaged in (real[: len(real) // 3], real[:8] + bytes(range(256)) * 40):
         fake.write_bytes(damaged)
         with pytest.raises(TFLiteGraphError, match="damaged|not supported|no constant data"):

