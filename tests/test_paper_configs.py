@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from glae.checkpoint import load_model
@@ -104,14 +105,24 @@ def _mivia(root: Path) -> tuple[Path, int]:
         ("mivia_resnet18.yaml", _mivia),
     ],
 )
-def test_paper_config_trains_both_stages_on_its_format(config: str, build, tmp_path: Path) -> None:
+def test_paper_config_trains_both_stages_on_its_format(config: str, build, tmp_path: Path, monkeypatch) -> None:
+    import glae.engine
+
     data, n_test = build(tmp_path / "data")
     run = tmp_path / "run"
     args = ["train", "--config", str(CONFIGS / config), "--data", str(data), "--out", str(run), "--no-progress"]
     for setting in FAST:
         args += ["--set", setting]
+    sigmas: list = []  # the σ of Eq. 1 each training step used
+    loss = glae.engine.compute_loss
+    monkeypatch.setattr(glae.engine, "compute_loss", lambda kind, outputs, ages, sigma: sigmas.append(sigma) or loss(kind, outputs, ages, sigma))
 
     assert main(args) == 0
+
+    if config == "lap2015_resnet18.yaml":  # the annotated std of each face (1.25 .. 5.25), not the fixed σ
+        assert sigmas and all(isinstance(s, torch.Tensor) and set(s.tolist()) <= {1.25, 2.25, 3.25, 4.25, 5.25} for s in sigmas)
+    else:
+        assert sigmas and all(isinstance(s, float) for s in sigmas)
 
     report = json.loads((run / "test_metrics.json").read_text())
     assert report["n_images"] == n_test
