@@ -94,7 +94,7 @@ def main() -> None:
         index = load_dataset(args.data, info.get("data_format", "utkface"))
         split = Split.from_json(json.loads(args.split.read_text()), index.samples, index.root)
     else:
-        config = load_config(args.config, [f"data.path={args.data}"])
+        config = load_config(args.config, [f"data.path={json.dumps(args.data)}"])
         index = load_dataset(args.data, config.data.format, config.data.csv_columns)
         split = split_dataset(index.samples, config.data)
     views, ages, _ = predict_samples(model, split.val, "routing", InferencePass(torch.device("cpu"), 64, num_workers=1))
