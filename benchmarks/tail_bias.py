@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ import numpy as np
 import torch
 
 from glae.checkpoint import load_model
-from glae.data import Split, load_dataset
+from glae.config import load_config
+from glae.data import Split, load_dataset, split_dataset
+from glae.estimator import resolve_model_path
 from glae.evaluate import InferencePass, predict_samples
 from glae.metrics import summarize
 from glae.routing import ROUTING_MODES, route
@@ -57,6 +60,51 @@ def cross_fitted(pred: np.ndarray, truth: np.ndarray, levels: int, folds: int, s
         fit = np.concatenate([part for j, part in enumerate(parts) if j != k])
         out[held] = quantile_map(pred[fit], truth[fit], levels)(pred[held])
     return out
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, and --split or --config: a model and the split it was trained on (tail_prior, tail_gate)."""
+    parser.add_argument("--model", help="a model file (default: the shipped model)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--split", type=Path, help="the split.json of the run that trained the model")
+    where.add_argument("--config", help="the config whose seeded split the model was trained on")
+    parser.add_argument("--data", default="../shared/data/utkface")
+
+
+def validation_views(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], np.ndarray, Split, dict[str, Any]]:
+    """Both heads' flip views of the validation faces, their true ages, the split and the model's info."""
+    model, info = load_model(resolve_model_path(args.model))
+    if args.split is not None:
+        index = load_dataset(args.data, info.get("data_format", "utkface"))
+        split = Split.from_json(json.loads(args.split.read_text()), index.samples, index.root)
+    else:
+        config = load_config(args.config, [f"data.path={json.dumps(args.data)}"])
+        index = load_dataset(args.data, config.data.format, config.data.csv_columns)
+        split = split_dataset(index.samples, config.data)
+    views, ages, _ = predict_samples(model, split.val, "routing", InferencePass(torch.device("cpu"), 64, num_workers=1))
+    return views, ages.numpy().astype(float), split, info
+
+
+def picked_on_other_folds(
+    truth: np.ndarray, candidates: Sequence[Any], ages_for: Callable[[Any, np.ndarray], np.ndarray], folds: int, seed: int
+) -> tuple[np.ndarray, list[Any]]:
+    """Each face's age from the candidate with the lowest MAE + CMAE on the other folds; also the picks.
+
+    ``ages_for(candidate, faces)`` gives the ages a candidate assigns to the faces at those indices.
+    """
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(truth)), folds)
+    out, picks = np.empty(len(truth)), []
+    for k, held in enumerate(parts):
+        fit = np.concatenate([part for j, part in enumerate(parts) if j != k])
+        best = min(candidates, key=lambda c: _mae_plus_cmae(truth[fit], ages_for(c, fit)))
+        out[held] = ages_for(best, held)
+        picks.append(best)
+    return out, picks
+
+
+def _mae_plus_cmae(truth: np.ndarray, pred: np.ndarray) -> float:
+    summary = summarize(truth, pred, None)
+    return summary["mae"] + summary["cmae"]
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:

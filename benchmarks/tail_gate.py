@@ -25,16 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from glae.checkpoint import load_model
-from glae.config import load_config
-from glae.data import Split, load_dataset, split_dataset
-from glae.estimator import resolve_model_path
-from glae.evaluate import InferencePass, predict_samples
 from glae.metrics import summarize
 from glae.routing import route
-from tail_bias import headline, mean_summary
+from tail_bias import add_model_arguments, headline, mean_summary, picked_on_other_folds, validation_views
 
 MIN_CMAE_GAIN = 0.10
 MAX_MAE_LOSS = 0.02
@@ -46,30 +40,9 @@ def gated_ages(vanilla: np.ndarray, balanced: np.ndarray, threshold: float) -> n
     return np.where(vanilla >= threshold, balanced, vanilla)
 
 
-def score(truth: np.ndarray, pred: np.ndarray) -> float:
-    summary = summarize(truth, pred, None)
-    return summary["mae"] + summary["cmae"]
-
-
-def cross_fitted(vanilla: np.ndarray, balanced: np.ndarray, truth: np.ndarray, thresholds: list[float], folds: int, seed: int) -> tuple[np.ndarray, list[float]]:
-    """Each face's gated age with the threshold picked on the other folds; also the picks."""
-    parts = np.array_split(np.random.default_rng(seed).permutation(len(truth)), folds)
-    out, picks = np.empty(len(truth)), []
-    for k, held in enumerate(parts):
-        fit = np.concatenate([part for j, part in enumerate(parts) if j != k])
-        threshold = min(thresholds, key=lambda t: score(truth[fit], gated_ages(vanilla[fit], balanced[fit], t)))
-        out[held] = gated_ages(vanilla[held], balanced[held], threshold)
-        picks.append(threshold)
-    return out, picks
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a model file with a trained balanced head (default: the shipped model)")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--split", type=Path, help="the split.json of the run that trained the model")
-    where.add_argument("--config", help="the config whose seeded split the model was trained on")
-    parser.add_argument("--data", default="../shared/data/utkface")
+    add_model_arguments(parser)
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(range(30, 81, 5)))
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -78,22 +51,14 @@ def main() -> None:
     if args.folds < 2 or args.repeats < 1:
         parser.error("--folds must be at least 2, --repeats at least 1")
 
-    model, info = load_model(resolve_model_path(args.model))
+    views, truth, _, info = validation_views(args)
     if not info.get("balanced_trained"):
         raise SystemExit("the model has no trained balanced head: nothing to route to")
-    if args.split is not None:
-        index = load_dataset(args.data, info.get("data_format", "utkface"))
-        split = Split.from_json(json.loads(args.split.read_text()), index.samples, index.root)
-    else:
-        config = load_config(args.config, [f"data.path={json.dumps(args.data)}"])
-        index = load_dataset(args.data, config.data.format, config.data.csv_columns)
-        split = split_dataset(index.samples, config.data)
-    views, ages, _ = predict_samples(model, split.val, "routing", InferencePass(torch.device("cpu"), 64, num_workers=1))
-    truth = ages.numpy().astype(float)
     vanilla, balanced, routed = (route(views, mode).ages.numpy().astype(float) for mode in ("vanilla", "balanced", "routing"))
     thresholds = [*args.thresholds, NEVER]
     rows = {name: headline(summarize(truth, pred, None)) for name, pred in (("vanilla", vanilla), ("balanced", balanced), ("routing", routed))}
-    runs = [cross_fitted(vanilla, balanced, truth, thresholds, args.folds, seed) for seed in range(args.repeats)]
+    runs = [picked_on_other_folds(truth, thresholds, lambda t, faces: gated_ages(vanilla[faces], balanced[faces], t), args.folds, seed)
+            for seed in range(args.repeats)]
     gate = mean_summary([headline(summarize(truth, pred, None)) for pred, _ in runs])
     picks = [t for _, chosen in runs for t in chosen]
     routing = rows["routing"]

@@ -29,16 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from glae.checkpoint import load_model
-from glae.config import load_config
-from glae.data import Split, load_dataset, split_dataset
-from glae.estimator import resolve_model_path
-from glae.evaluate import InferencePass, predict_samples
 from glae.metrics import summarize
 from glae.routing import route
-from tail_bias import headline, mean_summary
+from tail_bias import add_model_arguments, headline, mean_summary, picked_on_other_folds, validation_views
 
 MIN_CMAE_GAIN = 0.10
 MAX_MAE_LOSS = 0.02
@@ -57,30 +51,9 @@ def adjusted_ages(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarra
     return weighted @ np.arange(probs.shape[1], dtype=float)
 
 
-def score(truth: np.ndarray, pred: np.ndarray) -> float:
-    summary = summarize(truth, pred, None)
-    return summary["mae"] + summary["cmae"]
-
-
-def cross_fitted(probs: np.ndarray, truth: np.ndarray, prior: np.ndarray, taus: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, list[float]]:
-    """Each face's adjusted age with ``τ`` picked on the other folds; also the picks."""
-    parts = np.array_split(np.random.default_rng(seed).permutation(len(truth)), folds)
-    out, picks = np.empty(len(truth)), []
-    for k, held in enumerate(parts):
-        fit = np.concatenate([part for j, part in enumerate(parts) if j != k])
-        tau = float(min(taus, key=lambda t: score(truth[fit], adjusted_ages(probs[fit], prior, t))))
-        out[held] = adjusted_ages(probs[held], prior, tau)
-        picks.append(tau)
-    return out, picks
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a model file (default: the shipped model)")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--split", type=Path, help="the split.json of the run that trained the model")
-    where.add_argument("--config", help="the config whose seeded split the model was trained on")
-    parser.add_argument("--data", default="../shared/data/utkface")
+    add_model_arguments(parser)
     parser.add_argument("--taus", type=float, nargs="+", default=[round(0.05 * i, 2) for i in range(21)])
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -89,16 +62,7 @@ def main() -> None:
     if args.folds < 2 or args.repeats < 1:
         parser.error("--folds must be at least 2, --repeats at least 1")
 
-    model, info = load_model(resolve_model_path(args.model))
-    if args.split is not None:
-        index = load_dataset(args.data, info.get("data_format", "utkface"))
-        split = Split.from_json(json.loads(args.split.read_text()), index.samples, index.root)
-    else:
-        config = load_config(args.config, [f"data.path={json.dumps(args.data)}"])
-        index = load_dataset(args.data, config.data.format, config.data.csv_columns)
-        split = split_dataset(index.samples, config.data)
-    views, ages, _ = predict_samples(model, split.val, "routing", InferencePass(torch.device("cpu"), 64, num_workers=1))
-    truth = ages.numpy().astype(float)
+    views, truth, split, _ = validation_views(args)
     prior = age_prior(np.array([sample.age for sample in split.train]), views["vanilla"].shape[-1])
     taus = np.array(args.taus)
     result: dict[str, Any] = {"model": str(args.model or "shipped"), "part": "val", "faces": len(truth),
@@ -106,7 +70,8 @@ def main() -> None:
     for mode in ("vanilla", "routing"):
         probs = route(views, mode).probs.numpy().astype(float)
         before = headline(summarize(truth, adjusted_ages(probs, prior, 0.0), None))
-        runs = [cross_fitted(probs, truth, prior, taus, args.folds, seed) for seed in range(args.repeats)]
+        runs = [picked_on_other_folds(truth, [float(t) for t in taus], lambda tau, faces: adjusted_ages(probs[faces], prior, tau), args.folds, seed)
+                for seed in range(args.repeats)]
         after = mean_summary([headline(summarize(truth, pred, None)) for pred, _ in runs])
         curve = {f"{t:.2f}": {k: v for k, v in headline(summarize(truth, adjusted_ages(probs, prior, t), None)).items() if k != "groups"}
                  for t in taus}

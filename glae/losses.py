@@ -11,7 +11,9 @@ rearranged feature map (Eq. 7), the holistic branch to its single prediction
 Shapes are batch-first: ``B`` samples, ``C = K + 1`` age classes, ``N = H'W'``
 pixels of the local branch. Every function works on any device and keeps the
 logits' dtype. Shapes and hyper-parameters are validated up front; the values
-of data tensors are not, since that would synchronise the GPU at every step.
+of data tensors are not, since that would synchronise the GPU at every step. The one
+exception is a per-sample ``sigma`` (annotated label stds, LAP 2015), which must be positive:
+a zero std would make the label distribution NaN without any other sign.
 
 Example:
     >>> import torch
