@@ -38,8 +38,8 @@ def glae_command(*args: str) -> list[str]:
 LEARNING_RUN = (
     "model.backbone=efficientnet_lite0", "model.pretrained=true", "model.input_size=80",
     "data.limit=600", "data.val_fraction=0", "data.test_fraction=0.25",
-    "stage1.epochs=6", "stage1.batch_size=16", "stage1.lr=0.005",
-    "stage2.epochs=1", "stage2.batch_size=16", "stage2.lr=0.005",
+    "stage1.epochs=6", "stage1.batch_size=16", "stage1.lr=0.002",
+    "stage2.epochs=1", "stage2.batch_size=16", "stage2.lr=0.002",
     "clip_grad_norm=null", "train_flip=true", "checkpoint_every=50", "eval_batch_size=64",
 )
 
@@ -74,8 +74,10 @@ def test_trained_model_beats_the_training_mean_on_held_out_faces(utkface: Path, 
 
     report = json.loads((run / "test_metrics.json").read_text())
     assert report["mode"] == "routing" and report["n_images"] == 150
-    # Measured here: about 10.3 years for every head. The balanced head gets a looser bound:
-    # one class-balanced epoch over 450 faces spread on ~80 ages is a noisy fine-tune.
+    # Measured: 8.9-9.4 years for every head on an AVX2-only CPU. The learning rate is 0.002:
+    # at 0.005 the loss rose again mid-run on that CPU and vanilla ended at 13.1 (about 10.3 on an
+    # AVX-512 one), so the bound would have tested the machine, not the code. The balanced head
+    # gets a looser bound: one class-balanced epoch over 450 faces on ~80 ages is a noisy fine-tune.
     for mode, bound in (("vanilla", 0.85), ("routing", 0.85), ("balanced", 0.9)):
         assert report["modes"][mode]["mae"] < bound * baseline, (mode, report["modes"][mode]["mae"], baseline)
     usage = report["routing"]["overall"]
