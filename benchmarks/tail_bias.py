@@ -62,13 +62,24 @@ def cross_fitted(pred: np.ndarray, truth: np.ndarray, levels: int, folds: int, s
     return out
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, and --split or --config: a model and the split it was trained on (tail_prior, tail_gate)."""
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """What tail_prior and tail_gate share: a model and the split it was trained on (--model,
+    and --split or --config), the cross-fitting (--folds, --repeats) and --json."""
     parser.add_argument("--model", help="a model file (default: the shipped model)")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--split", type=Path, help="the split.json of the run that trained the model")
     where.add_argument("--config", help="the config whose seeded split the model was trained on")
     parser.add_argument("--data", default="../shared/data/utkface")
+    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+
+
+def parse_study_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if args.folds < 2 or args.repeats < 1:
+        parser.error("--folds must be at least 2, --repeats at least 1")
+    return args
 
 
 def validation_views(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], np.ndarray, Split, dict[str, Any]]:

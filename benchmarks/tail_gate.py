@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from glae.metrics import summarize
 from glae.routing import route
-from tail_bias import add_model_arguments, headline, mean_summary, picked_on_other_folds, validation_views
+from tail_bias import add_study_arguments, headline, mean_summary, parse_study_arguments, picked_on_other_folds, validation_views
 
 MIN_CMAE_GAIN = 0.10
 MAX_MAE_LOSS = 0.02
@@ -42,14 +41,9 @@ def gated_ages(vanilla: np.ndarray, balanced: np.ndarray, threshold: float) -> n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
+    add_study_arguments(parser)
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(range(30, 81, 5)))
-    parser.add_argument("--folds", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    if args.folds < 2 or args.repeats < 1:
-        parser.error("--folds must be at least 2, --repeats at least 1")
+    args = parse_study_arguments(parser)
 
     views, truth, _, info = validation_views(args)
     if not info.get("balanced_trained"):
