@@ -3,7 +3,6 @@
 from glae.data.config import DataConfig
 from glae.data.datasets import (
     DATASET_FORMATS,
-    IMAGE_EXTENSIONS,
     AgeSample,
     CsvColumns,
     DatasetError,
@@ -30,7 +29,6 @@ from glae.data.protocols import (
 
 __all__ = [
     "DATASET_FORMATS",
-    "IMAGE_EXTENSIONS",
     "PROTOCOLS",
     "AgeSample",
     "CsvColumns",

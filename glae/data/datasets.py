@@ -24,9 +24,6 @@ from pathlib import Path
 
 from ..imageformats import image_extensions
 
-IMAGE_EXTENSIONS = image_extensions()
-"""The extensions ``glae predict`` takes (``glae.imageformats``), so eval and align accept the same files."""
-
 
 class DatasetError(ValueError):
     """Bad dataset input; message always names the file (and line for CSVs)."""
@@ -93,8 +90,9 @@ def _display(path: Path, root: Path) -> str:
 
 
 def _is_image(path: Path) -> bool:
-    """Decide by extension only; decoding every file would make loading far too slow."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    """Decide by extension only, with the extensions ``glae predict`` takes (asked on first use:
+    listing them loads every Pillow plugin, which no command should pay for at import)."""
+    return path.suffix.lower() in image_extensions()
 
 
 def _existing(path: str | Path) -> Path:
@@ -128,7 +126,7 @@ def _list_images(folder: Path, recursive: bool = False) -> list[Path]:
 
 def _no_images(folder: Path) -> DatasetError:
     """The error for a folder without images, listing the extensions that count."""
-    extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+    extensions = " ".join(sorted(image_extensions()))
     return DatasetError(f"{folder}: no image files found (looked for {extensions})")
 
 
