@@ -25,6 +25,9 @@ from pathlib import Path
 RESULTS = Path("benchmarks/results/claims")
 RUNS = Path("runs/claims")
 GROUPS = ("0-17", "18-65", "66+")
+# A switch and the runs it is compared with (docs/claims.md, "Switches").
+SWITCHES = (("glae_flip", "glae"), ("glae_flip_fresh", "glae_flip"), ("glae_fresh", "glae"))
+HEADS = (("Vanilla", "vanilla"), ("Balanced", "balanced"), ("Bigger Υ", "bigger"), ("AR", "routing"))
 ROWS = (("ℓ_base", "base", "vanilla"), ("Vanilla", "glae", "vanilla"), ("Balanced", "glae", "balanced"),
         ("Bigger Υ", "glae", "bigger"), ("AR", "glae", "routing"))
 
@@ -35,7 +38,8 @@ def load(part: str, results: Path = RESULTS) -> dict[str, list[dict]]:
     for folder in sorted(results.iterdir()):
         file = folder / ("test_metrics.json" if part == "test" else "lt10.json")
         if folder.is_dir() and file.is_file():
-            reports[re.sub(r"_seed\d+$", "", folder.name)].append(json.loads(file.read_text()))
+            method, seed = re.fullmatch(r"(.+?)(?:_seed(\d+))?", folder.name).groups()  # type: ignore[union-attr]
+            reports[method].append({**json.loads(file.read_text()), "seed": seed})
     return reports
 
 
@@ -67,16 +71,56 @@ def table(reports: dict[str, list[dict]], glae_runs: str = "glae") -> str:
     return "\n".join(lines)
 
 
+def gap(a: list[float], b: list[float]) -> tuple[float, float] | None:
+    """d = mean(a) − mean(b) and the pooled seed std s, or None with fewer than 3 seeds on a side."""
+    if len(a) < 3 or len(b) < 3:
+        return None
+    return statistics.mean(a) - statistics.mean(b), math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+
+
 def verdict(a: list[float], b: list[float], lower_is_claimed: bool = True) -> str:
     """Whether mean(a) < mean(b) (the claim) by more than twice the pooled seed std."""
-    if len(a) < 3 or len(b) < 3:
+    found = gap(a, b)
+    if found is None:
         return f"cannot tell ({len(a)} and {len(b)} seeds, 3 needed)"
-    d = statistics.mean(a) - statistics.mean(b)
-    s = math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+    d, s = found
     favours = d < 0 if lower_is_claimed else d > 0
     if abs(d) > 2 * s:
         return f"{'holds' if favours else 'does not hold'} (d = {d:+.3f}, 2s = {2 * s:.3f})"
     return f"cannot tell (d = {d:+.3f}, 2s = {2 * s:.3f})"
+
+
+def switch_effect(a: list[float], b: list[float]) -> str:
+    """The rule applied to a switch: lower or higher than its reference by more than 2s, else cannot tell."""
+    found = gap(a, b)
+    if found is None:
+        return f"cannot tell ({len(a)} and {len(b)} seeds)"
+    d, s = found
+    word = ("lower" if d < 0 else "higher") if abs(d) > 2 * s else "cannot tell"
+    return f"{word} (d = {d:+.3f}, 2s = {2 * s:.3f})"
+
+
+def paired(runs: list[dict], reference: list[dict], mode: str, key: str) -> str:
+    """Mean ± std of the per-seed differences, over the seeds both groups have (information, not the rule)."""
+    by_seed = {r["seed"]: r for r in reference}
+    gaps = [values([r], mode, key)[0] - values([by_seed[r["seed"]]], mode, key)[0] for r in runs if r["seed"] in by_seed]
+    if not gaps:
+        return "–"
+    return f"{statistics.mean(gaps):+.3f}" + (f" ± {statistics.stdev(gaps):.3f}" if len(gaps) > 1 else "") + f" ({len(gaps)})"
+
+
+def switches(reports: dict[str, list[dict]]) -> str:
+    """Each switch against its reference runs, per head: the rule on MAE and CMAE, and the paired seeds."""
+    lines = ["| switch vs reference | head | MAE | CMAE | paired MAE | paired CMAE |", "|---" * 6 + "|"]
+    for switch, reference in SWITCHES:
+        runs, base = reports.get(switch, []), reports.get(reference, [])
+        if not runs:
+            continue
+        for label, mode in HEADS:
+            row = [switch_effect(values(runs, mode, key), values(base, mode, key)) for key in ("mae", "cmae")]
+            row += [paired(runs, base, mode, key) for key in ("mae", "cmae")]
+            lines.append(f"| {switch} vs {reference} | {label} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def claims(reports: dict[str, list[dict]]) -> str:
@@ -134,10 +178,12 @@ def main() -> None:
     print(table(test))
     print("\n### Balanced -LT subset of the test split (10 faces per age)\n")
     print(table(lt))
-    for switch in ("glae_fresh", "glae_flip"):
+    for switch, _ in SWITCHES:
         if switch in test:
             print(f"\n### {switch} (test split)\n")
             print(table(test, glae_runs=switch))
+    print("\n### Switches against their reference runs (test split; the rule: lower/higher when |d| > 2s)\n")
+    print(switches(test))
     print("\n### Verdicts (test split)\n")
     print(claims(test))
     print("\n### Verdicts (-LT subset)\n")
