@@ -4,11 +4,23 @@
 # own venv, and (b) an ℓ_base baseline, from its test metrics on the same split. Prints MAE
 # and CMAE of each and whether GLAE beats both.
 # Usage: bash benchmarks/shipped_model_targets.sh [DATA] [SPLIT_JSON] [BASE_TEST_JSON]
-# (defaults: the GPU run of docs/utkface_gpu_run.md, whose split split_seed 0 also gives)
+# (defaults: the seeded split of configs/utkface_gpu_glae.yaml, split_seed 0, which the GPU
+# run of docs/utkface_gpu_run.md trained on; it is written to a temporary split.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/utkface}
-SPLIT=${2:-runs/utkface_gpu/glae/split.json}
+SPLIT=${2:-}
+if [ -z "$SPLIT" ]; then
+    SPLIT=$(mktemp -d)/split.json
+    python - "$DATA" "$SPLIT" <<'PY'
+import json, sys
+from glae.config import load_config
+from glae.train import load_samples, make_split
+config = load_config("configs/utkface_gpu_glae.yaml", [f"data.path={sys.argv[1]}"])
+index = load_samples(config)
+open(sys.argv[2], "w").write(json.dumps(make_split(config, index).to_json(index.root), indent=1))
+PY
+fi
 BASE=${3:-benchmarks/results/utkface_gpu/base_test.json}
 OUT=benchmarks/results
 glae eval --data "$DATA" --format utkface --split "$SPLIT" --part test --json "$OUT/shipped_model_test.json" --report "$OUT/shipped_model_report"

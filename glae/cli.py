@@ -30,7 +30,7 @@ USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageReadError, Mis
 
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--data", required=required, help="dataset folder or manifest file")
-    parser.add_argument("--format", choices=sorted(DATASET_FORMATS), help="dataset layout (default: the config's for train, the model's training data for eval)")
+    parser.add_argument("--format", choices=sorted(DATASET_FORMATS), help="dataset layout (default: the config's for train and for calibrate --config; else the model's training data)")
 
 
 def _add_model_pass_arguments(parser: argparse.ArgumentParser) -> None:

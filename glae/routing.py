@@ -6,7 +6,7 @@ Pure and inference-only: it consumes the probabilities ``AgeModel.predict_views`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ from torch import Tensor
 from .losses import expected_age, flip_kl
 
 RoutingMode = Literal["routing", "vanilla", "balanced", "bigger"]
-ROUTING_MODES: tuple[RoutingMode, ...] = ("routing", "vanilla", "balanced", "bigger")
+ROUTING_MODES: tuple[RoutingMode, ...] = get_args(RoutingMode)  # one list: add a mode to RoutingMode alone
 
 
 def routing_mode(info: dict[str, Any]) -> RoutingMode:
