@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +131,13 @@ def _check_output_folder(path: str | Path, flag: str) -> None:
     _check_parents(path, flag)
 
 
-def _check_output_file(path: Path, flag: str) -> None:
-    """Fail before the work when an output file's place is taken by a folder."""
+def _check_output_file(path: Path, flag: str, inputs: Sequence[str | Path | None] = ()) -> None:
+    """Fail before the work when an output file's place is taken by a folder or by one of the command's inputs."""
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a folder; give a file name")
+    for source in inputs:
+        if source is not None and Path(source).resolve() == path.resolve():
+            raise ValueError(f"{flag} {path} is one of this command's inputs: writing it would destroy it; choose another path")
     _check_parents(path, flag)
 
 
@@ -192,12 +196,14 @@ def _check_model_pass_arguments(args: argparse.Namespace) -> None:
     _csv_columns(args.csv_columns)
 
 
-def _check_eval_arguments(args: argparse.Namespace) -> None:
+def _check_eval_arguments(args: argparse.Namespace, checkpoint: Path) -> None:
     if args.part is not None and args.split is None:
         raise ValueError(f"--part {args.part} needs --split RUN/split.json (the run's split); without it every image is evaluated")
+    if args.lt is not None and args.lt < 1:
+        raise ValueError(f"--lt must be at least 1 face per age, got {args.lt}")
     _check_model_pass_arguments(args)
     if args.json is not None:
-        _check_output_file(args.json, "--json")
+        _check_output_file(args.json, "--json", (checkpoint, args.data, args.split))
     if args.report is not None:
         _check_output_folder(args.report, "--report")
 
@@ -246,6 +252,15 @@ def _faces(args: argparse.Namespace, info: dict[str, Any], part: str | None) -> 
     return index.samples
 
 
+def _warn_beyond_model_range(samples: list[AgeSample], max_age: int) -> None:
+    """Faces older than the model's last age class are scored as they are, but the user should know."""
+    too_old = [sample for sample in samples if sample.age > max_age]
+    if too_old:
+        logging.getLogger(__name__).warning(
+            "%d face(s) are older than this model's oldest age (%d), e.g. %s (age %g): it cannot predict their age",
+            len(too_old), max_age, too_old[0].path, too_old[0].age)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import balanced_test_subset
@@ -255,11 +270,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from .reports import markdown_report, write_reports
     from .routing import routing_mode
 
-    _check_eval_arguments(args)
-    device = pick_device(args.device)
     checkpoint = resolve_model_path(args.checkpoint)
+    _check_eval_arguments(args, checkpoint)
+    device = pick_device(args.device)
     model, info = load_model(checkpoint, device)
     samples = _faces(args, info, args.part)
+    _warn_beyond_model_range(samples, model.config.max_age)
     if args.lt is not None:
         samples = balanced_test_subset(samples, args.lt, seed=args.lt_seed)
     if not samples:
@@ -294,12 +310,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     checkpoint = resolve_model_path(args.checkpoint)
     if args.out.resolve() == checkpoint.resolve():
         raise ValueError(f"--out {args.out} is the model itself; write the calibrated model to a new file")
-    _check_output_file(args.out, "--out")
+    _check_output_file(args.out, "--out", (args.data, args.split, args.config))
     device = pick_device(args.device)
     model, info = load_model(checkpoint, device)
     samples = _faces(args, info, args.part)
     if not samples:
         raise ValueError(f"the {args.part} part is empty: nothing to fit the interval on")
+    _warn_beyond_model_range(samples, model.config.max_age)
     run = InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True)
     calibration: IntervalCalibration = calibrate_samples(model, samples, routing_mode(info), run)
     model.calibration = calibration
@@ -340,7 +357,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from .predict_output import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, TableOutput, check_annotate_folder, write_predictions
 
     options = PredictOptions.from_arguments(args)
-    paths = expand_image_paths(args.paths)
+    paths = expand_image_paths(args.paths, skip_folder=args.annotate)
     if not paths:
         raise ValueError(f"no image files found in {', '.join(args.paths)}; give image files, folders holding images, or globs")
     if args.annotate:

@@ -70,20 +70,27 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def expand_image_paths(patterns: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_image_paths(patterns: Iterable[str | os.PathLike], skip_folder: Path | None = None) -> list[Path]:
     """Files, folders (searched recursively for images) and globs -> paths, in argument order.
 
     An existing file or folder is taken as it is, even when its name looks like a glob
     (``photo[1].jpg``); an argument that matches nothing is kept as it is, so it is
-    reported as "file not found" instead of vanishing.
+    reported as "file not found" instead of vanishing. A folder search leaves out
+    ``skip_folder`` inside it (where ``glae predict --annotate`` writes), so a rerun does
+    not take its own earlier copies for photos.
     """
+    skipped = skip_folder.resolve() if skip_folder is not None else None
     paths: list[Path] = []
     for pattern in map(str, patterns):
         literal = os.path.exists(pattern) or not glob.has_magic(pattern)
         matches = [pattern] if literal else sorted(glob.glob(pattern, recursive=True))
         for match in map(Path, matches or [pattern]):
             if match.is_dir():
-                paths += sorted(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in image_extensions())
+                skip = skipped if skipped != match.resolve() else None  # a folder asked for by name is searched
+                paths += sorted(
+                    p for p in match.rglob("*")
+                    if p.is_file() and p.suffix.lower() in image_extensions() and (skip is None or skip not in p.resolve().parents)
+                )
             else:
                 paths.append(match)
     return paths

@@ -103,3 +103,37 @@ def test_the_same_files_from_another_folder_share_one_cache(tmp_path: Path, monk
     relative = [Path("..") / path.relative_to(tmp_path) for path in paths]
     linked = [tmp_path / "link" / path.name for path in paths]
     assert cache_key(relative, 32) == cache_key(paths, 32) == cache_key(linked, 32)
+
+
+def test_a_file_that_failed_once_is_tried_again_on_the_next_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A permission fixed with chmod changes neither size nor mtime: the key stays, yet the file must come back."""
+    from glae.data import cache as cache_module
+    from glae.data.images import ImageReadError
+
+    paths = _photos(tmp_path)
+
+    def denied(path: Path) -> Image.Image:
+        if path == paths[1]:
+            raise ImageReadError(f"{path}: permission denied")
+        return read_rgb(path)
+
+    monkeypatch.setattr(cache_module, "read_rgb", denied)
+    assert open_image_cache(paths, 32, tmp_path / "cache").usable() == [0, 2]
+    monkeypatch.setattr(cache_module, "read_rgb", read_rgb)
+    again = open_image_cache(paths, 32, tmp_path / "cache")
+    assert again.usable() == [0, 1, 2]
+    expected = np.asarray(T.Resize((32, 32), antialias=True)(read_rgb(paths[1])))
+    np.testing.assert_array_equal(np.asarray(again.image(1)), expected)
+    assert open_image_cache(paths, 32, tmp_path / "cache").problems == {}  # the record says so too
+
+
+def test_only_the_caches_own_temporary_files_are_removed(tmp_path: Path) -> None:
+    """``data.cache_dir`` may be a folder the user also keeps other files in."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    theirs = folder / "notes.txt.tmp-3"
+    theirs.write_text("mine")
+    ours = folder / f"{'0' * 32}.npy.tmp-12"
+    ours.write_bytes(b"half")
+    open_image_cache(_photos(tmp_path), 32, folder)
+    assert theirs.read_text() == "mine" and not ours.exists()

@@ -152,3 +152,43 @@ def test_model_with_nan_weights_is_refused_by_predict_and_serve(
         assert main([*command, "--model", str(diverged), "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert "diverged.safetensors: weight heads.vanilla." in err and err.count("\n") == 1
+
+
+def _manifest(folder: Path, ages: tuple[int, ...] = (30, 40)) -> Path:
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    for index in range(len(ages)):
+        Image.new("RGB", (48, 48), (120, 90, 60)).save(folder / f"{index}.jpg")
+    manifest = folder / "table.csv"
+    manifest.write_text("path,age\n" + "".join(f"{index}.jpg,{age}\n" for index, age in enumerate(ages)))
+    return manifest
+
+
+def test_eval_and_calibrate_never_write_over_their_inputs(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(model_file.read_bytes())
+    manifest = _manifest(tmp_path / "faces")
+    split = tmp_path / "split.json"
+    split.write_text('{"train": [], "val": ["0.jpg", "1.jpg"], "test": []}')
+    inputs = {path: path.read_bytes() for path in (model, manifest, split)}
+    common = ["--checkpoint", str(model), "--data", str(manifest), "--format", "csv", "--workers", "0", "--device", "cpu"]
+    for target in (model, manifest, split):
+        assert main(["eval", *common, "--split", str(split), "--json", str(target)]) == 2
+        assert f"--json {target} is one of this command's inputs" in _error(capsys)
+    for target in (manifest, split):
+        assert main(["calibrate", *common, "--split", str(split), "--out", str(target)]) == 2
+        assert f"--out {target} is one of this command's inputs" in _error(capsys)
+    assert {path: path.read_bytes() for path in inputs} == inputs
+
+
+def test_eval_lt_below_one_is_refused_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--checkpoint", str(tmp_path / "absent.safetensors"), "--data", str(tmp_path), "--lt", "0"]) == 2
+    assert "--lt must be at least 1 face per age, got 0" in _error(capsys)
+
+
+def test_eval_warns_about_faces_older_than_the_model_can_say(tmp_path: Path, model_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    manifest = _manifest(tmp_path / "faces", ages=(30, 130))  # the tiny model's oldest age is 116
+    assert main(["eval", "--checkpoint", str(model_file), "--data", str(manifest), "--format", "csv", "--workers", "0", "--device", "cpu"]) == 0
+    assert "1 face(s) are older than this model's oldest age (116)" in caplog.text
+    assert "1.jpg (age 130)" in caplog.text

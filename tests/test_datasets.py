@@ -250,6 +250,29 @@ def test_generic_csv_manifest(tmp_path: Path) -> None:
     assert _skipped(index) == {"empty.jpg": "empty file"}
 
 
+def test_a_file_listed_twice_is_kept_once_so_it_cannot_land_in_train_and_test(tmp_path: Path) -> None:
+    for name in ("a.jpg", "b.jpg"):
+        _jpeg(tmp_path / name)
+    csv_path = _write(tmp_path / "manifest.csv", "path,age\na.jpg,30\nb.jpg,40\n./a.jpg,31\nb.jpg,40\n")
+    index = load_dataset(csv_path, "csv")
+    assert [(s.path.name, s.age) for s in index.samples] == [("a.jpg", 30.0), ("b.jpg", 40.0)]
+    assert [(s.path.name, s.reason) for s in index.skipped] == [("a.jpg", "listed again (its first row is kept)"), ("b.jpg", "listed again (its first row is kept)")]
+
+
+def test_a_broken_csv_is_one_error_naming_the_file_and_line(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "a.jpg")
+    rows = "".join(f"a{i}.jpg,30\n" for i in range(3)) + '"a.jpg,30\n' + "x" * 140_000 + "\n"
+    csv_path = _write(tmp_path / "manifest.csv", "path,age\n" + rows)
+    with pytest.raises(DatasetError, match=re.escape(f"{csv_path}:") + r"\d+: not a valid CSV"):
+        load_dataset(csv_path, "csv")
+
+
+def test_an_image_given_as_a_csv_is_one_error_naming_the_file(tmp_path: Path) -> None:
+    image = _jpeg(tmp_path / "faces.csv")
+    with pytest.raises(DatasetError, match=re.escape(f"{image}: not a UTF-8 text file")):
+        load_dataset(image, "csv")
+
+
 def test_csv_manifest_with_renamed_columns(tmp_path: Path) -> None:
     """A table with its own column names (any case) reads like a manifest with the default names;
     a column that now names no label, here `path`, is kept as an attribute like any other."""

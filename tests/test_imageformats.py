@@ -92,3 +92,14 @@ def test_datasets_take_the_image_files_predict_takes(tmp_path: Path) -> None:
     index = load_dataset(tmp_path / "faces.csv", "csv")
     assert [sample.path.name for sample in index.samples] == ["a.avif", "b.jfif"] and not index.skipped
     assert {".avif", ".jfif"} <= image_extensions()
+
+
+def test_a_folder_search_leaves_out_the_annotate_folder_inside_it(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (photos / "annotated").mkdir(parents=True)
+    for path in (photos / "me.jpg", photos / "annotated" / "me.jpg"):
+        Image.new("RGB", (8, 8)).save(path)
+    assert expand_image_paths([photos], skip_folder=photos / "annotated") == [photos / "me.jpg"]
+    assert expand_image_paths([photos]) == [photos / "annotated" / "me.jpg", photos / "me.jpg"]
+    # A file named on the command line is still taken, wherever it is.
+    assert expand_image_paths([photos / "annotated" / "me.jpg"], skip_folder=photos / "annotated") == [photos / "annotated" / "me.jpg"]

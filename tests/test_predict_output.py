@@ -118,6 +118,15 @@ def test_cli_csv_and_annotate(photo_folder: Path, model_file: Path, tmp_path: Pa
     assert len(written) == 2 and all(Image.open(p).size == (200, 200) for p in written)
 
 
+def test_annotating_into_a_folder_inside_the_photos_can_be_rerun(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The copies of the first run are not taken for photos by the second."""
+    annotated = photo_folder / "annotated"
+    for run in (1, 2):
+        code, _, err = _predict_cli(capsys, str(photo_folder), "--model", str(model_file), "--device", "cpu", "--aligned", "--annotate", str(annotated))
+        assert code == 0 and "3 file(s): 2 face(s) in 2" in err, (run, err)
+    assert len(list(annotated.iterdir())) == 4  # two copies per run, none replaced
+
+
 def test_cli_table_aligned(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _predict_cli(capsys, str(photo_folder), "--model", str(model_file), "--device", "cpu", "--aligned")
     assert code == 0

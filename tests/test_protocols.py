@@ -120,6 +120,16 @@ def test_split_list_entry_on_two_lists_is_fatal(tmp_path: Path) -> None:
         split_from_lists(_samples(), train, test)
 
 
+@pytest.mark.parametrize("entry", [".", "./"])
+def test_split_list_entry_naming_no_file_names_file_and_line(tmp_path: Path, entry: str) -> None:
+    train = tmp_path / "train.txt"
+    train.write_text(f"s0/000.jpg\n{entry}\n")
+    test = tmp_path / "test.txt"
+    test.write_text("s1/001.jpg\n")
+    with pytest.raises(DatasetError, match=re.escape(f"{train}:2: {entry!r} matches no sample")):
+        split_from_lists(_samples(), train, test)
+
+
 # --- to_json / from_json -------------------------------------------------------------
 
 

@@ -180,6 +180,18 @@ def test_pool_refuses_past_capacity_and_frees_slots_when_work_ends() -> None:
     pool.shutdown()
 
 
+def test_a_full_server_refuses_before_reading_the_upload_and_a_dropped_admission_frees_its_slot() -> None:
+    """The slot is taken before the body is read, so a busy server holds no uploads it will refuse."""
+    pool = InferencePool(workers=1, queue=0)
+    with pool.admit():  # a request reading its upload
+        with pytest.raises(PoolBusy):
+            pool.admit()
+    with pool.admit():  # the first one failed (bad upload) without running: its slot came back
+        pass
+    assert asyncio.run(pool.run(lambda: 7)) == 7
+    pool.shutdown()
+
+
 def test_busy_and_timeout_answers(model_file: Path, utk_crops: list[Path]) -> None:
     """503 when the one worker and its queue are taken, 504 past the timeout: JSON both times."""
     import uvicorn

@@ -14,7 +14,10 @@ on it sees bit-identical images and resumed runs stay identical.
   build removes.
 * **Outside the repo**: ``$GLAE_CACHE_DIR`` or ``~/.cache/glae/images`` (``data.cache_dir``).
 * **Bad files** (corrupt, vanished, permission denied) are reported and skipped, as they
-  would be without the cache, and nothing else is lost.
+  would be without the cache, and nothing else is lost. Each later open tries them again,
+  so a file fixed in place (``chmod``, which changes neither size nor mtime) comes back.
+* **Not evicted**: each new file list or size adds a file; the log gives the folder's size
+  when it grows, and any cache file can be deleted when no run is using it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,7 @@ import numpy as np
 from PIL import Image
 from torchvision import transforms as T
 
+from ..fileio import atomic_write_text
 from .images import ImageReadError, read_rgb
 
 log = logging.getLogger(__name__)
@@ -101,10 +106,42 @@ def _decode_resized(path: Path, resize: T.Resize) -> np.ndarray:
     return np.asarray(resize(read_rgb(path)), dtype=np.uint8)
 
 
+_TEMPORARY = re.compile(r"[0-9a-f]{32}\.(npy|json)\.tmp-\d+")
+"""The names ``_build`` gives its temporary files; nothing else in a user's cache folder is touched."""
+
+
 def _remove_stale_temporaries(folder: Path) -> None:
     """Temporary files of a build that died (kill -9, power loss): only ever half-written."""
     for stale in folder.glob("*.tmp-*"):
-        stale.unlink(missing_ok=True)
+        if _TEMPORARY.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
+
+
+def _retry_problems(cache: ImageCache, paths: Sequence[Path], size: int, record_file: Path) -> ImageCache:
+    """Decode the skipped files again and patch in those that read now; the record is rewritten last."""
+    resize = T.Resize((size, size), antialias=True)
+    fixed: dict[int, np.ndarray] = {}
+    for index in cache.problems:
+        try:
+            fixed[index] = _decode_resized(paths[index], resize)
+        except (ImageReadError, OSError):
+            continue
+    if not fixed:
+        return cache
+    pixels = np.load(cache.path, mmap_mode="r+")
+    for index, image in fixed.items():
+        pixels[index] = image
+    pixels.flush()
+    del pixels
+    problems = {index: reason for index, reason in cache.problems.items() if index not in fixed}
+    record = {"format": CACHE_FORMAT, "size": size, "count": len(paths), "problems": problems}
+    atomic_write_text(record_file, json.dumps(record))
+    log.info("image cache: %d file(s) skipped before read now and are back in", len(fixed))
+    return ImageCache(cache.path, np.load(cache.path, mmap_mode="r"), problems)
+
+
+def _folder_gigabytes(folder: Path) -> float:
+    return sum(entry.stat().st_size for entry in folder.glob("*.npy")) / 1e9
 
 
 def _build(paths: Sequence[Path], size: int, pixels_file: Path, record_file: Path) -> None:
@@ -163,6 +200,9 @@ def open_image_cache(paths: Sequence[Path], size: int, folder: Path | None = Non
             cache = _read(pixels_file, record_file)
             if cache is None:
                 raise OSError(f"image cache {pixels_file} could not be read back after building it")
+            log.info("image cache: %s holds %.1f GB of cached images", folder, _folder_gigabytes(folder))
+        elif cache.problems:
+            cache = _retry_problems(cache, paths, size, record_file)
     for reason in cache.problems.values():
         log.warning("image cache: skipped %s", reason)
     return cache

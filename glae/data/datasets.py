@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -201,10 +202,16 @@ def _read_rows(csv_path: Path, header: bool = True) -> tuple[list[str], list[_Ro
     Column names are lower-cased and stripped because the public datasets disagree on case.
     """
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        delimiter = _sniff_delimiter(handle.readline())
-        handle.seek(0)
-        reader = csv.reader(handle, delimiter=delimiter)
-        records = [(reader.line_num, row) for row in reader if any(v.strip() for v in row)]
+        try:
+            delimiter = _sniff_delimiter(handle.readline())
+            handle.seek(0)
+            reader = csv.reader(handle, delimiter=delimiter)
+            records = [(reader.line_num, row) for row in reader if any(v.strip() for v in row)]
+        except UnicodeDecodeError as error:
+            raise DatasetError(f"{csv_path}: not a UTF-8 text file ({error.reason} at byte {error.start}); "
+                               "is it an image or a spreadsheet rather than a CSV?") from None
+        except csv.Error as error:
+            raise DatasetError(f"{csv_path}:{reader.line_num}: not a valid CSV ({error}); an unclosed quote?") from None
     if not records:
         raise DatasetError(f"{csv_path}: the CSV file is empty")
     if header:
@@ -283,11 +290,17 @@ def _optional(row: _Row, column: str) -> str | None:
 def _collect(
     rows: Iterable[tuple[Path, AgeSample]],
 ) -> tuple[list[AgeSample], list[SkippedFile]]:
-    """Split candidate samples into usable ones and skipped files by checking each image."""
+    """Split candidate samples into usable ones and skipped files by checking each image.
+
+    A file listed a second time is skipped: as two samples it could land in train and test.
+    """
     samples: list[AgeSample] = []
     skipped: list[SkippedFile] = []
+    seen: set[str] = set()
     for path, sample in rows:
-        problem = _file_problem(path)
+        key = os.path.normpath(path.absolute())
+        problem = "listed again (its first row is kept)" if key in seen else _file_problem(path)
+        seen.add(key)
         if problem:
             skipped.append(SkippedFile(path, problem))
         else:

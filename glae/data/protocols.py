@@ -191,6 +191,8 @@ def _suffix_index(samples: Sequence[AgeSample]) -> dict[str, list[AgeSample]]:
 def _match(entry: str, index: Mapping[str, list[AgeSample]]) -> list[AgeSample]:
     """Samples whose path ends with the parts of `entry` (or equals it, if absolute)."""
     parts = PurePosixPath(entry.replace("\\", "/")).parts
+    if not parts:  # "." or "./": names no file
+        return []
     if PurePosixPath(entry).is_absolute():
         return [s for s in index.get(parts[-1], []) if _key(s.path) == _key(Path(entry))]
     return [s for s in index.get(parts[-1], []) if s.path.parts[-len(parts) :] == parts]

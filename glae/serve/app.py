@@ -57,8 +57,9 @@ def create_app(estimator: AgeEstimator, settings: ServeSettings, model_name: str
         """Ages of every face in the image sent as multipart field ``file``."""
 
         async def handle() -> dict[str, Any]:
-            data = await read_image_upload(request, settings.max_upload_bytes)
-            return await pool.run(predict_upload, estimator, data, settings.max_pixels, settings.max_faces)
+            with pool.admit() as slot:
+                data = await read_image_upload(request, settings.max_upload_bytes)
+                return await slot.run(predict_upload, estimator, data, settings.max_pixels, settings.max_faces)
 
         try:
             return await asyncio.wait_for(handle(), settings.timeout_s)

@@ -34,21 +34,43 @@ class InferencePool:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glae-inference")
         self._slots = threading.Semaphore(self.capacity)
 
-    async def run(self, function: Callable[..., T], *args: object) -> T:
-        """``function(*args)`` in a worker thread; raises ``PoolBusy`` when no slot is free.
+    def admit(self) -> Admission:
+        """Take a slot now, before the request's upload is read; raises ``PoolBusy`` when none is free.
 
-        Cancelling the caller (a timeout) cancels the work if it has not started yet.
+        Admitting first keeps a full server from reading (and holding) uploads it will refuse.
         """
         if not self._slots.acquire(blocking=False):
             raise PoolBusy(f"the server is busy ({self.capacity} requests in progress); retry shortly")
-        try:
-            future: Future[T] = self._executor.submit(function, *args)
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(lambda _: self._slots.release())
-        return await asyncio.wrap_future(future)
+        return Admission(self._executor, self._slots)
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` in a worker thread, admitted first (see ``admit``)."""
+        with self.admit() as slot:
+            return await slot.run(function, *args)
 
     def shutdown(self) -> None:
         """Drop waiting work and let running work finish."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class Admission:
+    """A slot taken in an ``InferencePool``: released on leaving the ``with`` block unless work was
+    handed to a thread, which releases it when the work really ends."""
+
+    def __init__(self, executor: ThreadPoolExecutor, slots: threading.Semaphore) -> None:
+        self._executor, self._slots, self._held = executor, slots, True
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` in a worker thread. Cancelling the caller cancels work not yet started."""
+        future: Future[T] = self._executor.submit(function, *args)
+        self._held = False
+        future.add_done_callback(lambda _: self._slots.release())
+        return await asyncio.wrap_future(future)
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
