@@ -106,15 +106,21 @@ def _decode_resized(path: Path, resize: T.Resize) -> np.ndarray:
     return np.asarray(resize(read_rgb(path)), dtype=np.uint8)
 
 
-_TEMPORARY = re.compile(r"[0-9a-f]{32}\.(npy|json)\.tmp-\d+")
-"""The names ``_build`` gives its temporary files; nothing else in a user's cache folder is touched."""
+_TEMPORARY = re.compile(r"[0-9a-f]{32}\.npy\.tmp-\d+|\.[0-9a-f]{32}\.json\..+\.tmp")
+"""The names of a build's temporary files (pixels, and the record's from ``atomic_write_text``);
+nothing else in a user's cache folder is touched."""
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
     """Temporary files of a build that died (kill -9, power loss): only ever half-written."""
-    for stale in folder.glob("*.tmp-*"):
+    for stale in folder.iterdir():
         if _TEMPORARY.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
+
+
+def _write_record(record_file: Path, size: int, count: int, problems: dict[int, str]) -> None:
+    """The record that makes a pixels file count as a cache (``_read`` checks it), written atomically."""
+    atomic_write_text(record_file, json.dumps({"format": CACHE_FORMAT, "size": size, "count": count, "problems": problems}))
 
 
 def _retry_problems(cache: ImageCache, paths: Sequence[Path], size: int, record_file: Path) -> ImageCache:
@@ -134,8 +140,7 @@ def _retry_problems(cache: ImageCache, paths: Sequence[Path], size: int, record_
     pixels.flush()
     del pixels
     problems = {index: reason for index, reason in cache.problems.items() if index not in fixed}
-    record = {"format": CACHE_FORMAT, "size": size, "count": len(paths), "problems": problems}
-    atomic_write_text(record_file, json.dumps(record))
+    _write_record(record_file, size, len(paths), problems)
     log.info("image cache: %d file(s) skipped before read now and are back in", len(fixed))
     return ImageCache(cache.path, np.load(cache.path, mmap_mode="r"), problems)
 
@@ -147,7 +152,6 @@ def _folder_gigabytes(folder: Path) -> float:
 def _build(paths: Sequence[Path], size: int, pixels_file: Path, record_file: Path) -> None:
     resize = T.Resize((size, size), antialias=True)
     temp_pixels = pixels_file.with_name(f"{pixels_file.name}.tmp-{os.getpid()}")
-    temp_record = record_file.with_name(f"{record_file.name}.tmp-{os.getpid()}")
     problems: dict[int, str] = {}
     try:
         pixels = np.lib.format.open_memmap(temp_pixels, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
@@ -161,12 +165,9 @@ def _build(paths: Sequence[Path], size: int, pixels_file: Path, record_file: Pat
         with open(temp_pixels, "rb") as stream:
             os.fsync(stream.fileno())
         os.replace(temp_pixels, pixels_file)
-        record = {"format": CACHE_FORMAT, "size": size, "count": len(paths), "problems": problems}
-        temp_record.write_text(json.dumps(record))
-        os.replace(temp_record, record_file)  # last: from here on the cache counts
+        _write_record(record_file, size, len(paths), problems)  # last: from here on the cache counts
     finally:
         temp_pixels.unlink(missing_ok=True)
-        temp_record.unlink(missing_ok=True)
 
 
 def _read(pixels_file: Path, record_file: Path) -> ImageCache | None:
