@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from . import __version__
 from .engine import unwrap
 from .calibration import IntervalCalibration
 from .fileio import atomic_write, atomic_write_bytes
@@ -88,7 +89,8 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def _parse_record(path: Path, text: str) -> dict[str, Any]:
     """Check the JSON record's shape and every model setting, naming the bad key."""
     where = f"{path}: metadata '{METADATA_KEY}'"
-    advice = "the file is damaged or was not written by glae train"
+    # An unknown setting is most often a newer GLAE's: the advice says so, with this version.
+    advice = f"the file is damaged, was not written by glae train, or needs a newer GLAE than this {__version__}"
     try:
         record = json.loads(text)
     except json.JSONDecodeError:
@@ -187,12 +189,20 @@ def _torch_save(state: dict[str, Any], temp: str) -> None:
         torch.save(state, stream)
 
 
+TRAINING_STATE_KEYS = ("stage", "epoch", "step", "model", "optimizer", "scheduler", "rng", "history")
+"""What every training state holds, whatever the GLAE version that wrote it."""
+
+
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Tensors and plain containers only; torch's advice to lower that guard is never passed on."""
+    """Tensors and plain containers only; torch's advice to lower that guard is never passed on.
+
+    Any other torch file (a bare state dict, another tool's checkpoint) is refused in one
+    line, before a resume would stop at its first missing key.
+    """
     if not Path(path).is_file():
         raise CheckpointError(f"training state {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{path}: holds objects other than tensors, which GLAE never loads; it is not a GLAE training state "
@@ -201,3 +211,9 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError) as error:
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path}: cannot read training state ({detail}); move it away to restart the run") from None
+    missing = [key for key in TRAINING_STATE_KEYS if key not in state] if isinstance(state, dict) else list(TRAINING_STATE_KEYS)
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a GLAE training state (no {', '.join(missing)}); move it away to restart the run"
+        )
+    return state

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,10 +152,10 @@ def _check_parents(path: Path, flag: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import dump_config, load_config
 
     try:
-        from .train import train
+        from .train import has_begun, train
     except ImportError as missing:
         raise MissingExtraError(f"glae train needs {missing.name}: pip install 'glae[train]'") from None
 
@@ -167,6 +168,11 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if config.data.path is None:
         raise ValueError("no dataset: pass --data PATH (or set data.path in the config)")
+    record = Path(args.out) / "config.yaml"
+    is_record = args.config is not None and Path(args.config).resolve() == record.resolve()
+    # A run's own record may be passed back to rerun it; a hand-written file there would be replaced by the record.
+    if is_record and not has_begun(Path(args.out)) and record.read_text() != dump_config(config):
+        raise ValueError(f"--config {args.config} is where glae train records the run's settings, and would be replaced; keep your config outside --out")
     final = train(config, args.out, show_progress=not args.no_progress)
     print(f"final model: {final}")
     return 0
@@ -366,9 +372,18 @@ def run_predict(args: argparse.Namespace) -> int:
     estimator = AgeEstimator.load(args.model, options)
     output = JsonOutput() if args.json else JsonLinesOutput() if args.jsonl else CsvOutput() if args.csv else TableOutput([str(p) for p in paths])
     copies = AnnotatedCopies(args.annotate) if args.annotate else None
-    summary = write_predictions(estimator.iter_predict(paths, aligned=args.aligned), output, len(paths), copies)
+    try:
+        summary = write_predictions(estimator.iter_predict(paths, aligned=args.aligned), output, len(paths), copies)
+    except BrokenPipeError:
+        return _reader_gone()
     print(summary.line(), file=sys.stderr)
     return 0 if summary.any_read else 1
+
+
+def _reader_gone() -> int:
+    """``glae predict ... | head``: the reader has what it wanted; stop quietly, as Unix tools do (SIGPIPE's 141)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush of stdout must not fail again
+    return 141
 
 
 def _check_export_target(onnx: Path, model: Path) -> None:

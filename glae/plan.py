@@ -70,14 +70,20 @@ def load_plan(path: str | Path) -> Plan:
     missing = [key for key in ("name", "data", "out", "results", "runs") if key not in data]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}")
+    if not isinstance(data["runs"] or [], list):
+        raise ValueError(f"{path}: runs must be a list, one entry (name, config, set) per run")
     runs = []
     for position, entry in enumerate(data["runs"] or []):
         if not isinstance(entry, dict) or not {"name", "config"} <= set(entry):
             raise ValueError(f"{path}: run {position + 1} needs a name and a config")
+        name = str(entry["name"])
+        if name in ("", "..") or Path(name).name != name:
+            # The name is a folder under both out and results: a path would train and write outside them.
+            raise ValueError(f"{path}: run {position + 1}: name {name!r} must be a plain folder name")
         overrides = entry.get("set") or []
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-            raise ValueError(f"{path}: run {entry['name']}: set must be a list of key=value strings")
-        runs.append(PlannedRun(str(entry["name"]), str(entry["config"]), overrides))
+            raise ValueError(f"{path}: run {name}: set must be a list of key=value strings")
+        runs.append(PlannedRun(name, str(entry["config"]), overrides))
     names = [run.name for run in runs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

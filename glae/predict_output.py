@@ -175,7 +175,8 @@ class AnnotatedCopies:
     Each copy is created exclusively, so no file already in the folder is ever replaced: not
     a user's file, not a copy from this run or an earlier one. A taken name moves the copy to
     the next free ``<name>_2.jpg``, ``<name>_3.jpg``...; a rerun adds new copies beside the
-    earlier ones.
+    earlier ones. A copy that fails while written (a full disk, Ctrl-C) is removed, not left
+    half-written under the name.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -190,12 +191,18 @@ class AnnotatedCopies:
         target = self.folder / f"{stem}.jpg"
         while True:
             try:
-                with target.open("xb") as handle:  # O_EXCL: fails on any existing name, a link included
-                    image.save(handle, format="JPEG", quality=92)
-                return target
+                handle = target.open("xb")  # O_EXCL: fails on any existing name, a link included
             except FileExistsError:
                 number += 1
                 target = self.folder / f"{stem}_{number}.jpg"
+                continue
+            with handle:
+                try:
+                    image.save(handle, format="JPEG", quality=92)
+                except BaseException:
+                    target.unlink()  # this call created it
+                    raise
+            return target
 
 
 def write_predictions(

@@ -21,30 +21,39 @@ class-balanced sampling and the balanced head as the one trained.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from .calibration import CalibrationError
 from .checkpoint import (
+    CheckpointError,
     load_model,
     load_training_state,
     save_model,
     save_training_state,
 )
-from .config import StageConfig, TrainConfig, config_to_dict, dump_config, run_record_from_dict, trains_balanced_head
+from .config import (
+    StageConfig,
+    TrainConfig,
+    config_to_dict,
+    dump_config,
+    read_yaml_mapping,
+    run_record_from_dict,
+    trains_balanced_head,
+)
 from .data import AgeSample, DatasetIndex, Split, check_ages, load_dataset, split_dataset
 from .data.cache import CachedImages, open_image_cache
 from .data.images import AgeImageDataset, ImageReadError, ages_of, read_rgb
@@ -71,7 +80,7 @@ from .routing import RoutingMode
 log = logging.getLogger(__name__)
 
 class RunFolderError(ValueError):
-    """The run folder belongs to a different experiment."""
+    """The run folder belongs to a different experiment, or another process is training it."""
 
 
 def seed_everything(seed: int) -> None:
@@ -121,11 +130,18 @@ def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedC
     """Record the config, or check that a resumed run uses the same one.
 
     Only a run that has begun training is protected: one that failed at start (no data,
-    wrong format) is re-recorded with the corrected settings, its stale split removed.
+    wrong format) is re-recorded with the corrected settings, its stale split removed. A
+    checkpoint or model without its ``config.yaml`` is refused: nothing tells what it
+    trained, and training would replace it.
     """
     config_file = out_dir / "config.yaml"
-    if config_file.exists() and has_begun(out_dir):
-        saved = run_record_from_dict(yaml.safe_load(config_file.read_text()))
+    if has_begun(out_dir):
+        if not config_file.exists():
+            raise RunFolderError(
+                f"{out_dir} holds a checkpoint or model file but no config.yaml: it is not a glae train run folder, "
+                "or its record was lost; use a new --out folder"
+            )
+        saved = run_record_from_dict(read_yaml_mapping(config_file, "run config"))
         if _identity(saved) != _identity(config):
             raise RunFolderError(
                 f"{out_dir} holds a run with a different configuration ({config_file}); "
@@ -451,11 +467,36 @@ def check_batch_sizes(config: TrainConfig, train_images: int, processes: int) ->
             )
 
 
+@contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """One ``glae train`` per run folder at a time: two would overwrite each other's checkpoints.
+
+    Whoever holds the lock owns the folder, so the temporary files a killed run left
+    mid-write (each as large as a checkpoint) are removed here.
+    """
+    with open(out_dir / ".train.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(
+                f"{out_dir} is being trained by another process (glae train or glae plan); "
+                "wait for it to end, then rerun to resume"
+            ) from None
+        for partial in [*out_dir.glob(".*.tmp"), *out_dir.glob("checkpoints/.*.tmp")]:
+            partial.unlink()
+        yield
+
+
 def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) -> Path:
     """Run (or resume) every stage and the final test evaluation; returns the final model file."""
     out_dir = Path(out_dir)
     context = init_distributed(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(out_dir) if context.is_main else nullcontext():
+        return _train(config, out_dir, context, show_progress)
+
+
+def _train(config: TrainConfig, out_dir: Path, context: DistributedContext, show_progress: bool) -> Path:
     prepare_run_folder(config, out_dir, context)
     index = load_samples(config)
     split = load_or_make_split(config, index, out_dir, context)
@@ -472,7 +513,15 @@ def train(config: TrainConfig, out_dir: str | Path, show_progress: bool = True) 
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     writer = SummaryWriter(str(out_dir / "tensorboard")) if context.is_main else None
     if state is not None:
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise CheckpointError(
+                f"{checkpoint_path}: its weights do not fit the model of this run's config.yaml; it was written by "
+                "another run or GLAE version (move it away to restart the run)"
+            ) from None
+        if context.is_main:
+            write_history(out_dir, history)  # a kill between the last checkpoint and its log line loses no epoch
     numbers = [number for number, stage in enumerate(config.stages, start=1) if stage.epochs > 0]
     for number in numbers:
         stage = config.stages[number - 1]

@@ -71,6 +71,37 @@ def test_align_csv_manifest_keeps_its_format(utk_crops: list[Path], tmp_path: Pa
     assert Image.open(index.samples[0].path).size == (112, 112)
 
 
+def test_a_csv_row_outside_the_dataset_folder_never_replaces_its_photo(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    """``../photos/x.jpg`` from ``data/`` aligned into the sibling ``aligned/`` would land on the photo itself."""
+    from glae.faces.align_dataset import align_dataset
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "photos").mkdir()
+    outside = tmp_path / "photos" / "x.jpg"
+    outside.write_bytes(utk_crops[0].read_bytes())
+    (tmp_path / "data" / "y.jpg").write_bytes(utk_crops[1].read_bytes())
+    (tmp_path / "data" / "labels.csv").write_text("path,age\n../photos/x.jpg,30\ny.jpg,40\n")
+    report = align_dataset(tmp_path / "data" / "labels.csv", tmp_path / "aligned", "csv", workers=0, detector=detector, show_progress=False)
+    assert outside.read_bytes() == utk_crops[0].read_bytes()
+    assert report["counts"]["aligned"] == 1
+    assert [problem["problem"] for problem in report["problems"]] == [f"outside the dataset folder {tmp_path / 'data'}; not aligned"]
+
+
+def test_missing_detector_weights_stop_worker_runs_in_one_line(utk_crops: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Without facenet-pytorch's weights, worker processes would fail to start over and over: a hang."""
+    from glae.faces import align_dataset as module
+    from glae.faces.mtcnn import MTCNNWeightsError
+
+    def no_weights(name: str, device: str) -> None:
+        raise MTCNNWeightsError("the MTCNN face detector weights are not installed; run: pip install ...")
+
+    monkeypatch.setattr(module, "build_detector", no_weights)
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    assert main(["align", str(source), str(tmp_path / "aligned"), "--workers", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "error: the MTCNN face detector weights are not installed; run: pip install ...\n"
+    assert not (tmp_path / "aligned").exists()
+
+
 def _two_crops(utk_crops: list[Path], folder: Path) -> Path:
     folder.mkdir()
     for path in utk_crops[:2]:

@@ -134,6 +134,9 @@ def test_training_state_round_trip(tmp_path: Path, model: AgeModel) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": {"last_epoch": 17},
+        "rng": torch.get_rng_state(),
+        "history": [],
         "stage": 2,
         "epoch": 1,
         "step": 17,
@@ -173,6 +176,15 @@ def test_training_state_refuses_garbage(tmp_path: Path) -> None:
         load_training_state(path)
     with pytest.raises(CheckpointError, match=r"missing\.pt"):
         load_training_state(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("content", [{"model": {"weight": torch.zeros(2)}}, [torch.zeros(2)]], ids=["state_dict", "list"])
+def test_a_torch_file_that_is_no_training_state_is_refused_in_one_line(tmp_path: Path, content: object) -> None:
+    """A bare state dict in checkpoints/last.pt would otherwise stop the resume with a KeyError."""
+    path = tmp_path / "last.pt"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match=r"last\.pt: not a GLAE training state \(no .*history\)"):
+        load_training_state(path)
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path: Path) -> None:
@@ -243,7 +255,7 @@ def _with_metadata(source: Path, target: Path, record: object) -> Path:
         ({"model": {}, "input": {"mean": [0.5, 0.5], "std": [1, 1, 1]}, "info": {}}, r"key 'input' must hold 'mean' and 'std'"),
         ({"model": {}, "input": {"mean": [0, 0, 0], "std": [1, 0, 1]}, "info": {}}, r"key 'input' must hold .*std > 0"),
         ({"model": {}, "input": {"mean": [0, 0, "NaN"], "std": [1, 1, 1]}, "info": {}}, r"key 'input' must hold"),
-        ({"model": {"colour": 1}, "info": {}}, r"unknown setting\(s\) model\.colour"),
+        ({"model": {"colour": 1}, "info": {}}, r"unknown setting\(s\) model\.colour.*needs a newer GLAE than this 0\."),
     ],
 )
 def test_hostile_metadata_is_one_line_naming_file_and_key(tmp_path: Path, model: AgeModel, record: object, message: str) -> None:

@@ -15,7 +15,7 @@ TINY = ["data.limit=64", "model.input_size=64", "model.backbone=resnet18", "mode
         "data.num_workers=0", "clip_grad_norm=5", "stage1.batch_size=8", "stage2.batch_size=8"]
 
 
-def _plan(tmp_path: Path, utkface: Path, runs: list[dict]) -> Path:
+def _plan(tmp_path: Path, utkface: Path, runs: object) -> Path:
     plan = {"name": "p", "data": str(utkface), "out": str(tmp_path / "runs"), "results": str(tmp_path / "results"), "runs": runs}
     path = tmp_path / "plan.yaml"
     path.write_text(json.dumps(plan))
@@ -71,7 +71,10 @@ def test_a_run_recorded_in_the_results_is_not_retrained_when_its_run_folder_is_g
     ([{"name": "a"}], "needs a name and a config"),
     ([{"name": "a", "config": "c"}, {"name": "a", "config": "c"}], "repeated: a"),
     ([{"name": "a", "config": "c", "set": "seed=1"}], "list of key=value"),
+    (5, "runs must be a list"),
+    ([{"name": "../elsewhere", "config": "c"}], "must be a plain folder name"),
+    ([{"name": "..", "config": "c"}], "must be a plain folder name"),
 ])
-def test_bad_plans_are_refused_in_one_line(tmp_path: Path, runs: list, message: str) -> None:
+def test_bad_plans_are_refused_in_one_line(tmp_path: Path, runs: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_plan(_plan(tmp_path, tmp_path, runs))

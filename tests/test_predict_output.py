@@ -4,8 +4,11 @@ exit status, and its annotated copies with their labels."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
@@ -73,6 +76,21 @@ def test_cli_jsonl_one_line_per_photo(model_file: Path, utk_crops: list[Path], t
     assert sorted(len(record["faces"]) for record in records) == [0, 1, 1]
     assert "3 file(s): 2 face(s) in 2, 0 without a face, 1 skipped" in captured.err
     assert "\r" not in captured.err  # no progress bar when stderr is not a terminal
+
+
+def test_a_reader_that_stops_early_ends_the_run_quietly(model_file: Path, utk_crops: list[Path], tmp_path: Path) -> None:
+    """``glae predict DIR --jsonl | head -1``: no error line, no traceback, SIGPIPE's status.
+
+    The pipe is closed before the first line (the model takes seconds to load), so the
+    first write fails whatever the timing.
+    """
+    (tmp_path / utk_crops[0].name).write_bytes(utk_crops[0].read_bytes())
+    command = [sys.executable, "-m", "glae", "predict", str(tmp_path), "--aligned", "--model", str(model_file), "--device", "cpu", "--jsonl"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (141, b"")
 
 
 @pytest.fixture()
@@ -190,3 +208,19 @@ def test_annotated_copies_never_replace_an_existing_file(tmp_path: Path) -> None
     assert (first, rerun) == (folder / "IMG_1_2.jpg", folder / "IMG_1_3.jpg")
     assert (folder / "IMG_1.jpg").read_bytes() == b"the user's own file"
     assert all(Image.open(copy).size == (32, 24) for copy in (first, rerun))
+
+
+def test_an_annotated_copy_that_fails_midway_leaves_no_half_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while writing ``IMG_1.jpg``: the error stops the run, and no truncated copy takes the name."""
+    photo = tmp_path / "IMG_1.png"
+    Image.new("RGB", (32, 24)).save(photo)
+    folder = tmp_path / "annotated"
+
+    def disk_full(self: Image.Image, stream: io.BufferedWriter, **options: object) -> None:
+        stream.write(b"\xff\xd8 half a jpeg")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        AnnotatedCopies(folder).write(ImagePrediction(str(photo), [], None))
+    assert list(folder.iterdir()) == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -115,6 +116,10 @@ def align_dataset(
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     reference_points(size, margin)  # refuses a size or margin out of range before any work
+    if workers > 0 and isinstance(detector, str):
+        # Missing detector weights: one error line here. In a worker's initializer, the pool
+        # would start a new worker after each failure, forever.
+        build_detector(detector, "cpu")
     destination = Path(destination).absolute()
     if destination.exists() and not destination.is_dir():
         raise ValueError(f"destination {destination} is an existing file, not a folder; choose another path")
@@ -127,7 +132,7 @@ def align_dataset(
     tasks, done = [], 0
     for path in dict.fromkeys(sample.path for sample in index.samples):
         try:
-            target = destination / path.relative_to(base)
+            target = destination / _inside(path, base)
         except ValueError:
             problems.append({"file": str(path), "problem": f"outside the dataset folder {base}; not aligned"})
             continue
@@ -225,6 +230,15 @@ def _copy_manifests(root: Path, destination: Path) -> None:
     destination.mkdir(parents=True, exist_ok=True)
     for manifest in manifests:
         shutil.copy2(manifest, destination / manifest.name)
+
+
+def _inside(path: Path, base: Path) -> Path:
+    """``path`` relative to ``base`` once ``..`` is resolved; ValueError when it lies outside.
+
+    A CSV row ``../photos/x.jpg`` is outside the dataset folder: taken as it reads, its
+    crop would go to ``DST/../photos/x.jpg``, which can be the original photo itself.
+    """
+    return Path(os.path.normpath(path)).relative_to(os.path.normpath(base))
 
 
 def _relative(path: Path, base: Path) -> str:
