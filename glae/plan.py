@@ -94,7 +94,21 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "test_metrics.json").is_file() and (run_dir / "model.safetensors").is_file()
+    """The final model is written and so is its test report, or the run's split has no test part to report on."""
+    if not (run_dir / "model.safetensors").is_file():
+        return False
+    return (run_dir / "test_metrics.json").is_file() or _read_json(run_dir / "split.json", {}).get("test") == []
+
+
+def _read_json(path: Path, fallback: Any) -> Any:
+    """A record written by another process, or the fallback when it is missing or damaged.
+
+    One damaged file must neither stop the background runner nor hide the other runs' status.
+    """
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return fallback
 
 
 def is_recorded(plan: Plan, run: PlannedRun) -> bool:
@@ -117,6 +131,13 @@ def sync_results(plan: Plan, run: PlannedRun) -> None:
         _copy_if_changed(plan.run_dir(run) / name, plan.results_dir / run.name / name)
 
 
+def _json_line(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 def run_state(plan: Plan, run: PlannedRun) -> dict[str, Any]:
     """Where one run stands: finished, running/partial (epochs logged), or not started."""
     run_dir = plan.run_dir(run)
@@ -125,12 +146,17 @@ def run_state(plan: Plan, run: PlannedRun) -> dict[str, Any]:
     if not metrics.is_file():
         metrics = plan.results_dir / run.name / "metrics.jsonl"
     if metrics.is_file():
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        history = [record for line in metrics.read_text().splitlines() if line.strip()
+                   for record in [_json_line(line)] if isinstance(record, dict)]
     state: dict[str, Any] = {"name": run.name, "config": run.config, "set": run.overrides, "epochs_logged": len(history)}
     if is_recorded(plan, run):
-        recorded = run_dir if is_finished(run_dir) else plan.results_dir / run.name
-        test = json.loads((recorded / "test_metrics.json").read_text())
-        state.update(state="finished", test={"mode": test["mode"], "mae": test["mae"], "cmae": test["cmae"]})
+        recorded = (run_dir if is_finished(run_dir) else plan.results_dir / run.name) / "test_metrics.json"
+        test = _read_json(recorded, None)
+        state["state"] = "finished"
+        if isinstance(test, dict) and {"mode", "mae", "cmae"} <= set(test):
+            state["test"] = {"mode": test["mode"], "mae": test["mae"], "cmae": test["cmae"]}
+        elif recorded.exists():
+            state["test"] = f"{recorded} cannot be read"
     else:
         state["state"] = "partial" if history or run_dir.exists() else "not started"
     if history:
@@ -252,8 +278,13 @@ def describe(plan: Plan) -> str:
     for run in plan.runs:
         state = run_state(plan, run)
         detail = f"{state['epochs_logged']} epochs logged"
-        if state["state"] == "finished":
-            detail = f"test {state['test']['mode']} MAE {state['test']['mae']:.3f} CMAE {state['test']['cmae']:.3f}"
+        test = state.get("test")
+        if isinstance(test, dict):
+            detail = f"test {test['mode']} MAE {test['mae']:.3f} CMAE {test['cmae']:.3f}"
+        elif test is not None:
+            detail = test
+        elif state["state"] == "finished":
+            detail = "no test part"
         lines.append(f"  {run.name:28s} {state['state']:12s} {detail}")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from glae.plan import execute, load_plan
+from glae.plan import describe, execute, is_finished, load_plan, write_status
 
 TINY = ["data.limit=64", "model.input_size=64", "model.backbone=resnet18", "model.pretrained=false",
         "stage1.epochs=1", "stage2.epochs=1", "stage1.max_steps_per_epoch=2", "stage2.max_steps_per_epoch=1",
@@ -78,3 +78,31 @@ def test_a_run_recorded_in_the_results_is_not_retrained_when_its_run_folder_is_g
 def test_bad_plans_are_refused_in_one_line(tmp_path: Path, runs: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_plan(_plan(tmp_path, tmp_path, runs))
+
+
+def test_a_damaged_result_file_is_named_in_the_status_and_stops_nothing(tmp_path: Path, utkface: Path) -> None:
+    """A half-copied test_metrics.json (a full disk, a bad merge) must not stop the runner or hide the other runs."""
+    plan = load_plan(_plan(tmp_path, utkface, [{"name": "damaged", "config": "configs/missing.yaml"},
+                                                {"name": "other", "config": "configs/missing.yaml"}]))
+    recorded = tmp_path / "results" / "p" / "damaged"
+    recorded.mkdir(parents=True)
+    (recorded / "test_metrics.json").write_text('{"mode": "routing", "mae": 4.')
+    (recorded / "metrics.jsonl").write_text(json.dumps({"stage": 1, "epoch": 1}) + "\n" + '{"stage": 1, "ep')
+    write_status(plan, None, {})
+    damaged, other = json.loads((recorded.parent / "status.json").read_text())["runs"]
+    assert damaged["state"] == "finished" and damaged["epochs_logged"] == 1
+    assert damaged["test"] == f"{recorded / 'test_metrics.json'} cannot be read"
+    assert other["state"] == "not started"
+    assert f"{recorded / 'test_metrics.json'} cannot be read" in describe(plan)
+
+
+def test_a_run_without_a_test_part_counts_as_finished_once_its_model_is_written(tmp_path: Path) -> None:
+    """data.test_fraction=0 (a final model on all faces) writes no test report; the plan must not redo its last step forever."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.json").write_text(json.dumps({"train": ["a.jpg"], "val": ["b.jpg"], "test": []}))
+    assert not is_finished(run)  # killed before the final model
+    (run / "model.safetensors").write_bytes(b"model")
+    assert is_finished(run)
+    (run / "split.json").write_text(json.dumps({"train": ["a.jpg"], "val": [], "test": ["c.jpg"]}))
+    assert not is_finished(run)  # a test part that is still to be evaluated
