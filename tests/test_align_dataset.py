@@ -188,3 +188,20 @@ def test_align_keeps_only_the_faces_predict_would_keep(utk_crops: list[Path], tm
     report = align_dataset(source, tmp_path / "aligned", "utkface", workers=0, detector=_Doubtful(detector), show_progress=False)
     assert report["counts"]["aligned"] == 0 and report["counts"]["no_face"] == 2
     assert not any((tmp_path / "aligned").glob("*.jpg"))
+
+
+def test_aligning_afad_into_a_folder_inside_it_does_not_realign_its_own_crops(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    """AFAD is read from its subfolders: the crops of a first run inside it must not count as photos on the rerun."""
+    from glae.faces.align_dataset import align_dataset
+
+    source = tmp_path / "AFAD-Full"
+    for age, crop in zip(("18", "42"), utk_crops):
+        (source / age / "111").mkdir(parents=True)
+        (source / age / "111" / crop.name).write_bytes(crop.read_bytes())
+    target = source / "aligned"
+    first = align_dataset(source, target, "afad", workers=0, detector=detector, show_progress=False)
+    again = align_dataset(source, target, "afad", workers=0, detector=detector, show_progress=False)
+    assert (first["counts"]["aligned"], again["counts"]["already_aligned"], again["counts"]["images"]) == (2, 2, 2)
+    assert again["problems"] == []
+    assert sorted(path.relative_to(target).as_posix() for path in target.rglob("*.jpg")) == sorted(
+        f"{age}/111/{crop.name}" for age, crop in zip(("18", "42"), utk_crops))

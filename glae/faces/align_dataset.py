@@ -128,9 +128,13 @@ def align_dataset(
     if destination.resolve() == base.resolve():
         raise ValueError(f"destination {destination} is the dataset folder itself: crops would replace the originals; choose another folder")
     _check_earlier_run(destination, size, margin)
-    problems = [{"file": _relative(s.path, base), "problem": f"not in the dataset: {s.reason}"} for s in index.skipped]
+    # A destination inside a dataset read from its subfolders (AFAD) holds the earlier runs' crops:
+    # they are this command's output, not photos to align again, one folder deeper each run.
+    samples = [sample for sample in index.samples if not _is_within(sample.path, destination)]
+    skipped = [skip for skip in index.skipped if not _is_within(skip.path, destination)]
+    problems = [{"file": _relative(s.path, base), "problem": f"not in the dataset: {s.reason}"} for s in skipped]
     tasks, done = [], 0
-    for path in dict.fromkeys(sample.path for sample in index.samples):
+    for path in dict.fromkeys(sample.path for sample in samples):
         try:
             target = destination / _inside(path, base)
         except ValueError:
@@ -154,13 +158,13 @@ def align_dataset(
         "size": size,
         "margin": margin,
         "counts": {
-            "images": len(index.samples) + len(index.skipped),
+            "images": len(samples) + len(skipped),
             "aligned": counts["aligned"] + counts["several_faces"],
             "already_aligned": done,
             "several_faces": counts["several_faces"],
             "no_face": counts["no_face"],
             "unreadable": counts["unreadable"],
-            "not_in_dataset": len(index.skipped),
+            "not_in_dataset": len(skipped),
         },
         "problems": problems,
     }
@@ -239,6 +243,14 @@ def _inside(path: Path, base: Path) -> Path:
     crop would go to ``DST/../photos/x.jpg``, which can be the original photo itself.
     """
     return Path(os.path.normpath(path)).relative_to(os.path.normpath(base))
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        _inside(path, folder)
+    except ValueError:
+        return False
+    return True
 
 
 def _relative(path: Path, base: Path) -> str:
