@@ -1,14 +1,16 @@
 """Mutation testing of GLAE's method code: do the tests fail when the method is wrong?
 
 Each mutant is one small, known wrong implementation (a formula with the wrong constant,
-the other KL direction, a branch the paper does not use at test time, ...). For each, the
-package is copied once to a scratch folder, the mutant is applied there (never to this
-checkout), and only the fast tests of that module run. A mutant is *killed* when a test
-fails, *survives* when all pass, and is *stale* when its original text is no longer in the
-source (the code moved on: update the mutant).
+the other KL direction, a branch the paper does not use at test time, an interval or a
+cache key that a user relies on, ...). For each, the package is copied once to a scratch
+folder, the mutant is applied there (never to this checkout), and only the fast tests of
+that module run (none marked ``slow``). A mutant is *killed* when a test fails, *survives*
+when all pass, and is *stale* when its original text is no longer in the source (the code
+moved on: update the mutant).
 
     python benchmarks/mutants.py                  # every mutant, report on stdout
     python benchmarks/mutants.py --only routing   # mutants whose id contains "routing"
+    python benchmarks/mutants.py --only cache/ --only export/   # either text (repeat --only)
     python benchmarks/mutants.py --json out.json  # also write the results as JSON
     python benchmarks/mutants.py --list           # list the mutants and exit
     python benchmarks/mutants.py --tests-dir DIR  # judge another tests folder (an older version's)
@@ -40,6 +42,14 @@ METRICS = ("tests/test_metrics.py",)
 SAMPLERS = ("tests/test_samplers.py", "tests/test_stage2_freeze.py")
 PROTOCOLS = ("tests/test_protocols.py",)
 STAGE2 = ("tests/test_stage2_freeze.py",)
+CALIBRATION = ("tests/test_calibration.py",)
+EVALUATE = ("tests/test_routing.py", "tests/test_metrics.py", "tests/test_calibration.py")
+EXPORT = ("tests/test_export.py", "tests/test_inference_backends.py",
+          "tests/test_calibration.py::test_the_onnx_export_carries_the_calibration")
+BACKENDS = ("tests/test_inference_backends.py",
+            "tests/test_calibration.py::test_the_estimator_reads_its_interval_as_the_model_says",
+            "tests/test_calibration.py::test_the_onnx_export_carries_the_calibration", "tests/test_export.py")
+CACHE = ("tests/test_cache.py",)
 
 
 @dataclass(frozen=True)
@@ -271,6 +281,71 @@ MUTANTS: tuple[Mutant, ...] = (
     M("protocols/loso-test-leaks-into-train", "glae/data/protocols.py",
       "train=[s for s in samples if s.subject != subject],", "train=list(samples),", PROTOCOLS),
     M("protocols/field-valid-is-test", "glae/data/protocols.py", '"valid": "val",', '"valid": "test",', PROTOCOLS),
+    # --- glae/calibration.py: the 90% interval ------------------------------------------
+    M("calibration/quantile-interpolated-from-bin-centre", "glae/calibration.py",
+      "return (index - 0.5 + (levels - below) / mass)", "return (index + (levels - below) / mass)", CALIBRATION),
+    M("calibration/quantile-cdf-read-as-exclusive", "glae/calibration.py",
+      "below = cdf.gather(1, index) - probs.gather(1, index)", "below = cdf.gather(1, index)", CALIBRATION),
+    M("calibration/interval-not-clipped-to-age-range", "glae/calibration.py",
+      "return (index - 0.5 + (levels - below) / mass).clamp(0, probs.shape[-1] - 1)",
+      "return index - 0.5 + (levels - below) / mass", CALIBRATION),
+    M("calibration/interval-bounds-swapped", "glae/calibration.py",
+      "levels = torch.tensor([low, high]", "levels = torch.tensor([high, low]", CALIBRATION),
+    M("calibration/temperature-multiplies", "glae/calibration.py",
+      "probs.clamp_min(1e-30).log() / temperature", "probs.clamp_min(1e-30).log() * temperature", CALIBRATION),
+    M("calibration/fit-temperature-rounded-to-nearest", "glae/calibration.py",
+      "temperature = math.ceil(high * 1e6) / 1e6", "temperature = round(high, 6)", CALIBRATION),
+    M("calibration/fit-coverage-must-exceed-level", "glae/calibration.py",
+      "if coverage(middle) >= level:", "if coverage(middle) > level:", CALIBRATION),
+    M("calibration/covered-excludes-bounds", "glae/calibration.py",
+      "return (intervals[:, 0] <= truth) & (truth <= intervals[:, 1])",
+      "return (intervals[:, 0] < truth) & (truth < intervals[:, 1])", CALIBRATION),
+    M("calibration/report-groups-by-raw-age", "glae/calibration.py",
+      "classes = age_class(truth)  # groups by age class", "classes = truth  # groups by age class", CALIBRATION),
+    # --- glae/evaluate.py: the evaluation report and the calibration pass ----------------
+    M("evaluate/interval-from-vanilla-head", "glae/evaluate.py",
+      "interval_report(age_interval(routed[mode].probs.double(), calibration)",
+      'interval_report(age_interval(views["vanilla"].mean(0).double(), calibration)', EVALUATE),
+    M("evaluate/interval-ignores-calibration", "glae/evaluate.py",
+      "age_interval(routed[mode].probs.double(), calibration), ages", "age_interval(routed[mode].probs.double(), None), ages",
+      EVALUATE),
+    M("evaluate/calibration-fitted-on-vanilla-head", "glae/evaluate.py",
+      "return fit_temperature(route(views, mode).probs, ages)", 'return fit_temperature(views["vanilla"].mean(0), ages)',
+      EVALUATE),
+    M("evaluate/routing-usage-upper-edge-inclusive", "glae/evaluate.py",
+      "inside = (classes >= low) & (classes < high)", "inside = (classes >= low) & (classes <= high)", EVALUATE),
+    # --- glae/export.py, glae/models/routed.py: the ONNX graph and its metadata -----------
+    M("export/drops-calibration", "glae/export.py",
+      '"calibration": None if model.calibration is None else model.calibration.to_dict(),', '"calibration": None,', EXPORT),
+    M("export/drops-routing", "glae/export.py",
+      "mode = routing_mode(info)\n    routed = RoutedAgeModel(", "mode = routing_mode({})\n    routed = RoutedAgeModel(", EXPORT),
+    M("export/example-batch-of-one", "glae/export.py",
+      "example = torch.zeros(2, 3, size, size", "example = torch.zeros(1, 3, size, size", EXPORT,
+      equivalent=True),  # torch 2.14 keeps the batch dynamic from an example of 1; older torch specialised it
+    M("export/head-probs-averaged-over-batch", "glae/models/routed.py",
+      "per_head = tuple(views[head].mean(0) for head in self.heads)",
+      "per_head = tuple(views[head].mean(1) for head in self.heads)", EXPORT),
+    # --- glae/inference_backends.py: one inference path for PyTorch and ONNX --------------
+    M("backends/torch-ignores-calibration", "glae/inference_backends.py",
+      "self.calibration = model.calibration", "self.calibration = None", BACKENDS),
+    M("backends/onnx-ignores-calibration", "glae/inference_backends.py",
+      'self.calibration: IntervalCalibration | None = metadata["calibration"]',
+      "self.calibration: IntervalCalibration | None = None", BACKENDS),
+    M("backends/torch-always-routes", "glae/inference_backends.py",
+      "return cls(model, routing_mode(info))", 'return cls(model, "routing")', BACKENDS),
+    M("backends/export-without-calibration-refused", "glae/inference_backends.py",
+      'stored.get(METADATA_PREFIX + "calibration", "null")', 'stored[METADATA_PREFIX + "calibration"]', BACKENDS),
+    # --- glae/data/cache.py: never a stale or wrong image for a path --------------------
+    M("cache/key-ignores-mtime", "glae/data/cache.py",
+      r'f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n"', r'f"{path}\0{stat.st_size}\n"', CACHE),
+    M("cache/key-ignores-file-size", "glae/data/cache.py",
+      r'f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n"', r'f"{path}\0{stat.st_mtime_ns}\n"', CACHE),
+    M("cache/key-ignores-image-size", "glae/data/cache.py",
+      r'f"glae-image-cache {CACHE_FORMAT} {size}\n"', r'f"glae-image-cache {CACHE_FORMAT}\n"', CACHE),
+    M("cache/key-sorts-the-file-list", "glae/data/cache.py",
+      "for path in map(os.path.realpath, paths):", "for path in sorted(map(os.path.realpath, paths)):", CACHE),
+    M("cache/usable-subset-index-not-mapped", "glae/data/cache.py",
+      "return self.cache.image(self.indices[index])", "return self.cache.image(index)", CACHE),
 )
 
 
@@ -294,7 +369,8 @@ def make_scratch(root: Path, tests: Path | None = None) -> Path:
 def run_tests(main: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, str]:
     """Run ``tests`` against the scratch package; True when they all pass."""
     env = {**os.environ, "PYTHONPATH": str(main), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests]
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", "-m", "not slow",
+               *tests]
     try:
         done = subprocess.run(command, cwd=main, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -314,14 +390,15 @@ def check_scratch_is_imported(main: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="", help="run the mutants whose id contains this text")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run the mutants whose id contains this text (repeat it: any of them), e.g. --only cache/")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--tests-dir", type=Path,
                         help="judge another tests folder (e.g. an older version's, from git archive)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per mutant's test run")
     args = parser.parse_args(argv)
-    chosen = [m for m in MUTANTS if args.only in m.id]
+    chosen = [m for m in MUTANTS if not args.only or any(text in m.id for text in args.only)]
     if args.list:
         for mutant in chosen:
             print(f"{mutant.id:50s} {mutant.file}{'  (equivalent)' if mutant.equivalent else ''}")

@@ -141,7 +141,8 @@ def fit_temperature(probs: Tensor, truth: Tensor, level: float = INTERVAL_LEVEL)
             high = middle
         else:
             low = middle
-    return IntervalCalibration(round(high, 6), coverage(round(high, 6)), len(probs))
+    temperature = math.ceil(high * 1e6) / 1e6  # 6 digits, rounded up: rounded down it can fall below the covering one
+    return IntervalCalibration(temperature, coverage(temperature), len(probs))
 
 
 def interval_report(intervals: Tensor, truth: Tensor, groups: Sequence[tuple[str, float, float]]) -> dict[str, Any]:

@@ -59,6 +59,54 @@ def test_a_changed_file_gets_a_new_cache(tmp_path: Path) -> None:
     assert np.asarray(cache.image(1)).min() == 255  # the new content, not the old pixels
 
 
+def _resized(path: Path) -> np.ndarray:
+    return np.asarray(T.Resize((32, 32), antialias=True)(read_rgb(path)))
+
+
+def test_a_file_rewritten_at_the_same_size_within_the_second_gets_a_new_cache(tmp_path: Path) -> None:
+    """An uncompressed BMP's byte size is set by its dimensions: an edited photo differs by its mtime alone."""
+    path = tmp_path / "face.bmp"
+    Image.new("RGB", (40, 50), "black").save(path)
+    assert np.asarray(open_image_cache([path], 32, tmp_path / "cache").image(0)).max() == 0
+    before = path.stat()
+    Image.new("RGB", (40, 50), "white").save(path)
+    os.utime(path, ns=(before.st_mtime_ns + 1000, before.st_mtime_ns + 1000))  # a microsecond later
+    assert path.stat().st_size == before.st_size
+    assert np.asarray(open_image_cache([path], 32, tmp_path / "cache").image(0)).min() == 255
+
+
+def test_a_file_replaced_with_its_old_mtime_gets_a_new_cache(tmp_path: Path) -> None:
+    """``cp -p``, ``rsync -t`` or an archive restore can bring other content with the old mtime; its size differs."""
+    paths = _photos(tmp_path)
+    open_image_cache(paths, 32, tmp_path / "cache")
+    before = paths[1].stat()
+    Image.new("RGB", (60, 60), "white").save(paths[1])
+    os.utime(paths[1], ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert paths[1].stat().st_size != before.st_size
+    assert np.asarray(open_image_cache(paths, 32, tmp_path / "cache").image(1)).min() == 255
+
+
+def test_the_same_files_in_another_order_are_served_by_position(tmp_path: Path) -> None:
+    """A reordered file list (another split, another manifest) must not be served the first order's pixels."""
+    paths = _photos(tmp_path)
+    open_image_cache(paths, 32, tmp_path / "cache")
+    reordered = [paths[2], paths[0], paths[1]]
+    cache = open_image_cache(reordered, 32, tmp_path / "cache")
+    for index, path in enumerate(reordered):
+        np.testing.assert_array_equal(np.asarray(cache.image(index)), _resized(path))
+
+
+def test_images_after_a_skipped_file_are_their_own(tmp_path: Path) -> None:
+    """Training keeps the usable files and reads them through ``CachedImages(cache, usable)`` (glae/train.py):
+    a corrupt file in the middle must shift no later face onto another's pixels."""
+    paths = _photos(tmp_path, 4)
+    paths[1].write_bytes(b"\xff\xd8 not really a jpeg")
+    cache = open_image_cache(paths, 32, tmp_path / "cache")
+    images = CachedImages(cache, cache.usable())
+    for position, index in enumerate([0, 2, 3]):
+        np.testing.assert_array_equal(np.asarray(images(position)), _resized(paths[index]))
+
+
 def test_corrupt_and_vanished_files_are_reported_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     paths = _photos(tmp_path, 4)
     paths[1].write_bytes(b"\xff\xd8 not really a jpeg")

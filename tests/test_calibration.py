@@ -41,6 +41,23 @@ def test_quantile_interval_by_hand() -> None:
     assert torch.allclose(quantile_interval(uniform, 0.05, 0.95), torch.tensor([[0.0, 9.0]], dtype=torch.float64))
 
 
+def test_interval_never_leaves_the_age_range() -> None:
+    """All mass on the youngest or the oldest age: the bin's edges would give -0.45 and 10.45, the interval stops at 0 and 10."""
+    edges = torch.zeros(2, 11, dtype=torch.float64)
+    edges[0, 0] = edges[1, 10] = 1.0
+    expected = torch.tensor([[0.0, 0.45], [9.55, 10.0]], dtype=torch.float64)
+    assert torch.allclose(quantile_interval(edges, 0.05, 0.95), expected)
+
+
+def test_a_true_age_on_a_bound_is_covered() -> None:
+    """Bounds included: a newborn whose interval is clipped to [0, 0.45] is covered, and so is an age equal to a bound."""
+    newborn = torch.zeros(1, 11, dtype=torch.float64)
+    newborn[0, 0] = 1.0
+    assert covered(age_interval(newborn, None), torch.tensor([0.0])).tolist() == [True]
+    intervals = torch.tensor([[20.0, 30.0]] * 4)
+    assert covered(intervals, torch.tensor([20.0, 30.0, 19.9, 30.1])).tolist() == [True, True, False, False]
+
+
 def test_conformal_quantile_is_the_finite_sample_rank() -> None:
     scores = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0])
     assert conformal_quantile(scores, 0.5) == 3.0  # ceil(6 * 0.5) = 3rd smallest
@@ -116,6 +133,66 @@ def test_interval_report_counts_per_age_group() -> None:
     assert report["groups"]["0-17"] == {"n": 1, "coverage": 1.0, "mean_width": 10.0}
     assert report["groups"]["18-65"] == {"n": 1, "coverage": 0.0, "mean_width": 10.0}
     assert report["groups"]["66+"] == {"n": 2, "coverage": 0.5, "mean_width": 15.0}
+
+
+def test_interval_report_groups_by_age_class_as_the_metrics() -> None:
+    # 17.4 is class 17 ("0-17"), 17.5 class 18 ("18-65"), 65.5 class 66 ("66+"): glae.metrics' groups, not the raw ages'.
+    intervals = torch.tensor([[10.0, 20.0], [10.0, 20.0], [60.0, 70.0]])
+    report = interval_report(intervals, torch.tensor([17.4, 17.5, 65.5]), AGE_GROUPS)
+    assert {label: group["n"] for label, group in report["groups"].items()} == {"0-17": 1, "18-65": 1, "66+": 1}
+
+
+def _two_heads() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One face of true age 6.3 over ages 0..10. The vanilla head changes with the flip (age 1, then 2),
+    the balanced head does not (0.8 on age 4, 0.2 on age 6), so Adaptive Routing reads the balanced one."""
+    vanilla = torch.zeros(2, 1, 11, dtype=torch.float64)
+    vanilla[0, 0, 1] = vanilla[1, 0, 2] = 1.0
+    balanced = torch.zeros(2, 1, 11, dtype=torch.float64)
+    balanced[:, 0, 4], balanced[:, 0, 6] = 0.8, 0.2
+    return {"vanilla": vanilla, "balanced": balanced}, torch.tensor([6.3], dtype=torch.float64)
+
+
+def test_the_eval_report_reads_the_routed_interval_as_the_model_is_calibrated() -> None:
+    from glae.evaluate import evaluate_views
+
+    views, truth = _two_heads()
+    stds = torch.full((1,), float("nan"))
+    # Raw, balanced head: 4 - 0.5 + 0.05 / 0.8 = 3.5625 to 6 - 0.5 + 0.15 / 0.2 = 6.25: misses 6.3.
+    raw = evaluate_views(views, truth, stds, "routing")["interval_90"]
+    assert raw["calibrated"] is False and raw["coverage"] == 0.0 and raw["mean_width"] == pytest.approx(6.25 - 3.5625)
+    # T = 2 gives 2/3 and 1/3: 3.5 + 0.05 * 1.5 = 3.575 to 5.5 + (0.95 - 2/3) * 3 = 6.35: covers 6.3.
+    tempered = evaluate_views(views, truth, stds, "routing", IntervalCalibration(2.0, 0.9, 100))["interval_90"]
+    assert tempered["calibrated"] is True and tempered["coverage"] == 1.0
+    assert tempered["mean_width"] == pytest.approx(6.35 - 3.575)
+    assert tempered["groups"]["0-17"] == {"n": 1, "coverage": 1.0, "mean_width": pytest.approx(6.35 - 3.575)}
+
+
+def test_calibration_is_fitted_on_the_routed_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temperature that lifts the balanced head's 95% quantile to 6.3: 6.5 - 0.05 / q = 6.3 needs the age-6 share
+    q = 1 / (1 + 4^(1/T)) = 1/4, so T = log 4 / log 3; the vanilla head would need another."""
+    from glae import evaluate
+
+    views, truth = _two_heads()
+    monkeypatch.setattr(evaluate, "predict_samples", lambda *args: (views, truth, torch.full((1,), float("nan"))))
+    fitted = evaluate.calibrate_samples(None, [], "routing", None)  # type: ignore[arg-type]
+    assert fitted.temperature == pytest.approx(math.log(4) / math.log(3), abs=1e-5)
+    assert (fitted.coverage, fitted.faces) == (1.0, 1)
+
+
+def test_the_fitted_temperature_is_rounded_up_never_below_the_covering_one() -> None:
+    """At T = 2 the balanced head of ``_two_heads`` reaches 6.35; a face at 6.35000001 needs T = 2.0000003, which
+    6-digit rounding to the nearest would store as 2.0, an interval that misses it."""
+    views, _ = _two_heads()
+    assert fit_temperature(views["balanced"][0], torch.tensor([6.35000001], dtype=torch.float64)) == IntervalCalibration(2.000001, 1.0, 1)
+
+
+def test_the_fitted_temperature_covers_the_level_not_more() -> None:
+    """Nine faces at 6.25 need T >= 1 (the raw 95% quantile of ``_two_heads``' balanced head), the tenth at 6.35
+    needs T >= 2: 90% coverage is reached at T = 1; asking for more than 90% would double the temperature."""
+    views, _ = _two_heads()
+    probs = views["balanced"][0].repeat(10, 1)
+    fitted = fit_temperature(probs, torch.tensor([6.25] * 9 + [6.35], dtype=torch.float64))
+    assert fitted.temperature == pytest.approx(1.0, abs=1e-5) and fitted.coverage == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize(

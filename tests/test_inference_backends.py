@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from glae.checkpoint import CheckpointError, load_model
+from glae.checkpoint import CheckpointError, load_model, save_model
 from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
 from glae.export import export_onnx
@@ -46,6 +46,26 @@ def test_load_routed_predictor_picks_the_backend_from_the_file(model_file: Path,
     predictors: list[RoutedPredictor] = [load_routed_predictor(model_file), load_routed_predictor(onnx_file)]
     assert [type(p) for p in predictors] == [TorchRoutedPredictor, OnnxRoutedPredictor]
     assert predictors[0].mode == predictors[1].mode == "routing"  # type: ignore[attr-defined]
+
+
+def test_a_stage1_model_file_runs_its_vanilla_head_only(model_file: Path, tmp_path: Path, utk_crops: list[Path]) -> None:
+    """No balanced head trained: PyTorch, like the ONNX export (test_export.py), never routes to the untrained head."""
+    model, _ = load_model(model_file)
+    save_model(tmp_path / "stage1.safetensors", model, {"balanced_trained": False})
+    predictor = load_routed_predictor(tmp_path / "stage1.safetensors")
+    assert predictor.mode == "vanilla"  # type: ignore[attr-defined]
+    crops = torch.stack([eval_transform(model.config.input_size, model.normalization)(read_rgb(path)) for path in utk_crops[:8]])
+    expected = route(model.predict_views(crops, ("vanilla",)), "vanilla")
+    ages, probs, used_balanced = predictor.predict_routed(crops)
+    assert not used_balanced.any()
+    torch.testing.assert_close(probs, expected.probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ages, expected.ages, atol=1e-4, rtol=0)
+
+
+def test_an_export_from_before_calibration_existed_reads_raw_quantiles(onnx_file: Path, tmp_path: Path) -> None:
+    """Files exported before the interval was calibrated have no 'glae.calibration' entry: they still load."""
+    path = _rewrite_onnx(onnx_file, tmp_path / "older.onnx", {"calibration": None})
+    assert OnnxRoutedPredictor.load(path).calibration is None
 
 
 def _rewrite_onnx(source: Path, target: Path, metadata: dict[str, str | None] | None = None, nan_weight: bool = False) -> Path:
