@@ -132,6 +132,7 @@ def sync_results(plan: Plan, run: PlannedRun) -> None:
 
 
 def _json_line(line: str) -> Any:
+    """One log line's record; None for a blank or cut-off line."""
     try:
         return json.loads(line)
     except json.JSONDecodeError:
@@ -146,8 +147,7 @@ def run_state(plan: Plan, run: PlannedRun) -> dict[str, Any]:
     if not metrics.is_file():
         metrics = plan.results_dir / run.name / "metrics.jsonl"
     if metrics.is_file():
-        history = [record for line in metrics.read_text().splitlines() if line.strip()
-                   for record in [_json_line(line)] if isinstance(record, dict)]
+        history = [record for record in map(_json_line, metrics.read_text().splitlines()) if isinstance(record, dict)]
     state: dict[str, Any] = {"name": run.name, "config": run.config, "set": run.overrides, "epochs_logged": len(history)}
     if is_recorded(plan, run):
         recorded = (run_dir if is_finished(run_dir) else plan.results_dir / run.name) / "test_metrics.json"
