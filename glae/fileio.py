@@ -2,7 +2,8 @@
 
 The files a run depends on (checkpoints, model files, configs, splits, logs, reports,
 aligned crops) go through ``atomic_write``: a temporary sibling is written, flushed to disk, given the
-permissions a normal file would get, then renamed over the target.
+permissions a normal file would get, then renamed over the target. Files that must never
+replace anything (annotated copies in a user's folder) go through ``create_new``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,46 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def create_new(path: str | os.PathLike, data: bytes) -> bool:
+    """Write ``data`` as ``path`` only if no file has that name; False if the name is taken.
+
+    The finished temporary sibling is hard-linked to ``path`` (a link never replaces an
+    existing name), so even a ``kill -9`` leaves no half-written file under the name. Where
+    the filesystem has no hard links, the file is created exclusively and written in place.
+    """
+    path = Path(path)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.chmod(temp, 0o666 & ~_umask())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            return _create_exclusively(path, data)
+        return True
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def _create_exclusively(path: Path, data: bytes) -> bool:
+    try:
+        stream = path.open("xb")  # O_EXCL: fails on any existing name, a link included
+    except FileExistsError:
+        return False
+    with stream:
+        try:
+            stream.write(data)
+        except BaseException:
+            path.unlink()  # this call created it
+            raise
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .data.images import read_rgb
 from .estimator import ImagePrediction
+from .fileio import create_new
 
 CSV_COLUMNS = ("file", "face", "x1", "y1", "x2", "y2", "age", "low_90", "high_90", "head", "score", "error")
 
@@ -172,11 +173,11 @@ def check_annotate_folder(folder: Path, inputs: Sequence[Path]) -> None:
 class AnnotatedCopies:
     """Annotated copies of readable photos in ``folder``, as ``<name>.jpg``, one photo at a time.
 
-    Each copy is created exclusively, so no file already in the folder is ever replaced: not
-    a user's file, not a copy from this run or an earlier one. A taken name moves the copy to
-    the next free ``<name>_2.jpg``, ``<name>_3.jpg``...; a rerun adds new copies beside the
-    earlier ones. A copy that fails while written (a full disk, Ctrl-C) is removed, not left
-    half-written under the name.
+    No file already in the folder is ever replaced: not a user's file, not a copy from this
+    run or an earlier one. A taken name moves the copy to the next free ``<name>_2.jpg``,
+    ``<name>_3.jpg``...; a rerun adds new copies beside the earlier ones. A copy appears
+    under its name only when whole (``fileio.create_new``): a full disk, Ctrl-C or ``kill -9``
+    leaves no half-written copy.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -187,22 +188,14 @@ class AnnotatedCopies:
         """The copy written, or None for an input that is no readable photo file."""
         if prediction.file is None or prediction.error:
             return None
-        image, stem, number = annotate(prediction), Path(prediction.file).stem, 1
+        encoded = io.BytesIO()
+        annotate(prediction).save(encoded, format="JPEG", quality=92)
+        stem, number = Path(prediction.file).stem, 1
         target = self.folder / f"{stem}.jpg"
-        while True:
-            try:
-                handle = target.open("xb")  # O_EXCL: fails on any existing name, a link included
-            except FileExistsError:
-                number += 1
-                target = self.folder / f"{stem}_{number}.jpg"
-                continue
-            with handle:
-                try:
-                    image.save(handle, format="JPEG", quality=92)
-                except BaseException:
-                    target.unlink()  # this call created it
-                    raise
-            return target
+        while not create_new(target, encoded.getvalue()):
+            number += 1
+            target = self.folder / f"{stem}_{number}.jpg"
+        return target
 
 
 def write_predictions(

@@ -7,6 +7,7 @@ import csv
 import errno
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from glae import fileio
 from glae.cli import main
 from glae.estimator import ImagePrediction
 from glae.predict_output import AnnotatedCopies, JsonLinesOutput, JsonOutput, TableOutput, place_labels, write_predictions
@@ -208,6 +210,41 @@ def test_annotated_copies_never_replace_an_existing_file(tmp_path: Path) -> None
     assert (first, rerun) == (folder / "IMG_1_2.jpg", folder / "IMG_1_3.jpg")
     assert (folder / "IMG_1.jpg").read_bytes() == b"the user's own file"
     assert all(Image.open(copy).size == (32, 24) for copy in (first, rerun))
+
+
+def test_a_killed_predict_leaves_no_half_written_copy_under_the_name(tmp_path: Path) -> None:
+    """``kill -9`` while the copy of ``IMG_1.png`` is written: no ``IMG_1.jpg`` appears, so a rerun writes it whole."""
+    photo = tmp_path / "IMG_1.png"
+    Image.new("RGB", (32, 24)).save(photo)
+    folder = tmp_path / "annotated"
+    prediction = ImagePrediction(str(photo), [], None)
+    child = os.fork()
+    if child == 0:  # the child is killed just before its finished copy would take the name
+        fileio.os.link = lambda *names: os._exit(9)  # type: ignore[assignment]
+        AnnotatedCopies(folder).write(prediction)
+        os._exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 9
+    assert not (folder / "IMG_1.jpg").exists()
+    assert AnnotatedCopies(folder).write(prediction) == folder / "IMG_1.jpg"
+    assert Image.open(folder / "IMG_1.jpg").size == (32, 24)
+
+
+def test_annotated_copies_without_hard_links_still_replace_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a filesystem without hard links (EPERM), copies are still written, beside a user's file, not over it."""
+    photo = tmp_path / "IMG_1.png"
+    Image.new("RGB", (32, 24)).save(photo)
+    folder = tmp_path / "annotated"
+    folder.mkdir()
+    (folder / "IMG_1.jpg").write_bytes(b"the user's own file")
+
+    def no_links(source: str, target: str) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(fileio.os, "link", no_links)
+    assert AnnotatedCopies(folder).write(ImagePrediction(str(photo), [], None)) == folder / "IMG_1_2.jpg"
+    assert (folder / "IMG_1.jpg").read_bytes() == b"the user's own file"
+    assert sorted(path.name for path in folder.iterdir()) == ["IMG_1.jpg", "IMG_1_2.jpg"]
+    assert Image.open(folder / "IMG_1_2.jpg").size == (32, 24)
 
 
 def test_an_annotated_copy_that_fails_midway_leaves_no_half_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
