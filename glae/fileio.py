@@ -21,11 +21,16 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix(path: Path) -> str:
+    """``.<name>.``, which says whose temporary it is, unless that would not fit in a file name (255 bytes)."""
+    return f".{path.name}." if len(os.fsencode(path.name)) <= 200 else ".glae-"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(temp_path)`` then move the finished file onto ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         write(temp)
@@ -56,7 +61,7 @@ def create_new(path: str | os.PathLike, data: bytes) -> bool:
     the filesystem has no hard links, the file is created exclusively and written in place.
     """
     path = Path(path)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

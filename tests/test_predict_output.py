@@ -229,6 +229,15 @@ def test_a_killed_predict_leaves_no_half_written_copy_under_the_name(tmp_path: P
     assert Image.open(folder / "IMG_1.jpg").size == (32, 24)
 
 
+def test_a_photo_with_the_longest_allowed_name_gets_its_copy(tmp_path: Path) -> None:
+    """A 251-character stem makes a 255-byte ``<stem>.jpg``, the most a name may hold; the copy still gets written."""
+    photo = tmp_path / f"{'a' * 251}.png"
+    Image.new("RGB", (32, 24)).save(photo)
+    folder = tmp_path / "annotated"
+    assert AnnotatedCopies(folder).write(ImagePrediction(str(photo), [], None)) == folder / f"{'a' * 251}.jpg"
+    assert [path.name for path in folder.iterdir()] == [f"{'a' * 251}.jpg"]
+
+
 def test_annotated_copies_without_hard_links_still_replace_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a filesystem without hard links (EPERM), copies are still written, beside a user's file, not over it."""
     photo = tmp_path / "IMG_1.png"
