@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Iterable, Sequence
@@ -191,11 +192,17 @@ class AnnotatedCopies:
         encoded = io.BytesIO()
         annotate(prediction).save(encoded, format="JPEG", quality=92)
         stem, number = Path(prediction.file).stem, 1
-        target = self.folder / f"{stem}.jpg"
-        while not create_new(target, encoded.getvalue()):
+        while not create_new(target := self.folder / _copy_name(stem, number), encoded.getvalue()):
             number += 1
-            target = self.folder / f"{stem}_{number}.jpg"
         return target
+
+
+def _copy_name(stem: str, number: int) -> str:
+    """``<stem>.jpg``, or ``<stem>_<number>.jpg`` after the first, the stem cut to fit in 255 bytes."""
+    suffix = ".jpg" if number == 1 else f"_{number}.jpg"
+    while len(os.fsencode(stem + suffix)) > 255:
+        stem = stem[:-1]
+    return stem + suffix
 
 
 def write_predictions(

@@ -230,12 +230,14 @@ def test_a_killed_predict_leaves_no_half_written_copy_under_the_name(tmp_path: P
 
 
 def test_a_photo_with_the_longest_allowed_name_gets_its_copy(tmp_path: Path) -> None:
-    """A 251-character stem makes a 255-byte ``<stem>.jpg``, the most a name may hold; the copy still gets written."""
+    """A 251-character stem makes a 255-byte ``<stem>.jpg``, the most a name may hold; its copies still get written."""
     photo = tmp_path / f"{'a' * 251}.png"
     Image.new("RGB", (32, 24)).save(photo)
     folder = tmp_path / "annotated"
-    assert AnnotatedCopies(folder).write(ImagePrediction(str(photo), [], None)) == folder / f"{'a' * 251}.jpg"
-    assert [path.name for path in folder.iterdir()] == [f"{'a' * 251}.jpg"]
+    prediction = ImagePrediction(str(photo), [], None)
+    assert AnnotatedCopies(folder).write(prediction) == folder / f"{'a' * 251}.jpg"
+    assert AnnotatedCopies(folder).write(prediction) == folder / f"{'a' * 249}_2.jpg"  # cut to fit 255 bytes
+    assert sorted(path.name for path in folder.iterdir()) == [f"{'a' * 249}_2.jpg", f"{'a' * 251}.jpg"]
 
 
 def test_annotated_copies_without_hard_links_still_replace_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
