@@ -186,6 +186,18 @@ def test_lap2015_challenge_folder_gives_the_official_split(tmp_path: Path) -> No
     assert [s.path.name for s in split.val] == ["b.jpg"]
 
 
+def test_lap2015_image_listed_in_two_label_files_is_kept_once(tmp_path: Path) -> None:
+    """``a.jpg`` next to both ``Train.csv`` and ``Test.csv``: one sample, or it would be trained on and tested on."""
+    _jpeg(tmp_path / "a.jpg")
+    for part in ("Train", "Test"):
+        _write(tmp_path / f"{part}.csv", "image,mean,stdv\na.jpg,30,4\n")
+
+    index = load_dataset(tmp_path, "lap2015")
+
+    assert [sample.path.name for sample in index.samples] == ["a.jpg"]
+    assert [(skip.path.name, skip.reason) for skip in index.skipped] == [("a.jpg", "listed again (its first row is kept)")]
+
+
 def _appa_real(root: Path) -> None:
     """APPA-REAL layout: gt_avg_<split>.csv next to the <split>/ image folders."""
     header = "file_name,num_ratings,apparent_age_avg,apparent_age_std,real_age\n"
@@ -352,6 +364,26 @@ def test_short_csv_row_is_fatal(tmp_path: Path) -> None:
     csv_path = _write(tmp_path / "m.csv", "path,age\na.jpg\n")
     with pytest.raises(DatasetError, match=re.escape(f"{csv_path}:2: expected 2 columns, found 1")):
         load_dataset(csv_path, "csv")
+
+
+def test_csv_row_with_values_past_the_last_column_is_fatal(tmp_path: Path) -> None:
+    """``a.jpg,30,5`` under ``path,age`` is an unquoted decimal comma (30,5), not age 30."""
+    csv_path = _write(tmp_path / "m.csv", "path,age\na.jpg,30,5\n")
+    with pytest.raises(DatasetError, match=re.escape(f"{csv_path}:2: expected 2 columns, found 3")):
+        load_dataset(csv_path, "csv")
+
+
+def test_csv_row_with_trailing_empty_cells_still_loads(tmp_path: Path) -> None:
+    """Spreadsheets often export ``a.jpg,30,,``: empty cells past the header are no data."""
+    _jpeg(tmp_path / "a.jpg")
+    csv_path = _write(tmp_path / "m.csv", "path,age\na.jpg,30,,\n")
+    assert [sample.age for sample in load_dataset(csv_path, "csv").samples] == [30.0]
+
+
+def test_delimiter_is_read_from_the_first_non_blank_line(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "a.jpg")
+    csv_path = _write(tmp_path / "Train.csv", "\nimage;mean;stdv\na.jpg;30;4\n")
+    assert [(s.age, s.age_std) for s in load_dataset(csv_path, "lap2015").samples] == [(30.0, 4.0)]
 
 
 def test_all_rows_skipped_is_fatal(tmp_path: Path) -> None:

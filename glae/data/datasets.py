@@ -203,7 +203,7 @@ def _read_rows(csv_path: Path, header: bool = True) -> tuple[list[str], list[_Ro
     """
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         try:
-            delimiter = _sniff_delimiter(handle.readline())
+            delimiter = _sniff_delimiter(next((line for line in handle if line.strip()), ""))
             handle.seek(0)
             reader = csv.reader(handle, delimiter=delimiter)
             records = [(reader.line_num, row) for row in reader if any(v.strip() for v in row)]
@@ -225,8 +225,9 @@ def _read_rows(csv_path: Path, header: bool = True) -> tuple[list[str], list[_Ro
 
 
 def _to_row(csv_path: Path, columns: list[str], line: int, cells: list[str]) -> _Row:
-    """Key a record's cells by column; a short record is a broken file, so it is fatal."""
-    if len(cells) < len(columns):
+    """Key a record's cells by column. A short record, or one with values past the last
+    column (``a.jpg,30,5``: an unquoted decimal comma), is a broken file, so it is fatal."""
+    if len(cells) < len(columns) or any(cell.strip() for cell in cells[len(columns):]):
         raise DatasetError(
             f"{csv_path}:{line}: expected {len(columns)} columns, found {len(cells)}"
         )
@@ -548,7 +549,7 @@ _APPA_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 
 def _read_apparent(
     csv_path: Path, split: str | None, fallbacks: Sequence[Path]
-) -> tuple[list[AgeSample], list[SkippedFile]]:
+) -> list[tuple[Path, AgeSample]]:
     """Rows of a LAP 2015 / APPA-REAL label file: image name, mean and std of apparent age.
 
     Header names differ between releases, so each column accepts its known aliases.
@@ -567,7 +568,7 @@ def _read_apparent(
         attributes = {name: row.values[name] for name in extra}
         return path, AgeSample(path, mean, age_std=std, split=split, attributes=attributes)
 
-    return _collect(record(row) for row in rows)
+    return [record(row) for row in rows]
 
 
 def _read_apparent_files(
@@ -577,14 +578,14 @@ def _read_apparent_files(
     split_and_folder: Callable[[Path], tuple[str | None, Path]],
 ) -> DatasetIndex:
     """Several apparent-age label files as one index; ``split_and_folder`` gives each file's
-    split and the folder its images unpack to (LAP 2015 and APPA-REAL differ only there)."""
-    samples: list[AgeSample] = []
-    skipped: list[SkippedFile] = []
+    split and the folder its images unpack to (LAP 2015 and APPA-REAL differ only there).
+    An image listed in two files is kept once, from the first: otherwise it could be in
+    train and test."""
+    rows: list[tuple[Path, AgeSample]] = []
     for csv_path in csv_files:
         split, folder = split_and_folder(csv_path)
-        found, lost = _read_apparent(csv_path, split, [folder])
-        samples += found
-        skipped += lost
+        rows += _read_apparent(csv_path, split, [folder])
+    samples, skipped = _collect(rows)
     return _finish(path, format, samples, skipped)
 
 
