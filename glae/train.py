@@ -90,15 +90,25 @@ def seed_everything(seed: int) -> None:
 
 
 def load_samples(config: TrainConfig) -> DatasetIndex:
-    """Load the dataset, report what was skipped, and enforce the model's age range."""
+    """Load the dataset, report what was skipped, and enforce the model's age range
+    (unless ``data.clip_ages``: then :func:`clip_training_ages` applies it to the train part)."""
     assert config.data.path is not None, "data.path is unset (the CLI requires --data)"
     index = load_dataset(config.data.path, config.data.format, config.data.csv_columns)
     log.info(index.summary())
-    if config.data.clip_ages:
-        limit = config.model.max_age
-        index.samples = [dataclasses.replace(s, age=min(s.age, limit)) if s.age > limit else s for s in index.samples]
-    check_ages(index.samples, config.model.max_age)
+    if not config.data.clip_ages:
+        check_ages(index.samples, config.model.max_age)
     return index
+
+
+def clip_training_ages(split: Split, max_age: int) -> Split:
+    """The train part's ages above ``max_age`` set to it, so the loss sees ages the head can
+    output. Validation and test keep the true ages: a face of 105 that a K = 100 model calls
+    100 counts as 5 years off, as it is."""
+    clipped = [dataclasses.replace(s, age=float(max_age)) if s.age > max_age else s for s in split.train]
+    changed = sum(a is not b for a, b in zip(clipped, split.train))
+    if changed:
+        log.info("data.clip_ages: %d training label(s) above max_age=%d trained as %d", changed, max_age, max_age)
+    return dataclasses.replace(split, train=clipped)
 
 
 def make_split(config: TrainConfig, index: DatasetIndex) -> Split:
@@ -164,6 +174,8 @@ def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, 
     barrier(context)
     split = Split.from_json(json.loads(split_file.read_text()), index.samples, index.root)
     split = without_unreadable(split, ("val", "test") if config.data.cache else ("train", "val", "test"))
+    if config.data.clip_ages:
+        split = clip_training_ages(split, config.model.max_age)
     log.info("split: %d train, %d val, %d test", len(split.train), len(split.val), len(split.test))
     if not split.train:
         raise ValueError("the training split is empty")

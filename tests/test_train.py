@@ -375,3 +375,26 @@ def test_unreadable_images_are_dropped_from_the_split_before_training(utk_crops:
         trained = {s.path.name for s in split.train}
         assert trained == ({name for name in saved["train"] if name not in corrupt} if cache == "false" else set(saved["train"]))
     assert sum("skipped" in record.message for record in caplog.records) >= len(corrupt)
+
+
+def test_clip_ages_trains_on_clipped_ages_but_scores_the_true_ones(utk_crops: list[Path], tmp_path: Path) -> None:
+    """With ``data.clip_ages`` a K = 40 model trains on ages above 40 as 40; its validation and
+    test reports keep the true ages, so a face of 80 called 40 counts as 40 years off."""
+    from glae.data import DatasetError
+    from glae.engine import DistributedContext
+    from glae.train import load_or_make_split, load_samples
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for number, crop in enumerate(utk_crops):
+        (folder / f"{20 + 10 * (number % 6)}_0_0_2017010100000000{number}.jpg.chip.jpg").symlink_to(crop)  # ages 20-70
+    settings = [f"data.path={folder}", "model.max_age=40", "data.val_fraction=0.3", "data.test_fraction=0.3"]
+    with pytest.raises(DatasetError, match="data.clip_ages=true"):
+        load_samples(load_config(None, settings))
+    config = load_config(None, [*settings, "data.clip_ages=true"])
+    split = load_or_make_split(config, load_samples(config), tmp_path / "run", DistributedContext(device=torch.device("cpu")))
+    true_age = {path.name: float(path.name.split("_")[0]) for path in folder.iterdir()}
+    assert [s.age for s in split.train] == [min(true_age[s.path.name], 40.0) for s in split.train]
+    assert max(s.age for s in split.train) == 40.0
+    assert [s.age for s in split.val + split.test] == [true_age[s.path.name] for s in split.val + split.test]
+    assert max(s.age for s in split.val + split.test) > 40.0

@@ -25,7 +25,7 @@ class DataConfig:
     test_list: str | None = None
     fold: int = 0  # protocol lopo: the held-out subject, an index into the sorted subject ids (FG-NET: 0..81)
     limit: int | None = None  # use a seeded random subset of N images (smoke tests, quick checks)
-    clip_ages: bool = False  # ages above model.max_age: error (False) or clip to K (True)
+    clip_ages: bool = False  # ages above model.max_age: error (False) or trained as K (True; val/test keep the true age)
     use_label_std: bool = False  # Gaussian σ from the annotated apparent-age std where known (LAP 2015)
     num_workers: int = 2  # loader processes; 0 loads in the training process
     cache: bool = True  # decode + resize training images once into a memory-mapped file (glae/data/cache.py)

@@ -691,5 +691,5 @@ def check_ages(samples: Iterable[AgeSample], max_age: int) -> None:
     oldest = max(s.age for s in too_old)
     raise DatasetError(
         f"{len(too_old)} sample(s) older than max_age={max_age}, e.g. {examples}; "
-        f"set model.max_age >= {math.ceil(oldest)}"
+        f"set model.max_age >= {math.ceil(oldest)}, or data.clip_ages=true to train on them as {max_age}"
     )
