@@ -41,6 +41,21 @@ def test_exif_orientation_6_is_applied(tmp_path: Path) -> None:
     assert out[12:, :, 2].mean() > 200 and out[12:, :, 0].mean() < 60
 
 
+def test_a_photo_with_a_broken_exif_block_is_read_as_stored(tmp_path: Path) -> None:
+    """An EXIF block without its TIFF header (editors write such): the pixels are fine, so the photo is read."""
+    path = tmp_path / "broken_exif.png"
+    Image.new("RGB", (30, 20), (200, 100, 50)).save(path, exif=b"Exif\x00\x00not-a-tiff")
+    image = read_rgb(path)
+    assert image.size == (30, 20)
+    assert tuple(_rgb(image)[10, 15]) == (200, 100, 50)
+
+
+def test_an_empty_pil_image_is_an_image_read_error() -> None:
+    """A 0x0 PIL image is refused as the empty input it is, not a ZeroDivisionError in the face detector."""
+    with pytest.raises(ImageReadError, match="empty image 0x5"):
+        read_rgb(Image.new("RGB", (0, 5)))
+
+
 def test_grayscale(tmp_path: Path) -> None:
     path = tmp_path / "gray.png"
     Image.new("L", (5, 4), 77).save(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Union
@@ -125,9 +126,21 @@ def read_rgb(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
     if image.width * image.height > max_pixels:
         raise ImageReadError(_limit_message(name, f"{image.width}x{image.height}", max_pixels))
     try:
-        return _to_8bit_rgb(ImageOps.exif_transpose(image))
-    except (OSError, SyntaxError, ValueError) as error:  # a lazy PIL image whose data turns out broken
+        image.load()  # a lazy PIL image whose data turns out broken fails here
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
+    if min(image.size) == 0:
+        raise ImageReadError(f"{name}: empty image {image.width}x{image.height}")
+    return _to_8bit_rgb(_upright(image))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; as stored when the EXIF block is broken
+    (cameras and editors write such blocks, and the pixels are fine)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (SyntaxError, ValueError, TypeError, struct.error, OSError):
+        return image
 
 
 class AgeImageDataset(Dataset):
