@@ -204,7 +204,11 @@ class AgeEstimator:
         return list(self.iter_predict(batch, aligned))
 
     def iter_predict(self, images: Iterable[ImageInput], aligned: bool = False) -> Iterator[ImagePrediction]:
-        """Like ``predict`` but lazy, in input order: memory stays bounded on any number of photos."""
+        """Like ``predict`` but lazy, in input order: memory stays bounded on any number of photos.
+
+        Faces wait until a batch of them is full; photos without a face (or unreadable) ahead
+        of the first waiting face come out at once, so a folder of landscapes still streams.
+        """
         detector = None if aligned else self.detector  # missing weights fail here, not once per photo
         pending: list[_Prepared] = []
         waiting_crops = 0
@@ -215,6 +219,10 @@ class AgeEstimator:
             if waiting_crops >= self.options.batch_size:
                 yield from self._finish(pending)
                 pending, waiting_crops = [], 0
+            else:
+                faceless = next((n for n, item in enumerate(pending) if item.crops), len(pending))
+                yield from self._finish(pending[:faceless])
+                del pending[:faceless]
         yield from self._finish(pending)
 
     def _prepare(self, photos: list[_Photo], detector: FaceDetector | None) -> list[_Prepared]:

@@ -98,6 +98,22 @@ def test_awkward_formats(estimator: AgeEstimator, utk_crops: list[Path], tmp_pat
     assert "exceeds the limit" in results[-1].error
 
 
+def test_photos_without_faces_are_yielded_without_waiting_for_a_full_batch(estimator: AgeEstimator, utk_crops: list[Path]) -> None:
+    """``glae predict landscapes/ --jsonl`` prints as it goes: faceless inputs do not wait for 4 faces to pile up."""
+    consumed = []
+
+    def inputs():
+        for number in range(100):
+            consumed.append(number)
+            yield b"not an image"
+
+    results = estimator.iter_predict(inputs(), aligned=True)
+    assert next(results).error is not None
+    assert len(consumed) <= 4  # one read batch, not the whole run
+    mixed = list(estimator.iter_predict([b"x", utk_crops[0], b"y", b"z"], aligned=True))
+    assert [len(result.faces) for result in mixed] == [0, 1, 0, 0]  # order kept
+
+
 def test_aligned_inputs_skip_detection(estimator: AgeEstimator, utk_crops: list[Path]) -> None:
     (result,) = estimator.predict(utk_crops[0], aligned=True)
     (face,) = result.faces
