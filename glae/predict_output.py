@@ -77,17 +77,24 @@ class CsvOutput:
     def lines(self, prediction: ImagePrediction) -> list[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
+        file = None if prediction.file is None else utf8_name(prediction.file)
         if not prediction.faces:
-            writer.writerow([prediction.file, "", "", "", "", "", "", "", "", "", "", prediction.error or "no face"])
+            writer.writerow([file, "", "", "", "", "", "", "", "", "", "", prediction.error or "no face"])
         for number, face in enumerate(prediction.faces, 1):
             box = [f"{v:.1f}" for v in face.box]
             low, high = (f"{v:.2f}" for v in face.interval_90)
             score = "" if face.score is None else f"{face.score:.4f}"
-            writer.writerow([prediction.file, number, *box, f"{face.age:.2f}", low, high, face.head, score, ""])
-        return buffer.getvalue().splitlines()
+            writer.writerow([file, number, *box, f"{face.age:.2f}", low, high, face.head, score, ""])
+        return [buffer.getvalue().removesuffix("\n")]  # one block: a quoted name may hold line breaks
 
     def footer(self) -> None:
         return None
+
+
+def utf8_name(name: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (a Latin-1 ``caf\\xe9.jpg``) as ``\\xe9``, so
+    writing the row cannot fail on a strict UTF-8 stdout."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 class TableOutput:

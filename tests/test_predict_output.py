@@ -20,7 +20,7 @@ from PIL import Image
 from glae import fileio
 from glae.cli import main
 from glae.estimator import ImagePrediction
-from glae.predict_output import AnnotatedCopies, JsonLinesOutput, JsonOutput, TableOutput, place_labels, write_predictions
+from glae.predict_output import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, TableOutput, place_labels, write_predictions
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -125,6 +125,15 @@ def test_cli_json(photo_folder: Path, model_file: Path, capsys: pytest.CaptureFi
         assert record["error"] is None and len(face["box"]) == 4 and len(face["landmarks"]) == 5
         assert face["interval_90"][0] <= face["age"] <= face["interval_90"][1] and face["head"] in ("vanilla", "balanced")
     assert "3 file(s): 2 face(s) in 2, 0 without a face, 1 skipped" in err
+
+
+def test_csv_rows_of_names_that_are_not_utf8_can_be_written_as_utf8() -> None:
+    """A Latin-1 name (``caf\\xe9.jpg``, surrogate-escaped by Python) gets a row a strict UTF-8 stdout accepts;
+    a name holding a Unicode line separator stays one cell of one row."""
+    latin1 = os.fsdecode(b"caf\xe9.jpg")
+    rows = [line for name in (latin1, "line\u2028separator.jpg") for line in CsvOutput().lines(ImagePrediction(name, [], "no face"))]
+    parsed = list(csv.reader(io.StringIO("\n".join(rows).encode("utf-8").decode("utf-8"))))
+    assert [row[0] for row in parsed] == ["caf\\xe9.jpg", "line\u2028separator.jpg"]
 
 
 def test_cli_csv_and_annotate(photo_folder: Path, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
