@@ -245,6 +245,7 @@ def _faces(args: argparse.Namespace, info: dict[str, Any], part: str | None) -> 
     """
     from .config import load_config
     from .data import Split, load_dataset, split_dataset
+    from .data.images import readable_samples
 
     config = load_config(args.config, [f"data.format={args.format}"] if args.format else []) if getattr(args, "config", None) else None
     data_format = args.format or (config.data.format if config else info.get("data_format", "utkface"))
@@ -252,10 +253,15 @@ def _faces(args: argparse.Namespace, info: dict[str, Any], part: str | None) -> 
     index = load_dataset(args.data, data_format, csv_columns)
     logging.getLogger(__name__).info(index.summary())
     if args.split is not None:
-        return list(getattr(Split.from_json(_read_split(args.split), index.samples, index.root), part or "test"))
-    if config is not None:
-        return list(getattr(split_dataset(index.samples, config.data), part or "test"))
-    return index.samples
+        samples = list(getattr(Split.from_json(_read_split(args.split), index.samples, index.root), part or "test"))
+    elif config is not None:
+        samples = list(getattr(split_dataset(index.samples, config.data), part or "test"))
+    else:
+        samples = index.samples
+    samples, problems = readable_samples(samples)  # as training does, so a run's split.json scores the same faces
+    for problem in problems:
+        logging.getLogger(__name__).warning("skipped: %s", problem)
+    return samples
 
 
 def _warn_beyond_model_range(samples: list[AgeSample], max_age: int) -> None:

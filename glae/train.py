@@ -26,7 +26,6 @@ import json
 import logging
 import random
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, cast
@@ -56,7 +55,7 @@ from .config import (
 )
 from .data import AgeSample, DatasetIndex, Split, check_ages, load_dataset, split_dataset
 from .data.cache import CachedImages, open_image_cache
-from .data.images import AgeImageDataset, ImageReadError, ages_of, read_rgb
+from .data.images import AgeImageDataset, ages_of, readable_samples
 from .data.samplers import EpochSampler
 from .data.transforms import train_transform
 from .engine import (
@@ -182,29 +181,18 @@ def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, 
     return split
 
 
-def _problem(sample: AgeSample) -> str | None:
-    try:
-        read_rgb(sample.path)
-    except ImageReadError as error:
-        return str(error)
-    return None
-
-
 def without_unreadable(split: Split, parts: tuple[str, ...]) -> Split:
     """``split`` without the images of ``parts`` that cannot be decoded, each one logged.
 
     A corrupt file is found before training, not at the first validation or after the last
     epoch. The image cache skips unreadable training images the same way, so ``data.cache``
-    never changes which images a run uses. Decoding runs on two threads (Pillow releases the GIL).
+    never changes which images a run uses.
     """
     kept = {}
-    with ThreadPoolExecutor(2) as pool:
-        for part in parts:
-            samples = getattr(split, part)
-            problems = list(pool.map(_problem, samples))
-            for problem in filter(None, problems):
-                log.warning("skipped (%s part): %s", part, problem)
-            kept[part] = [sample for sample, problem in zip(samples, problems) if problem is None]
+    for part in parts:
+        kept[part], problems = readable_samples(getattr(split, part))
+        for problem in problems:
+            log.warning("skipped (%s part): %s", part, problem)
     return dataclasses.replace(split, **kept)
 
 

@@ -48,6 +48,21 @@ def test_eval_reads_a_manifest_by_its_own_column_names(tmp_path: Path, capsys: p
     assert "missing required column 'path' for the path" in _error(capsys)
 
 
+def test_eval_skips_a_corrupt_image_as_training_does(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog) -> None:
+    """One truncated JPEG in the manifest: eval scores the other faces and names the skipped file."""
+    from PIL import Image
+
+    Image.new("RGB", (48, 48), (120, 90, 60)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (48, 48), (60, 90, 120)).save(tmp_path / "whole.jpg")
+    (tmp_path / "b.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:200])
+    (tmp_path / "table.csv").write_text("path,age\na.jpg,30\nb.jpg,40\n")
+    json_file = tmp_path / "report.json"
+    argv = ["eval", "--data", str(tmp_path / "table.csv"), "--format", "csv", "--workers", "0", "--device", "cpu", "--json", str(json_file)]
+    assert main(argv) == 0
+    assert "on 1 images" in capsys.readouterr().out
+    assert any("b.jpg" in record.message and "skipped" in record.message for record in caplog.records)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
