@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +15,11 @@ from .data.datasets import AgeSample
 from .data.images import AgeImageDataset
 from .data.transforms import eval_transform
 from .engine import predict_views_dataset
-from .metrics import AGE_GROUPS, age_class, summarize
+from .metrics import AGE_GROUPS, age_class, epsilon_error, summarize
 from .models.glae import AgeModel
 from .routing import ROUTING_MODES, RoutingMode, heads_for, route
+
+log = logging.getLogger(__name__)
 
 
 def available_modes(views: dict[str, Tensor]) -> tuple[RoutingMode, ...]:
@@ -51,15 +54,21 @@ def evaluate_views(
     modes = available_modes(views)
     if mode not in modes:
         raise ValueError(f"mode {mode!r} needs a trained balanced head; this model supports {modes}")
-    known_std = torch.isfinite(stds) & (stds > 0)
-    sigma = stds.numpy() if bool(known_std.all()) and len(stds) else None
+    known_std = (torch.isfinite(stds) & (stds > 0)).numpy()
+    if 0 < known_std.sum() < len(known_std):
+        log.warning("the epsilon-error covers the %d of %d images with a positive std of their age votes",
+                    known_std.sum(), len(known_std))
     truth = ages.numpy()
     per_mode: dict[str, dict[str, Any]] = {}
     routed = {}
     for name in modes:
         routed[name] = route(views, name)
-        summary = summarize(truth, routed[name].ages.numpy(), sigma)
+        predicted = routed[name].ages.numpy()
+        summary = summarize(truth, predicted, None)
         summary.pop("aar_detail")
+        if known_std.any():
+            summary["epsilon_error"] = epsilon_error(truth[known_std], predicted[known_std], stds.numpy()[known_std])
+        summary["epsilon_images"] = int(known_std.sum())
         per_mode[name] = summary
     report = dict(per_mode[mode])
     report["mode"] = mode

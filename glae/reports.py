@@ -96,6 +96,8 @@ def _header_section(report: dict) -> str:
             lines.append(f"- {label}: `{report[key]}`")
     lines.append(f"- Mode of the top-level numbers: `{report['mode']}`")
     lines.append(f"- Images: {_fmt(report.get('n_images'))}")
+    if 0 < report.get("epsilon_images", 0) < report.get("n_images", 0):
+        lines.append(f"- ε-error over the {report['epsilon_images']} images with a positive std of their age votes")
     return "\n".join(lines)
 
 

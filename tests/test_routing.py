@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from glae.evaluate import available_modes, evaluate_views, routing_usage
+from glae.reports import markdown_report
 from glae.routing import ROUTING_MODES, heads_for, route, routing_mode
 
 
@@ -211,3 +212,17 @@ def test_a_stage1_model_is_evaluated_with_its_vanilla_head_only() -> None:
     assert routing_mode({}) == "vanilla"
     assert heads_for("vanilla") == ("vanilla",)
     assert heads_for("routing") == heads_for("bigger") == heads_for("balanced") == ("vanilla", "balanced")
+
+
+def test_epsilon_error_covers_the_images_with_a_positive_std(caplog) -> None:
+    """One face whose votes all agreed (std 0) and one without votes (NaN): the epsilon-error is
+    the mean over the other faces, by hand, and says how many it covers, instead of vanishing."""
+    views = _random_views(4, 11, ("vanilla",), seed=5)
+    ages = torch.tensor([2.0, 4.0, 6.0, 8.0])
+    report = evaluate_views(views, ages, torch.tensor([2.0, 0.0, float("nan"), 1.0]), mode="vanilla")
+    predicted = route(views, "vanilla").ages.double()
+    by_hand = [1 - math.exp(-float(predicted[i] - ages[i]) ** 2 / (2 * sigma**2)) for i, sigma in ((0, 2.0), (3, 1.0))]
+    assert report["epsilon_error"] == pytest.approx(sum(by_hand) / 2, abs=1e-6)
+    assert report["epsilon_images"] == 2
+    assert "covers the 2 of 4 images" in caplog.text
+    assert "ε-error over the 2 images with a positive std" in markdown_report(report)
