@@ -278,3 +278,23 @@ def test_non_finite_limits_are_one_line_at_startup(option: str, value: str, caps
     """``--max-upload-mb nan`` once passed the check, then every upload answered 500."""
     assert main(["serve", option, value, "--model", "/nonexistent.safetensors"]) == 2
     assert capsys.readouterr().err == f"error: {option} must be a positive finite number, got {float(value)}\n"
+
+
+def test_a_client_that_disconnects_mid_upload_is_a_400_not_a_server_bug() -> None:
+    """Ctrl-C during a slow upload is an ApiError 400, which the app answers without logging a traceback as a bug."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from glae.serve.errors import ApiError
+    from glae.serve.upload import read_image_upload
+
+    messages = iter([{"type": "http.request", "body": b"--x\r\n" + b"\0" * 1000, "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict:
+        return next(messages)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/predict", "headers": [(b"content-length", b"1000000")]}
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(read_image_upload(Request(scope, receive), max_bytes=2**20))
+    assert (refused.value.status, refused.value.message) == (400, "the client disconnected before its upload was complete")

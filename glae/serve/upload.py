@@ -8,7 +8,7 @@ only a body within the limit is handed to Starlette's multipart parser.
 from __future__ import annotations
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
 from .errors import ApiError
@@ -38,13 +38,16 @@ async def read_image_upload(request: Request, max_bytes: int) -> bytes:
     too_large = declared_size > limit
     body = bytearray()
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        too_large = too_large or received > limit
-        if received > limit + LINGER_BYTES:
-            break
-        if not too_large:
-            body += chunk
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            too_large = too_large or received > limit
+            if received > limit + LINGER_BYTES:
+                break
+            if not too_large:
+                body += chunk
+    except ClientDisconnect:  # the client gave up (Ctrl-C on a slow upload): no server bug to log
+        raise ApiError(400, "the client disconnected before its upload was complete") from None
     if too_large:
         raise ApiError(413, _too_large(max_bytes))
     form = await Request(request.scope, _replay(bytes(body))).form(max_files=1, max_fields=8)
