@@ -120,6 +120,22 @@ def test_several_photos_and_their_downloads(browser: webdriver.Chrome, server: L
     assert [float(row["age"]) for row in rows] == [round(answer["faces"][0]["age"], 2) for answer in expected]
 
 
+def test_a_new_selection_during_estimation_replaces_the_earlier_one(
+    browser: webdriver.Chrome, server: LocalServer, utk_crops: list[Path], tmp_path: Path
+) -> None:
+    """Three photos chosen, then one more before the three are done: only the last one is shown and downloaded."""
+    photos = [tmp_path / path.name for path in utk_crops[:4]]
+    for source, photo in zip(utk_crops, photos):
+        photo.write_bytes(source.read_bytes())
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "file").send_keys("\n".join(str(photo) for photo in photos[:3]))  # not waited for
+    assert _upload(browser, photos[3]) == "done"
+    browser.execute_script("return new Promise(resolve => setTimeout(resolve, 1500))")  # the earlier loop's late answers
+    assert [element.text for element in browser.find_elements(By.CSS_SELECTOR, ".result h2")] == [photos[3].name]
+    fetch = "return fetch(document.getElementById(arguments[0]).href).then(response => response.text())"
+    assert [entry["file"] for entry in json.loads(browser.execute_script(fetch, "download-json"))] == [photos[3].name]
+
+
 def test_a_file_dropped_outside_the_box_does_not_leave_the_page(browser: webdriver.Chrome, server: LocalServer) -> None:
     browser.get(server.url + "/")
     prevented = browser.execute_script(

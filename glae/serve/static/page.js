@@ -142,8 +142,12 @@ async function predict(file) {
 }
 
 // A new selection replaces everything shown before: no result of an earlier photo may
-// stay on screen next to the answer for a new one.
+// stay on screen next to the answer for a new one. A selection made while an earlier one
+// is still being estimated stops the earlier loop at its next step (``selection`` moved on).
+let selection = 0;
+
 async function estimateAll(files) {
+  const mine = ++selection;
   for (const section of document.querySelectorAll(".result img")) URL.revokeObjectURL(section.src);
   $("results").replaceChildren();
   $("downloads").hidden = true;
@@ -152,9 +156,11 @@ async function estimateAll(files) {
   for (const [index, file] of files.entries()) {
     setStatus(`Estimating ages in ${file.name} (${index + 1} of ${files.length})…`, "busy");
     const { result, error } = await predict(file);
+    if (mine !== selection) return;
     results.push(error ? { file: file.name, faces: [], error } : { file: file.name, ...result, error: null });
     if (error) failures.push(`${file.name}: ${error}`);
     await showResult(file, result, error);
+    if (mine !== selection) return;
   }
   const faces = results.reduce((count, entry) => count + entry.faces.length, 0);
   const done = files.length === 1 && !failures.length ? summary(results[0]) : `${files.length} photo(s), ${faces} face(s).`;
