@@ -82,6 +82,18 @@ def test_split_from_field_maps_valid_to_val() -> None:
     assert [s.path.name for s in split.test] == ["3.jpg"]
 
 
+def test_split_from_field_warns_when_a_person_is_in_train_and_test(caplog) -> None:
+    """The dataset's own split is kept, but a subject on both sides is said: its test score flatters the model."""
+    samples = [AgeSample(ROOT / f"{i}.jpg", 30, split=part, subject=person)
+               for i, (part, person) in enumerate([("train", "ann"), ("test", "ann"), ("train", "bob"), ("test", "cy")])]
+    split = split_from_field(samples)
+    assert [s.path.name for s in split.test] == ["1.jpg", "3.jpg"]
+    assert "1 subject(s) have images in both the train and the test part, e.g. ann" in caplog.text
+    caplog.clear()
+    split_from_field([s for s in samples if s.subject != "ann"])
+    assert "subject" not in caplog.text
+
+
 def test_split_from_field_without_split_is_fatal() -> None:
     with pytest.raises(DatasetError, match="no split field"):
         split_from_field(_samples(3))

@@ -169,7 +169,18 @@ def split_from_field(samples: Sequence[AgeSample]) -> Split:
         if part is None:
             raise DatasetError(f"{sample.path}: unknown split {sample.split!r}")
         parts[part].append(sample)
-    return Split(**parts)
+    return _warn_shared_subjects(Split(**parts))
+
+
+def _warn_shared_subjects(split: Split) -> Split:
+    """A fixed split is the dataset's own; still, a person in both train and test inflates the
+    test score, so it is said (a random split by subject is the remedy)."""
+    trained = {s.subject for s in split.train if s.subject is not None}
+    shared = sorted({s.subject for s in split.test if s.subject in trained})
+    if shared:
+        log.warning("%d subject(s) have images in both the train and the test part, e.g. %s: "
+                    "test faces of people seen in training score better than new people would", len(shared), shared[0])
+    return split
 
 
 def _read_list(list_file: Path) -> list[tuple[int, str]]:
@@ -232,7 +243,7 @@ def split_from_lists(
                 raise DatasetError(f"{where}: {entry!r} already listed at {seen[key]}")
             seen[key] = where
             parts[part].append(matches[0])
-    return Split(**parts)
+    return _warn_shared_subjects(Split(**parts))
 
 
 def leave_one_subject_out(samples: Sequence[AgeSample]) -> Iterator[tuple[str, Split]]:
