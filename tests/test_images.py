@@ -50,6 +50,11 @@ def test_a_photo_with_a_broken_exif_block_is_read_as_stored(tmp_path: Path) -> N
     assert tuple(_rgb(image)[10, 15]) == (200, 100, 50)
 
 
+def test_a_pil_image_in_a_mode_without_rgb_conversion_is_an_image_read_error() -> None:
+    with pytest.raises(ImageReadError, match="colour mode La cannot be read as RGB"):
+        read_rgb(Image.new("La", (4, 4)))
+
+
 def test_an_empty_pil_image_is_an_image_read_error() -> None:
     """A 0x0 PIL image is refused as the empty input it is, not a ZeroDivisionError in the face detector."""
     with pytest.raises(ImageReadError, match="empty image 0x5"):

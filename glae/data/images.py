@@ -132,7 +132,10 @@ def read_rgb(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
         raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
     if min(image.size) == 0:
         raise ImageReadError(f"{name}: empty image {image.width}x{image.height}")
-    return _to_8bit_rgb(_upright(image))
+    try:
+        return _to_8bit_rgb(_upright(image))
+    except ValueError as error:  # a mode Pillow cannot turn into RGB (``La``...)
+        raise ImageReadError(f"{name}: colour mode {image.mode} cannot be read as RGB ({error})") from None
 
 
 def _upright(image: Image.Image) -> Image.Image:
