@@ -407,10 +407,7 @@ def begin_stage(model: AgeModel, config: TrainConfig, number: int) -> None:
     """
     stage = config.stages[number - 1]
     if stage.init_from:
-        source, _ = load_model(stage.init_from)
-        if dataclasses.replace(source.config, pretrained=model.config.pretrained) != model.config:
-            raise ValueError(f"stages.{number - 1}.init_from {stage.init_from}: its model settings differ from this run's")
-        model.load_state_dict(source.state_dict())
+        model.load_state_dict(init_source(model, config, number).state_dict())
     head = model.heads[stage.head]
     if stage.head_init == "copy":
         head.load_state_dict(model.heads[stage.copy_from].state_dict())
@@ -427,6 +424,26 @@ def begin_stage(model: AgeModel, config: TrainConfig, number: int) -> None:
 def freeze_for_stage(model: AgeModel, stage: StageConfig) -> None:
     """Fix what ``stage`` keeps fixed: at its start and again when a run resumes inside it."""
     freeze(model, frozen_parts(stage), stage.freeze_backbone_layers)
+
+
+def init_source(model: AgeModel, config: TrainConfig, number: int) -> AgeModel:
+    """Stage ``number``'s ``init_from`` model, refused unless it is this run's network fed the same pixels.
+
+    The pixel normalization is compared on its own: with ``normalization: backbone`` it
+    follows ``pretrained``, which the settings comparison leaves out (``init_from``
+    replaces the ImageNet weights anyway).
+    """
+    path = config.stages[number - 1].init_from
+    assert path is not None
+    source, _ = load_model(path)
+    if dataclasses.replace(source.config, pretrained=model.config.pretrained) != model.config:
+        raise ValueError(f"stages.{number - 1}.init_from {path}: its model settings differ from this run's")
+    if source.normalization != model.normalization:
+        raise ValueError(
+            f"stages.{number - 1}.init_from {path} was trained on pixels normalized as {source.normalization}, "
+            f"this run would feed {model.normalization}; set model.normalization to match"
+        )
+    return source
 
 
 def check_backbone_layers(model: AgeModel, config: TrainConfig) -> None:
@@ -504,12 +521,16 @@ def _train(config: TrainConfig, out_dir: Path, context: DistributedContext, show
     seed_everything(config.seed)
     model = AgeModel(config.model)
     check_backbone_layers(model, config)
+    checkpoint_path = out_dir / "checkpoints" / "last.pt"
+    state = load_training_state(checkpoint_path) if checkpoint_path.exists() else None
+    with torch.random.fork_rng(devices=[]):  # building the source draws random numbers the run must not lose
+        for number, stage in enumerate(config.stages, 1):
+            if stage.init_from and state is None:
+                init_source(model, config, number)  # a wrong source fails now, not after the stages before it
     model.to(context.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    checkpoint_path = out_dir / "checkpoints" / "last.pt"
-    state = load_training_state(checkpoint_path) if checkpoint_path.exists() else None
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     writer = SummaryWriter(str(out_dir / "tensorboard")) if context.is_main else None
     if state is not None:

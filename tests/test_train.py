@@ -398,3 +398,21 @@ def test_clip_ages_trains_on_clipped_ages_but_scores_the_true_ones(utk_crops: li
     assert max(s.age for s in split.train) == 40.0
     assert [s.age for s in split.val + split.test] == [true_age[s.path.name] for s in split.val + split.test]
     assert max(s.age for s in split.val + split.test) > 40.0
+
+
+def test_init_from_refuses_a_source_trained_on_other_pixels(tmp_path: Path) -> None:
+    """A stage-1 model trained from ImageNet weights (Lite0: TF pixel scaling) cannot seed a run
+    that turned ``pretrained`` off (paper scaling): its frozen backbone would see other pixels."""
+    from glae.checkpoint import save_model
+    from glae.models.glae import ModelConfig
+    from glae.train import begin_stage, init_source
+
+    source = tmp_path / "stage1.safetensors"
+    save_model(source, AgeModel(ModelConfig(backbone="efficientnet_lite0", pretrained=True, max_age=10, input_size=64)))
+    settings = ["model.backbone=efficientnet_lite0", "model.max_age=10", "model.input_size=64", "model.normalization=backbone",
+                "stage1.epochs=0", f"stage2.init_from={source}"]
+    other = load_config(None, [*settings, "model.pretrained=false"])
+    with pytest.raises(ValueError, match="normalized as .* this run would feed"):
+        begin_stage(AgeModel(other.model), other, 2)
+    same = load_config(None, [*settings, "model.pretrained=true"])
+    assert init_source(AgeModel(same.model), same, 2).normalization == AgeModel(same.model).normalization
