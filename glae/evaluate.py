@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +17,6 @@ from .engine import predict_views_dataset
 from .metrics import AGE_GROUPS, age_class, epsilon_error, summarize
 from .models.glae import AgeModel
 from .routing import ROUTING_MODES, RoutingMode, heads_for, route
-
-log = logging.getLogger(__name__)
 
 
 def available_modes(views: dict[str, Tensor]) -> tuple[RoutingMode, ...]:
@@ -54,10 +51,7 @@ def evaluate_views(
     modes = available_modes(views)
     if mode not in modes:
         raise ValueError(f"mode {mode!r} needs a trained balanced head; this model supports {modes}")
-    known_std = (torch.isfinite(stds) & (stds > 0)).numpy()
-    if 0 < known_std.sum() < len(known_std):
-        log.warning("the epsilon-error covers the %d of %d images with a positive std of their age votes",
-                    known_std.sum(), len(known_std))
+    known_std = (torch.isfinite(stds) & (stds > 0)).numpy()  # the epsilon-error covers these (``epsilon_images``)
     truth = ages.numpy()
     per_mode: dict[str, dict[str, Any]] = {}
     routed = {}

@@ -41,7 +41,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     except OSError as error:
         Path(temp).unlink(missing_ok=True)
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(error.errno, f"no space left on device while writing {path}; free some space, then rerun the same command") from None
+            raise _disk_full(path) from None
         raise
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -56,15 +56,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 def create_new(path: str | os.PathLike, data: bytes) -> bool:
     """Write ``data`` as ``path`` only if no file has that name; False if the name is taken.
 
-    The finished temporary sibling is hard-linked to ``path`` (a link never replaces an
-    existing name), so even a ``kill -9`` leaves no half-written file under the name. Where
-    the filesystem has no hard links, the file is created exclusively and written in place.
+    The finished, flushed temporary sibling is hard-linked to ``path`` (a link never
+    replaces an existing name), so even a ``kill -9`` leaves no half-written file under the
+    name; at most a hidden ``.<name>.*.tmp`` beside it. Where the filesystem has no hard
+    links, the file is created exclusively and written in place.
     """
     path = Path(path)
     handle, temp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.chmod(temp, 0o666 & ~_umask())
         try:
             os.link(temp, path)
@@ -75,8 +78,16 @@ def create_new(path: str | os.PathLike, data: bytes) -> bool:
                 raise
             return _create_exclusively(path, data)
         return True
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(path) from None
+        raise
     finally:
         Path(temp).unlink(missing_ok=True)
+
+
+def _disk_full(path: Path) -> OSError:
+    return OSError(errno.ENOSPC, f"no space left on device while writing {path}; free some space, then rerun the same command")
 
 
 def _create_exclusively(path: Path, data: bytes) -> bool:

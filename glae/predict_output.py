@@ -79,7 +79,7 @@ class CsvOutput:
         writer = csv.writer(buffer, lineterminator="\n")
         file = None if prediction.file is None else utf8_name(prediction.file)
         if not prediction.faces:
-            writer.writerow([file, "", "", "", "", "", "", "", "", "", "", prediction.error or "no face"])
+            writer.writerow([file, "", "", "", "", "", "", "", "", "", "", utf8_name(prediction.error or "no face")])  # errors quote names
         for number, face in enumerate(prediction.faces, 1):
             box = [f"{v:.1f}" for v in face.box]
             low, high = (f"{v:.2f}" for v in face.interval_90)

@@ -131,9 +131,11 @@ def test_csv_rows_of_names_that_are_not_utf8_can_be_written_as_utf8() -> None:
     """A Latin-1 name (``caf\\xe9.jpg``, surrogate-escaped by Python) gets a row a strict UTF-8 stdout accepts;
     a name holding a Unicode line separator stays one cell of one row."""
     latin1 = os.fsdecode(b"caf\xe9.jpg")
-    rows = [line for name in (latin1, "line\u2028separator.jpg") for line in CsvOutput().lines(ImagePrediction(name, [], "no face"))]
+    predictions = [ImagePrediction(latin1, [], f"{latin1}: corrupt or truncated image"), ImagePrediction("line\u2028separator.jpg", [], None)]
+    rows = [line for prediction in predictions for line in CsvOutput().lines(prediction)]
     parsed = list(csv.reader(io.StringIO("\n".join(rows).encode("utf-8").decode("utf-8"))))
-    assert [row[0] for row in parsed] == ["caf\\xe9.jpg", "line\u2028separator.jpg"]
+    assert [(row[0], row[-1]) for row in parsed] == [
+        ("caf\\xe9.jpg", "caf\\xe9.jpg: corrupt or truncated image"), ("line\u2028separator.jpg", "no face")]
 
 
 def test_cli_csv_and_annotate(photo_folder: Path, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -229,9 +231,11 @@ def test_a_killed_predict_leaves_no_half_written_copy_under_the_name(tmp_path: P
     prediction = ImagePrediction(str(photo), [], None)
     child = os.fork()
     if child == 0:  # the child is killed just before its finished copy would take the name
-        fileio.os.link = lambda *names: os._exit(9)  # type: ignore[assignment]
-        AnnotatedCopies(folder).write(prediction)
-        os._exit(0)
+        try:
+            fileio.os.link = lambda *names: os._exit(9)  # type: ignore[assignment]
+            AnnotatedCopies(folder).write(prediction)
+        finally:
+            os._exit(0)  # never back into pytest, whatever happened
     assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 9
     assert not (folder / "IMG_1.jpg").exists()
     assert AnnotatedCopies(folder).write(prediction) == folder / "IMG_1.jpg"
@@ -268,16 +272,16 @@ def test_annotated_copies_without_hard_links_still_replace_nothing(tmp_path: Pat
 
 
 def test_an_annotated_copy_that_fails_midway_leaves_no_half_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full disk while writing ``IMG_1.jpg``: the error stops the run, and no truncated copy takes the name."""
+    """A full disk as the finished copy of ``IMG_1.png`` would take its name: the run stops with the
+    usual advice, and the folder holds neither a copy nor a temporary."""
     photo = tmp_path / "IMG_1.png"
     Image.new("RGB", (32, 24)).save(photo)
     folder = tmp_path / "annotated"
 
-    def disk_full(self: Image.Image, stream: io.BufferedWriter, **options: object) -> None:
-        stream.write(b"\xff\xd8 half a jpeg")
+    def disk_full(source: str, target: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Image.Image, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(fileio.os, "link", disk_full)
+    with pytest.raises(OSError, match="no space left on device while writing .*IMG_1.jpg; free some space"):
         AnnotatedCopies(folder).write(ImagePrediction(str(photo), [], None))
     assert list(folder.iterdir()) == []

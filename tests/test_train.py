@@ -382,7 +382,7 @@ def test_clip_ages_trains_on_clipped_ages_but_scores_the_true_ones(utk_crops: li
     test reports keep the true ages, so a face of 80 called 40 counts as 40 years off."""
     from glae.data import DatasetError
     from glae.engine import DistributedContext
-    from glae.train import load_or_make_split, load_samples
+    from glae.train import calibration_faces, load_or_make_split, load_samples
 
     folder = tmp_path / "faces"
     folder.mkdir()
@@ -398,6 +398,7 @@ def test_clip_ages_trains_on_clipped_ages_but_scores_the_true_ones(utk_crops: li
     assert max(s.age for s in split.train) == 40.0
     assert [s.age for s in split.val + split.test] == [true_age[s.path.name] for s in split.val + split.test]
     assert max(s.age for s in split.val + split.test) > 40.0
+    assert [s.age for s in calibration_faces(split.val, config)] == [min(true_age[s.path.name], 40.0) for s in split.val]
 
 
 def test_init_from_refuses_a_source_trained_on_other_pixels(tmp_path: Path) -> None:
@@ -416,3 +417,23 @@ def test_init_from_refuses_a_source_trained_on_other_pixels(tmp_path: Path) -> N
         begin_stage(AgeModel(other.model), other, 2)
     same = load_config(None, [*settings, "model.pretrained=true"])
     assert init_source(AgeModel(same.model), same, 2).normalization == AgeModel(same.model).normalization
+
+
+def test_a_wrong_init_from_stops_the_run_before_stage_1_trains(utk_crops: list[Path], tmp_path: Path, capsys) -> None:
+    """Stage 2 set to start from a model of other settings: refused at start, not after stage 1's hours."""
+    from glae.checkpoint import save_model
+    from glae.models.glae import ModelConfig
+
+    source = tmp_path / "other.safetensors"
+    save_model(source, AgeModel(ModelConfig(backbone="resnet18", pretrained=False, max_age=50, input_size=32)))
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for crop in utk_crops:
+        (folder / crop.name).symlink_to(crop)
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(folder), "--out", str(out), "--no-progress", "--set", "model.backbone=resnet18",
+                 "--set", "model.pretrained=false", "--set", "model.input_size=32", "--set", "stage1.epochs=1",
+                 "--set", "stage1.batch_size=2", "--set", "stage2.batch_size=2", "--set", f"stage2.init_from={source}"])
+    assert code == 2
+    assert f"stages.1.init_from {source}: its model settings differ from this run's" in capsys.readouterr().err
+    assert not (out / "checkpoints").exists() and not (out / "stage1.safetensors").exists()

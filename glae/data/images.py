@@ -138,13 +138,24 @@ def read_rgb(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
         raise ImageReadError(f"{name}: colour mode {image.mode} cannot be read as RGB ({error})") from None
 
 
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+"""EXIF orientation tag value -> the turn that shows the photo upright (as ``ImageOps.exif_transpose``)."""
+
+
 def _upright(image: Image.Image) -> Image.Image:
-    """The image turned as its EXIF orientation says; as stored when the EXIF block is broken
-    (cameras and editors write such blocks, and the pixels are fine)."""
+    """The image turned as its EXIF orientation says; as stored when the EXIF block cannot be
+    read (cameras and editors write broken ones, and the pixels are fine). Only the
+    orientation tag is read: Pillow's ``exif_transpose`` also rewrites the block, which
+    fails on tags that reading tolerates."""
     try:
-        return ImageOps.exif_transpose(image)
+        orientation = image.getexif().get(0x0112)
     except (SyntaxError, ValueError, TypeError, struct.error, OSError):
         return image
+    turn = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
+    return image if turn is None else image.transpose(turn)
 
 
 def readable_samples(samples: Sequence[AgeSample]) -> tuple[list[AgeSample], list[str]]:
