@@ -134,74 +134,106 @@ def test_another_size_into_an_aligned_folder_is_refused(utk_crops: list[Path], t
     assert main(["align", str(source), str(target), "--workers", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "holds crops aligned with --size 112 --margin 0.0; rerun with those" in err and err.count("\n") == 1
-    (target / "align_report.json").unlink()  # no report left: the crops themselves tell their size
+    (target / "align_report.json").unlink()  # no report: files of unknown origin, never written over
     assert main(["align", str(source), str(target), "--workers", "0", "--no-progress"]) == 2
-    assert "is a 112x112 crop, not 224x224; rerun with --size 112" in capsys.readouterr().err
+    assert "already holds files and no align_report.json; align into an empty or new folder" in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in target.iterdir()} == {k: v for k, v in before.items() if k != "align_report.json"}
 
 
-def test_aligning_a_folder_into_itself_is_refused(utk_crops: list[Path], tmp_path: Path, capsys) -> None:
-    source = _two_crops(utk_crops, tmp_path / "utk")
-    (source / CORRUPT_NAME).write_bytes(b"")
-    before = {path.name: path.read_bytes() for path in source.iterdir()}
-    assert main(["align", str(source), str(source), "--workers", "0", "--no-progress"]) == 2
-    assert "is the dataset folder itself: crops would replace the originals" in capsys.readouterr().err
-    assert {path.name: path.read_bytes() for path in source.iterdir()} == before
-
-
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--size", "100000"], r"aligned crop size \(--size\) must be in 8\.\.2048 px, got 100000"),
-        (["--size", "0"], r"must be in 8\.\.2048 px, got 0"),
-        (["--margin", "-1"], r"margin must be in \[0, 2\]"),
-    ],
-)
-def test_impossible_sizes_are_refused_before_any_work(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
-    assert main(["align", str(tmp_path / "absent"), str(tmp_path / "out"), *extra, "--no-progress"]) == 2
-    assert re.search(message, capsys.readouterr().err)
-    assert not (tmp_path / "out").exists()
-
-
-def test_destination_that_is_a_file_is_refused(utk_crops: list[Path], tmp_path: Path, capsys) -> None:
-    source = _two_crops(utk_crops, tmp_path / "utk")
-    (tmp_path / "out").write_text("my notes")
-    assert main(["align", str(source), str(tmp_path / "out"), "--no-progress"]) == 2
-    assert "is an existing file, not a folder" in capsys.readouterr().err
-    assert (tmp_path / "out").read_text() == "my notes"
-
-
-class _Doubtful:
-    """A detector whose only find is doubtful (score 0.8): glae predict's filter drops it."""
+class _Interrupting:
+    """A detector that stops the run (as Ctrl-C does) at its second image."""
 
     def __init__(self, detector) -> None:
-        self.detector = detector
+        self.detector, self.calls = detector, 0
 
     def detect(self, image):
-        return [dataclasses.replace(face, score=0.8) for face in self.detector.detect(image)]
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return self.detector.detect(image)
 
 
-def test_align_keeps_only_the_faces_predict_would_keep(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+def test_resuming_an_interrupted_run_with_another_margin_is_refused(utk_crops: list[Path], tmp_path: Path, detector, capsys) -> None:
+    """The settings are on disk before the first crop, so even a run that never finished keeps its framing."""
     from glae.faces.align_dataset import align_dataset
 
     source = _two_crops(utk_crops, tmp_path / "utk")
-    report = align_dataset(source, tmp_path / "aligned", "utkface", workers=0, detector=_Doubtful(detector), show_progress=False)
-    assert report["counts"]["aligned"] == 0 and report["counts"]["no_face"] == 2
-    assert not any((tmp_path / "aligned").glob("*.jpg"))
+    target = tmp_path / "aligned"
+    with pytest.raises(KeyboardInterrupt):
+        align_dataset(source, target, "utkface", workers=0, detector=_Interrupting(detector), show_progress=False)
+    before = {path.name: path.read_bytes() for path in target.iterdir()}
+    assert len(before) == 2  # one crop and the settings
+    assert main(["align", str(source), str(target), "--workers", "0", "--margin", "0.5", "--no-progress"]) == 2
+    assert "holds crops aligned with --size 224 --margin 0.0; rerun with those" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == before
+    resumed = align_dataset(source, target, "utkface", workers=0, detector=detector, show_progress=False)
+    assert (resumed["counts"]["aligned"], resumed["counts"]["already_aligned"]) == (1, 1)
 
 
-def test_aligning_afad_into_a_folder_inside_it_does_not_realign_its_own_crops(utk_crops: list[Path], tmp_path: Path, detector) -> None:
-    """AFAD is read from its subfolders: the crops of a first run inside it must not count as photos on the rerun."""
+def test_a_second_dataset_into_the_same_folder_is_refused(utk_crops: list[Path], tmp_path: Path, detector, capsys) -> None:
+    """Two CSV datasets naming the same image files: the second must not take the first's crops or replace its labels."""
     from glae.faces.align_dataset import align_dataset
 
-    source = tmp_path / "AFAD-Full"
-    for age, crop in zip(("18", "42"), utk_crops):
-        (source / age / "111").mkdir(parents=True)
-        (source / age / "111" / crop.name).write_bytes(crop.read_bytes())
-    target = source / "aligned"
-    first = align_dataset(source, target, "afad", workers=0, detector=detector, show_progress=False)
-    again = align_dataset(source, target, "afad", workers=0, detector=detector, show_progress=False)
-    assert (first["counts"]["aligned"], again["counts"]["already_aligned"], again["counts"]["images"]) == (2, 2, 2)
-    assert again["problems"] == []
-    assert sorted(path.relative_to(target).as_posix() for path in target.rglob("*.jpg")) == sorted(
-        f"{age}/111/{crop.name}" for age, crop in zip(("18", "42"), utk_crops))
+    for name, crop, age in (("a", utk_crops[0], 30), ("b", utk_crops[1], 60)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "img1.jpg").write_bytes(crop.read_bytes())
+        (tmp_path / name / "labels.csv").write_text(f"path,age\nimg1.jpg,{age}\n")
+    target = tmp_path / "aligned"
+    align_dataset(tmp_path / "a" / "labels.csv", target, "csv", workers=0, detector=detector, show_progress=False)
+    before = {path.name: path.read_bytes() for path in target.iterdir()}
+    assert main(["align", str(tmp_path / "b" / "labels.csv"), str(target), "--format", "csv", "--workers", "0", "--no-progress"]) == 2
+    assert f"holds crops of another dataset ({tmp_path / 'a' / 'labels.csv'}, --format csv)" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == before
+
+
+def test_absolute_paths_in_a_csv_are_reported_as_still_reading_the_originals(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    from glae.faces.align_dataset import align_dataset
+
+    source = tmp_path / "data"
+    source.mkdir()
+    for name, crop in (("x.jpg", utk_crops[0]), ("y.jpg", utk_crops[1])):
+        (source / name).write_bytes(crop.read_bytes())
+    (source / "labels.csv").write_text(f"path,age\n{source / 'x.jpg'},30\ny.jpg,40\n")
+    report = align_dataset(source / "labels.csv", tmp_path / "aligned", "csv", workers=0, detector=detector, show_progress=False)
+    assert report["counts"]["aligned"] == 2
+    assert report["problems"] == [{
+        "file": str(source / "x.jpg"),
+        "problem": "the copied label file names it by an absolute path, so the aligned dataset still reads the original; make the path relative",
+    }]
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".xpm", ".ico", ".webp"])
+def test_crops_of_any_readable_format_are_written_whole_and_count_on_a_rerun(utk_crops: list[Path], tmp_path: Path, detector, suffix: str) -> None:
+    """Pillow cannot write some formats (XPM) and shrinks or quantizes others (ICO, GIF): the crop keeps its name, in a format that holds it."""
+    from glae.faces.align_dataset import align_dataset
+
+    source = tmp_path / "data"
+    source.mkdir()
+    Image.open(utk_crops[0]).convert("RGB").save(source / "x.png")
+    (source / "x.png").rename(source / f"x{suffix}")
+    (source / "labels.csv").write_text(f"path,age\nx{suffix},30\n")
+    target = tmp_path / "aligned"
+    first = align_dataset(source / "labels.csv", target, "csv", workers=0, detector=detector, show_progress=False)
+    again = align_dataset(source / "labels.csv", target, "csv", workers=0, detector=detector, show_progress=False)
+    assert (first["counts"]["aligned"], again["counts"]["already_aligned"]) == (1, 1)
+    crop = Image.open(target / f"x{suffix}")
+    assert crop.mode == "RGB" and crop.size == (224, 224)
+
+
+def test_of_several_faces_the_largest_is_aligned(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    from glae.faces.align import align_face
+    from glae.faces.align_dataset import align_dataset
+
+    canvas = Image.new("RGB", (560, 340), (128, 128, 128))
+    canvas.paste(Image.open(utk_crops[0]).convert("RGB").resize((100, 100)), (10, 120))
+    canvas.paste(Image.open(utk_crops[1]).convert("RGB").resize((300, 300)), (230, 20))
+    source = tmp_path / "data"
+    source.mkdir()
+    canvas.save(source / "group.png")
+    (source / "labels.csv").write_text("path,age\ngroup.png,30\n")
+    report = align_dataset(source / "labels.csv", tmp_path / "aligned", "csv", workers=0, detector=detector, show_progress=False)
+    assert report["counts"]["several_faces"] == 1
+    large = max(detector.detect(canvas), key=lambda face: face.box[2] - face.box[0])
+    expected = np.asarray(align_face(canvas, large.landmarks, 224, 0.0), dtype=float)
+    assert np.abs(np.asarray(Image.open(tmp_path / "aligned" / "group.png"), dtype=float) - expected).mean() < 1.0
+

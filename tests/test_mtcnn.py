@@ -113,6 +113,24 @@ def test_missing_weights_say_how_to_install(tmp_path: Path) -> None:
         MTCNNDetector(weights_dir=tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "text", "other_net"])
+def test_damaged_weights_say_how_to_reinstall(tmp_path: Path, damage: str) -> None:
+    """A broken install gives the one-line hint, not a torch traceback."""
+    from glae.faces.mtcnn import default_weights_dir
+
+    for name in ("pnet.pt", "rnet.pt", "onet.pt"):
+        (tmp_path / name).write_bytes((default_weights_dir() / name).read_bytes())
+    pnet = tmp_path / "pnet.pt"
+    if damage == "truncated":
+        pnet.write_bytes(pnet.read_bytes()[:1000])
+    elif damage == "text":
+        pnet.write_text("not weights")
+    else:
+        pnet.write_bytes((tmp_path / "onet.pt").read_bytes())
+    with pytest.raises(MTCNNWeightsError, match=r"pnet\.pt are damaged .*reinstall: pip install --no-deps facenet-pytorch"):
+        MTCNNDetector(weights_dir=tmp_path)
+
+
 def test_detector_asks_for_rgb(detector: MTCNNDetector) -> None:
     with pytest.raises(ValueError, match="read_rgb"):
         detector.detect(Image.new("L", (64, 64)))

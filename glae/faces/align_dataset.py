@@ -11,8 +11,10 @@ same filter (``FaceFilter``'s default score and size), so a photo whose only det
 doubtful one is reported as having no face instead of aligned around it.
 
 Resumable: a crop is written to a temporary file and renamed, so it is either complete
-or absent, and a crop that exists is never redone. Problems never stop the run; each is
-listed in ``DST/align_report.json``.
+or absent, and a crop that exists is never redone. The settings (source, format, size,
+margin) are written to ``DST/align_report.json`` before the first crop, so a rerun with
+other settings, or another dataset, is refused instead of mixed in. Problems never stop
+the run; each is listed in the report.
 """
 
 from __future__ import annotations
@@ -74,11 +76,17 @@ class Aligner:
         return AlignResult(source, "aligned")
 
 
+# Formats that store an RGB crop whole, with their save options; any other extension (.gif,
+# .ico, .xpm ...) gets PNG bytes under its own name, which every reader opens by content.
+_CROP_FORMATS: dict[str, dict[str, Any]] = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "PNG": {}, "BMP": {}, "TIFF": {}}
+
+
 def _save_atomically(image: Image.Image, target: Path) -> None:
     """Through a temporary file, so an interrupted run never leaves half a crop to skip later."""
     image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
-    options = {"quality": 95} if image_format == "JPEG" else {}
-    atomic_write(target, lambda temp: image.save(temp, format=image_format, **options))
+    if image_format not in _CROP_FORMATS:
+        image_format = "PNG"
+    atomic_write(target, lambda temp: image.save(temp, format=image_format, **_CROP_FORMATS[image_format]))
 
 
 _WORKER_ALIGNER: Aligner | None = None
@@ -127,7 +135,10 @@ def align_dataset(
     base = index.root if index.root.is_dir() else index.root.parent
     if destination.resolve() == base.resolve():
         raise ValueError(f"destination {destination} is the dataset folder itself: crops would replace the originals; choose another folder")
-    _check_earlier_run(destination, size, margin)
+    settings = {"source": str(index.root), "format": format, "size": size, "margin": margin}
+    _check_earlier_run(destination, settings)
+    destination.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(destination / REPORT_NAME, json.dumps(settings, indent=2))
     # A destination inside a dataset read from its subfolders (AFAD) holds the earlier runs' crops:
     # they are this command's output, not photos to align again, one folder deeper each run.
     samples = [sample for sample in index.samples if not _is_within(sample.path, destination)]
@@ -151,12 +162,11 @@ def align_dataset(
         for r in sorted(results, key=lambda result: result.source)
         if r.status != "aligned"
     ]
-    _copy_manifests(index.root, destination)
+    if _copy_manifests(index.root, destination):
+        copied = destination / index.root.name if index.root.is_file() else destination
+        problems += _rows_still_reading_originals(copied, format, base, destination)
     report = {
-        "source": str(index.root),
-        "format": format,
-        "size": size,
-        "margin": margin,
+        **settings,
         "counts": {
             "images": len(samples) + len(skipped),
             "aligned": counts["aligned"] + counts["several_faces"],
@@ -172,19 +182,30 @@ def align_dataset(
     return report
 
 
-def _check_earlier_run(destination: Path, size: int, margin: float) -> None:
-    """A folder holds crops of one framing: resuming with another --size or --margin would mix two."""
+def _check_earlier_run(destination: Path, settings: dict[str, Any]) -> None:
+    """A folder holds the crops of one dataset in one framing: anything else would be mixed in.
+
+    A folder with files but no report is not an earlier run's: its files could share names
+    with the crops, so it is refused too.
+    """
     report = destination / REPORT_NAME
     if not report.is_file():
+        if destination.is_dir() and any(destination.iterdir()):
+            raise ValueError(f"{destination} already holds files and no {REPORT_NAME}; align into an empty or new folder")
         return
     try:
         earlier = json.loads(report.read_text())
-        settings = {"size": earlier["size"], "margin": earlier["margin"]}
+        found = {key: earlier[key] for key in settings}
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{report} is not a GLAE align report; align into an empty folder") from None
-    if settings != {"size": size, "margin": margin}:
+    if Path(found["source"]).resolve() != Path(settings["source"]).resolve() or found["format"] != settings["format"]:
         raise ValueError(
-            f"{destination} holds crops aligned with --size {settings['size']} --margin {settings['margin']}; "
+            f"{destination} holds crops of another dataset ({found['source']}, --format {found['format']}); "
+            "align into another folder"
+        )
+    if (found["size"], found["margin"]) != (settings["size"], settings["margin"]):
+        raise ValueError(
+            f"{destination} holds crops aligned with --size {found['size']} --margin {found['margin']}; "
             "rerun with those, or align into another folder"
         )
 
@@ -228,12 +249,24 @@ def _run(
         return list(tqdm(pool.imap_unordered(_align_in_worker, tasks, chunksize=4), **progress))
 
 
-def _copy_manifests(root: Path, destination: Path) -> None:
+def _copy_manifests(root: Path, destination: Path) -> list[Path]:
     """CSV formats: the label files go beside the crops, whose relative paths they name."""
     manifests = [root] if root.is_file() else sorted(root.glob("*.csv"))
-    destination.mkdir(parents=True, exist_ok=True)
     for manifest in manifests:
         shutil.copy2(manifest, destination / manifest.name)
+    return manifests
+
+
+def _rows_still_reading_originals(copy: Path, format: str, base: Path, destination: Path) -> list[dict[str, str]]:
+    """Rows of the copied label files that name a dataset image by absolute path still read the original photo.
+
+    (Rows outside the dataset folder are reported as such already.)
+    """
+    return [
+        {"file": str(sample.path), "problem": "the copied label file names it by an absolute path, so the aligned dataset still reads the original; make the path relative"}
+        for sample in load_dataset(copy, format).samples
+        if _is_within(sample.path, base) and not _is_within(sample.path, destination)
+    ]
 
 
 def _inside(path: Path, base: Path) -> Path:

@@ -39,7 +39,7 @@ Proposer = Callable[[Sequence[Image.Image]], tuple[Tensor, Tensor, Tensor]]
 
 
 class MTCNNWeightsError(FileNotFoundError):
-    """The MTCNN weight files are not installed; the message says how to install them."""
+    """The MTCNN weight files are missing or damaged; the message says how to reinstall them."""
 
 
 def default_weights_dir() -> Path:
@@ -163,7 +163,10 @@ class ONet(nn.Module):
 def _load(net: nn.Module, path: Path) -> nn.Module:
     if not path.is_file():
         raise MTCNNWeightsError(f"MTCNN weights {path} not found; run: {WEIGHTS_PIP}")
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as error:  # a cut zip or pickle fails in many ways (EOF, IndexError, Unpickling ...)
+        raise MTCNNWeightsError(f"MTCNN weights {path} are damaged ({type(error).__name__}); reinstall: {WEIGHTS_PIP}") from None
     return net.eval()
 
 
