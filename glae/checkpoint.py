@@ -34,7 +34,7 @@ from .calibration import IntervalCalibration
 from .fileio import atomic_write, atomic_write_bytes
 from .models.backbones import InputNormalization
 from .models.glae import PAPER_INPUT, AgeModel, ModelConfig
-from .typed import is_finite_number
+from .typed import is_finite_number, parse_json
 
 METADATA_KEY = "glae"
 
@@ -92,9 +92,9 @@ def _parse_record(path: Path, text: str) -> dict[str, Any]:
     # An unknown setting is most often a newer GLAE's: the advice says so, with this version.
     advice = f"the file is damaged, was not written by glae train, or needs a newer GLAE than this {__version__}"
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{where} is not JSON; {advice}") from None
+        record = parse_json(text)
+    except ValueError as error:
+        raise CheckpointError(f"{where} {error}; {advice}") from None
     if not isinstance(record, dict):
         raise CheckpointError(f"{where} must be a JSON object, got {type(record).__name__}; {advice}")
     for key in ("model", "info"):

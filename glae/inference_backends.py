@@ -8,7 +8,6 @@ never asks which one it has. ``load_routed_predictor`` picks the backend from th
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from .models.backbones import InputNormalization
 from .models.glae import AgeModel, ModelConfig
 from .models.routed import INPUT_NAME, ROUTED_OUTPUTS, RoutedAgeModel
 from .routing import ROUTING_MODES, RoutingMode, routing_mode
-from .typed import is_finite_number
+from .typed import is_finite_number, parse_json
 
 
 class RoutedPredictor(Protocol):
@@ -129,9 +128,9 @@ def _checked_metadata(path: str | os.PathLike, stored: dict[str, str]) -> dict[s
         if METADATA_PREFIX + key not in stored:
             raise fail(key, "is missing")
         try:
-            metadata[key] = json.loads(stored[METADATA_PREFIX + key])
-        except json.JSONDecodeError:
-            raise fail(key, "is not JSON") from None
+            metadata[key] = parse_json(stored[METADATA_PREFIX + key])
+        except ValueError as error:
+            raise fail(key, str(error)) from None
     try:
         config = ModelConfig.from_dict(metadata["model"])
     except ValueError as error:
@@ -156,9 +155,9 @@ def _checked_metadata(path: str | os.PathLike, stored: dict[str, str]) -> dict[s
 def _checked_calibration(text: str, fail: Callable[[str, str], CheckpointError]) -> IntervalCalibration | None:
     """The interval calibration of an export (absent in files exported before it existed: raw quantiles)."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise fail("calibration", "is not JSON") from None
+        value = parse_json(text)
+    except ValueError as error:
+        raise fail("calibration", str(error)) from None
     if value is None:
         return None
     try:

@@ -7,6 +7,7 @@ model file gives one line naming the key instead of a crash deep inside training
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -14,8 +15,25 @@ from typing import Any
 
 
 def is_finite_number(value: Any) -> bool:
-    """A real int or float (not a bool), neither NaN nor infinite: what untrusted numbers must be."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A real int or float (not a bool), neither NaN nor infinite nor past a float's range: what untrusted numbers must be."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int like 10**400, which JSON can hold
+        return False
+
+
+def parse_json(text: str) -> Any:
+    """Untrusted JSON; ValueError for anything that is not, including what breaks the parser.
+
+    Beyond malformed text, a hostile file can hold a 5000-digit integer (ValueError, not a
+    JSONDecodeError) or 100,000 nested brackets (RecursionError).
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError("is not JSON (or holds numbers or nesting beyond what it may)") from None
 
 
 def convert(value: Any, annotation: Any, key: str) -> Any:

@@ -242,6 +242,10 @@ def _with_metadata(source: Path, target: Path, record: object) -> Path:
     "record, message",
     [
         ("{not json", r" is not JSON"),
+        ("[" * 100_000, r" is not JSON"),  # nesting that breaks the parser (RecursionError)
+        ('{"model": {}, "info": {}, "n": ' + "9" * 5000 + "}", r" is not JSON"),  # digits past Python's int limit
+        ({"model": {}, "info": {}, "calibration": {"temperature": 10**400, "coverage": 0.9, "faces": 10}}, r"key 'calibration': calibration temperature must be a number"),
+        ({"model": {}, "input": {"mean": [10**400, 0, 0], "std": [1, 1, 1]}, "info": {}}, r"key 'input' must hold"),
         ("null", r" must be a JSON object, got NoneType"),
         ({"info": {}}, r"key 'model' must be a JSON object, found missing"),
         ({"model": None, "info": {}}, r"key 'model' must be a JSON object, found a NoneType"),

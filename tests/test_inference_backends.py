@@ -102,6 +102,10 @@ def _rewrite_onnx(source: Path, target: Path, metadata: dict[str, str | None] | 
         ("pixel_std", '[0.2, "x", 0.2]', r"'glae\.pixel_std' must hold 3 finite numbers"),
         ("routing_mode", '"sideways"', r"'glae\.routing_mode' must be one of routing, vanilla"),
         ("max_age", "{", r"'glae\.max_age' is not JSON"),
+        ("pixel_mean", f"[{10**400}, 0.5, 0.5]", r"'glae\.pixel_mean' must hold 3 finite numbers"),
+        ("info", "[" * 100_000, r"'glae\.info' is not JSON"),
+        ("max_age", "9" * 5000, r"'glae\.max_age' is not JSON"),
+        ("calibration", json.dumps({"temperature": 10**400, "coverage": 0.9, "faces": 10}), r"'glae\.calibration' is invalid \(calibration temperature must be a number"),
         ("info", None, r"'glae\.info' is missing"),
     ],
 )
