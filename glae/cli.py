@@ -310,7 +310,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from .calibration import IntervalCalibration
-    from .checkpoint import load_model, save_model
+    from .checkpoint import CheckpointError, load_model, read_model_metadata, save_model
     from .engine import pick_device
     from .estimator import resolve_model_path
     from .evaluate import InferencePass, calibrate_samples
@@ -323,6 +323,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.out.resolve() == checkpoint.resolve():
         raise ValueError(f"--out {args.out} is the model itself; write the calibrated model to a new file")
     _check_output_file(args.out, "--out", (args.data, args.split, args.config))
+    if args.out.exists():
+        try:
+            read_model_metadata(args.out)
+        except CheckpointError:
+            raise ValueError(f"--out {args.out} exists and is not a GLAE model file, so it is not replaced; choose another path or remove it") from None
     device = pick_device(args.device)
     model, info = load_model(checkpoint, device)
     samples = _faces(args, info, args.part)
@@ -399,6 +404,10 @@ def _check_export_target(onnx: Path, model: Path) -> None:
     if onnx.suffix.lower() != ".onnx":
         raise ValueError(f"--onnx {onnx}: give a file name ending in .onnx (a file already there is replaced)")
     _check_output_file(onnx, "--onnx")
+    from .export import is_glae_export
+
+    if onnx.exists() and not is_glae_export(onnx):
+        raise ValueError(f"--onnx {onnx} exists and is not a GLAE export, so it is not replaced; choose another path or remove it")
 
 
 def run_export(args: argparse.Namespace) -> int:

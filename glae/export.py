@@ -61,6 +61,19 @@ def check_opset(opset: int) -> None:
         raise ValueError(f"--opset {opset}: GLAE's graph needs an ONNX opset in {MIN_OPSET}..{ONNX_MAX_OPSET} (default {DEFAULT_OPSET})")
 
 
+def is_glae_export(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds an ONNX graph that ``glae export`` wrote: the only file an export may replace."""
+    if importlib.util.find_spec("onnx") is None:
+        raise MissingExtraError("ONNX export needs onnx and onnxscript: pip install 'glae[onnx]'")
+    import onnx
+
+    try:
+        graph = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # not protobuf, cut short, unreadable: in any case not our export
+        return False
+    return any(prop.key == METADATA_PREFIX + "model" for prop in graph.metadata_props)
+
+
 def export_onnx(model: AgeModel, path: str | os.PathLike, info: dict[str, Any], opset: int = DEFAULT_OPSET) -> RoutingMode:
     """Write ``model`` with routing and metadata to ``path``; returns the routing mode used.
 

@@ -299,8 +299,10 @@ def write_reports(report: dict, out_dir: Path) -> list[Path]:
     atomic_write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     plot_per_age(report, per_age_path)
     written = [markdown_path, json_path, per_age_path]
+    routing_path = out_dir / "routing.png"
     if report.get("routing") is not None:
-        routing_path = out_dir / "routing.png"
         plot_routing_usage(report, routing_path)
         written.append(routing_path)
+    else:  # a folder reused from a routed evaluation must not show that one's figure beside this report
+        routing_path.unlink(missing_ok=True)
     return written

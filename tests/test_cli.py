@@ -195,6 +195,11 @@ def test_eval_and_calibrate_never_write_over_their_inputs(tmp_path: Path, model_
         assert main(["calibrate", *common, "--split", str(split), "--out", str(target)]) == 2
         assert f"--out {target} is one of this command's inputs" in _error(capsys)
     assert {path: path.read_bytes() for path in inputs} == inputs
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("not a model")
+    assert main(["calibrate", *common, "--split", str(split), "--out", str(notes)]) == 2
+    assert f"--out {notes} exists and is not a GLAE model file, so it is not replaced" in _error(capsys)
+    assert notes.read_text() == "not a model"
 
 
 def test_eval_lt_below_one_is_refused_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

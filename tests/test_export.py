@@ -183,6 +183,23 @@ def test_export_never_overwrites_the_model_file(exported: tuple[Path, Path], tmp
     assert model.read_bytes() == before and other.read_bytes() == before
 
 
+def test_export_replaces_an_earlier_export_but_no_other_onnx_file(exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from glae.export import is_glae_export
+
+    foreign = tmp_path / "detector.onnx"
+    _identity_graph(foreign, {}, ["x"], ["y"])  # another tool's model
+    before = foreign.read_bytes()
+    assert main(["export", "--onnx", str(foreign), "--model", str(exported[0])]) == 2
+    assert f"--onnx {foreign} exists and is not a GLAE export, so it is not replaced" in capsys.readouterr().err
+    assert foreign.read_bytes() == before
+    (tmp_path / "notes.onnx").write_text("my notes")
+    assert not is_glae_export(tmp_path / "notes.onnx")
+    earlier = tmp_path / "model.onnx"
+    earlier.write_bytes(exported[1].read_bytes())
+    assert is_glae_export(earlier)
+    assert main(["export", "--onnx", str(earlier), "--model", str(exported[0])]) == 0
+
+
 @pytest.mark.parametrize("opset", ["5", "17", "99"])  # 17: what torch can no longer write this graph in
 def test_unusable_opset_is_one_line(exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], opset: str) -> None:
     assert main(["export", "--onnx", str(tmp_path / "old.onnx"), "--model", str(exported[0]), "--opset", opset]) == 2

@@ -143,6 +143,14 @@ def test_without_routing(report_without_routing: dict, tmp_path: Path) -> None:
     assert not (tmp_path / "routing.png").exists()
 
 
+def test_a_reused_report_folder_drops_the_earlier_routing_figure(report: dict, report_without_routing: dict, tmp_path: Path) -> None:
+    """``glae eval --report out`` then ``glae eval --mode vanilla --report out``: no stale routing.png beside the new report."""
+    write_reports(report, tmp_path)
+    assert (tmp_path / "routing.png").exists()
+    write_reports(report_without_routing, tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["per_age.png", "report.json", "report.md"]
+
+
 def test_report_without_modes_uses_top_level(report_without_routing: dict, tmp_path: Path) -> None:
     del report_without_routing["modes"]
     assert "| vanilla | 5.100 | 7.300 | 3.200 |" in markdown_report(report_without_routing)
