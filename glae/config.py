@@ -325,6 +325,19 @@ def dump_config(config: TrainConfig) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
+EXECUTION_SETTINGS = ("data.num_workers", "data.cache", "data.cache_dir")
+"""Settings that change how fast a run goes, never its numbers: a resume may change them."""
+
+
+def run_identity(config: TrainConfig) -> dict[str, Any]:
+    """What makes two runs the same experiment: every setting but the execution ones."""
+    record = config_to_dict(config)
+    for key in EXECUTION_SETTINGS:
+        section, name = key.split(".")
+        record[section].pop(name)
+    return record
+
+
 __all__ = [
     "MAX_BATCH_SIZE",
     "PAPER_STAGES",
@@ -338,6 +351,7 @@ __all__ = [
     "dump_config",
     "load_config",
     "read_yaml_mapping",
+    "run_identity",
     "run_record_from_dict",
     "trains_balanced_head",
 ]

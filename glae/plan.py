@@ -20,6 +20,9 @@ interrupted one resumes where it stopped, with the numbers an uninterrupted run 
 A run whose ``test_metrics.json`` is in the results folder counts as finished even when its
 run folder is gone (a fresh machine, a cleaned disk): the committed results are the record,
 and retraining would cost hours to reproduce them. Delete that file to train the run again.
+A recorded run whose settings no longer match the plan's (an edited ``set`` or config) is
+reported as changed, never shown under the new settings nor retrained over the old results.
+Stopping the runner (SIGTERM, SIGHUP, Ctrl-C) stops its training too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import read_yaml_mapping
+from .config import load_config, read_yaml_mapping, run_identity, run_record_from_dict
 from .fileio import atomic_write_text
 
 SYNC_EVERY_S = 30.0
@@ -116,6 +120,35 @@ def is_recorded(plan: Plan, run: PlannedRun) -> bool:
     return is_finished(plan.run_dir(run)) or (plan.results_dir / run.name / "test_metrics.json").is_file()
 
 
+def _flat(record: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(record, dict):
+        return {k: v for key, value in record.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    if isinstance(record, list):
+        return {k: v for index, value in enumerate(record) for k, v in _flat(value, f"{prefix}{index}.").items()}
+    return {prefix.rstrip("."): record}
+
+
+def settings_change(plan: Plan, run: PlannedRun) -> str | None:
+    """How a recorded run's settings differ from what the plan asks now, or None when they agree.
+
+    The record is the finished run folder's ``config.yaml``, else the one in the results
+    folder; results recorded without one cannot be checked and are taken as they are.
+    """
+    run_dir = plan.run_dir(run)
+    record = (run_dir if is_finished(run_dir) else plan.results_dir / run.name) / "config.yaml"
+    if not record.is_file():
+        return None
+    try:
+        recorded = _flat(run_identity(run_record_from_dict(read_yaml_mapping(record, "run config"))))
+        planned = _flat(run_identity(load_config(run.config, [*run.overrides, f"data.path={json.dumps(plan.data)}"])))
+    except ValueError as error:
+        return str(error)
+    keys = sorted(key for key in recorded.keys() | planned.keys() if recorded.get(key) != planned.get(key))
+    if not keys:
+        return None
+    return ", ".join(f"{key}: {recorded.get(key)!r} recorded, {planned.get(key)!r} planned" for key in keys)
+
+
 def _copy_if_changed(source: Path, target: Path) -> None:
     if not source.is_file():
         return
@@ -149,7 +182,11 @@ def run_state(plan: Plan, run: PlannedRun) -> dict[str, Any]:
     if metrics.is_file():
         history = [record for record in map(_json_line, metrics.read_text().splitlines()) if isinstance(record, dict)]
     state: dict[str, Any] = {"name": run.name, "config": run.config, "set": run.overrides, "epochs_logged": len(history)}
-    if is_recorded(plan, run):
+    change = settings_change(plan, run) if is_recorded(plan, run) else None
+    if change is not None:
+        state["state"] = "changed"
+        state["change"] = change
+    elif is_recorded(plan, run):
         recorded = (run_dir if is_finished(run_dir) else plan.results_dir / run.name) / "test_metrics.json"
         test = _read_json(recorded, None)
         state["state"] = "finished"
@@ -193,6 +230,23 @@ def training_environment() -> dict[str, str]:
     return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
+def _is_locked(lock_file: Path) -> bool:
+    """Whether another process holds ``lock_file``'s lock (train's run lock, a runner's plan lock)."""
+    if not lock_file.exists():
+        return False
+    with open(lock_file, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
+
+def _leave_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through _train, which stops the training it started
+
+
 def _train(plan: Plan, run: PlannedRun, failures: dict[str, str]) -> None:
     """Train (or resume) one run in a child process, syncing its results while it goes."""
     log_file = plan.out / f"{run.name}.log"
@@ -207,7 +261,13 @@ def _train(plan: Plan, run: PlannedRun, failures: dict[str, str]) -> None:
     syncer = threading.Thread(target=keep_syncing, daemon=True)
     syncer.start()
     with open(log_file, "a") as log:
-        code = subprocess.call(train_command(plan, run), stdout=log, stderr=subprocess.STDOUT, env=training_environment())
+        child = subprocess.Popen(train_command(plan, run), stdout=log, stderr=subprocess.STDOUT, env=training_environment())
+        try:
+            code = child.wait()
+        finally:
+            if child.poll() is None:  # the runner is being stopped: its training stops with it, resumable
+                child.terminate()
+                child.wait()
     done.set()
     syncer.join()
     sync_results(plan, run)
@@ -231,28 +291,40 @@ def execute(plan: Plan) -> int:
         except BlockingIOError:
             print(f"plan {plan.name}: another runner is already working on it", file=sys.stderr)
             return 0
-        failures: dict[str, str] = {}
-        for run in plan.runs:
-            if is_recorded(plan, run):
-                sync_results(plan, run)
-                continue
-            write_status(plan, run.name, failures)
-            _train(plan, run, failures)
-        write_status(plan, None, failures)
-        return len(failures)
+        earlier: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            earlier = {signum: signal.signal(signum, _leave_on_signal) for signum in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            return _execute_runs(plan)
+        finally:
+            for signum, handler in earlier.items():
+                signal.signal(signum, handler)
+
+
+def _execute_runs(plan: Plan) -> int:
+    """The runs in order: recorded ones checked and skipped, the rest trained; returns the failures."""
+    failures: dict[str, str] = {}
+    for run in plan.runs:
+        if is_recorded(plan, run):
+            change = settings_change(plan, run)
+            if change is not None:
+                failures[run.name] = (f"recorded with other settings ({change}); rename the run, "
+                                      f"or delete {plan.results_dir / run.name} and {plan.run_dir(run)} to train it again")
+            elif is_finished(plan.run_dir(run)):
+                sync_results(plan, run)  # never from an unfinished folder over the recorded results
+            continue
+        if _is_locked(plan.run_dir(run) / ".train.lock"):
+            failures[run.name] = (f"{plan.run_dir(run)} is being trained by another process (an earlier runner's training?); "
+                                  "the plan stops here: rerun it when that process ends")
+            break
+        write_status(plan, run.name, failures)
+        _train(plan, run, failures)
+    write_status(plan, None, failures)
+    return len(failures)
 
 
 def is_running(plan: Plan) -> bool:
-    lock_file = plan.out / ".plan.lock"
-    if not lock_file.exists():
-        return False
-    with open(lock_file, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    return False
+    return _is_locked(plan.out / ".plan.lock")
 
 
 def start_in_background(plan_file: str | Path) -> str:
@@ -279,7 +351,9 @@ def describe(plan: Plan) -> str:
         state = run_state(plan, run)
         detail = f"{state['epochs_logged']} epochs logged"
         test = state.get("test")
-        if isinstance(test, dict):
+        if state["state"] == "changed":
+            detail = f"settings differ from the recorded run: {state['change']}"
+        elif isinstance(test, dict):
             detail = f"test {test['mode']} MAE {test['mae']:.3f} CMAE {test['cmae']:.3f}"
         elif test is not None:
             detail = test

@@ -47,9 +47,9 @@ from .checkpoint import (
 from .config import (
     StageConfig,
     TrainConfig,
-    config_to_dict,
     dump_config,
     read_yaml_mapping,
+    run_identity,
     run_record_from_dict,
     trains_balanced_head,
 )
@@ -126,18 +126,6 @@ def make_split(config: TrainConfig, index: DatasetIndex) -> Split:
     return split_dataset(index.samples, config.data)
 
 
-EXECUTION_SETTINGS = ("data.num_workers", "data.cache", "data.cache_dir")
-"""Settings that change how fast a run goes, never its numbers: a resume may change them."""
-
-
-def _identity(config: TrainConfig) -> dict[str, Any]:
-    record = config_to_dict(config)
-    for key in EXECUTION_SETTINGS:
-        section, name = key.split(".")
-        record[section].pop(name)
-    return record
-
-
 def has_begun(out_dir: Path) -> bool:
     """Whether training wrote anything a rerun would build on (a checkpoint or a model)."""
     return (
@@ -162,7 +150,7 @@ def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedC
                 "or its record was lost; use a new --out folder"
             )
         saved = run_record_from_dict(read_yaml_mapping(config_file, "run config"))
-        if _identity(saved) != _identity(config):
+        if run_identity(saved) != run_identity(config):
             raise RunFolderError(
                 f"{out_dir} holds a run with a different configuration ({config_file}); "
                 "use a new --out folder, or rerun with the same settings to resume"

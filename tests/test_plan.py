@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from glae.config import dump_config, load_config
 from glae.plan import describe, execute, is_finished, load_plan, write_status
 
 TINY = ["data.limit=64", "model.input_size=64", "model.backbone=resnet18", "model.pretrained=false",
@@ -106,3 +112,72 @@ def test_a_run_without_a_test_part_counts_as_finished_once_its_model_is_written(
     assert is_finished(run)
     (run / "split.json").write_text(json.dumps({"train": ["a.jpg"], "val": [], "test": ["c.jpg"]}))
     assert not is_finished(run)  # a test part that is still to be evaluated
+
+
+def _record(plan_file: Path, name: str, overrides: list[str]) -> Path:
+    """Results of a finished run as committed: its test metrics, its log and its resolved config."""
+    plan = load_plan(plan_file)
+    recorded = plan.results_dir / name
+    recorded.mkdir(parents=True)
+    (recorded / "test_metrics.json").write_text(json.dumps({"mode": "routing", "mae": 4.5, "cmae": 6.0}))
+    (recorded / "metrics.jsonl").write_text("".join(json.dumps({"stage": 1, "epoch": e}) + "\n" for e in range(1, 11)))
+    config = load_config("configs/smoke.yaml", [*overrides, f"data.path={json.dumps(plan.data)}"])
+    (recorded / "config.yaml").write_text(dump_config(config))
+    return recorded
+
+
+def test_an_old_unfinished_run_folder_never_replaces_recorded_results(tmp_path: Path, utkface: Path) -> None:
+    """Another machine's interrupted attempt must not be copied over the committed results of the finished run."""
+    plan_file = _plan(tmp_path, utkface, [{"name": "x", "config": "configs/smoke.yaml", "set": ["seed=0"]}])
+    recorded = _record(plan_file, "x", ["seed=0"])
+    before = {path.name: path.read_bytes() for path in recorded.iterdir()}
+    stale = tmp_path / "runs" / "x"
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text(json.dumps({"stage": 1, "epoch": 1}) + "\n")
+    (stale / "config.yaml").write_text((recorded / "config.yaml").read_text().replace("seed: 0", "seed: 7"))
+    assert execute(load_plan(plan_file)) == 0
+    assert {path.name: path.read_bytes() for path in recorded.iterdir()} == before
+
+
+def test_an_edited_plan_never_shows_old_results_under_its_new_settings(tmp_path: Path, utkface: Path) -> None:
+    plan_file = _plan(tmp_path, utkface, [{"name": "x", "config": "configs/smoke.yaml", "set": ["seed=1"]}])
+    recorded = _record(plan_file, "x", ["seed=0"])
+    plan = load_plan(plan_file)
+    assert execute(plan) == 1
+    status = json.loads((recorded.parent / "status.json").read_text())["runs"][0]
+    assert status["state"] == "changed" and "test" not in status
+    assert status["change"] == "seed: 0 recorded, 1 planned"
+    assert status["failed"].startswith("recorded with other settings (seed: 0 recorded, 1 planned); rename the run, or delete")
+    assert "settings differ from the recorded run: seed: 0 recorded, 1 planned" in describe(plan)
+    assert not (plan.out / "x").exists()  # nothing retrained over the old results
+
+
+def test_a_run_still_trained_by_an_earlier_runner_stops_the_plan(tmp_path: Path, utkface: Path) -> None:
+    """Moving on to the next run would make two trainings share the cores."""
+    plan = load_plan(_plan(tmp_path, utkface, [{"name": "a", "config": "configs/smoke.yaml"}, {"name": "b", "config": "configs/smoke.yaml"}]))
+    (plan.out / "a").mkdir(parents=True)
+    with open(plan.out / "a" / ".train.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert execute(plan) == 1
+    status = json.loads((plan.results_dir / "status.json").read_text())["runs"]
+    assert "is being trained by another process" in status[0]["failed"] and "failed" not in status[1]
+    assert not (plan.out / "b").exists()
+
+
+def test_stopping_the_runner_stops_its_training(tmp_path: Path, utkface: Path) -> None:
+    plan_file = _plan(tmp_path, utkface, [{"name": "x", "config": "configs/smoke.yaml"}])
+    pid_file = tmp_path / "training.pid"
+    runner = subprocess.Popen([sys.executable, "-c", f"""
+import os, sys, time
+from glae import plan as module
+module.train_command = lambda plan, run: [sys.executable, "-c", "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"]
+module.execute(module.load_plan({str(plan_file)!r}))
+"""])
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    training = int(pid_file.read_text())
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(training, 0)
