@@ -326,8 +326,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.out.exists():
         try:
             read_model_metadata(args.out)
-        except CheckpointError:
-            raise ValueError(f"--out {args.out} exists and is not a GLAE model file, so it is not replaced; choose another path or remove it") from None
+        except CheckpointError as error:
+            raise ValueError(f"--out {args.out} exists and is not a GLAE model file ({error}), so it is not replaced; choose another path or remove it") from None
     device = pick_device(args.device)
     model, info = load_model(checkpoint, device)
     samples = _faces(args, info, args.part)
@@ -402,7 +402,7 @@ def _check_export_target(onnx: Path, model: Path) -> None:
     if onnx.resolve() == model.resolve():
         raise ValueError(f"--onnx {onnx} is the model file itself: exporting would overwrite it; choose another path")
     if onnx.suffix.lower() != ".onnx":
-        raise ValueError(f"--onnx {onnx}: give a file name ending in .onnx (a file already there is replaced)")
+        raise ValueError(f"--onnx {onnx}: give a file name ending in .onnx (an earlier GLAE export there is replaced)")
     _check_output_file(onnx, "--onnx")
     from .export import is_glae_export
 

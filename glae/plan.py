@@ -121,6 +121,7 @@ def is_recorded(plan: Plan, run: PlannedRun) -> bool:
 
 
 def _flat(record: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [1]}}`` as ``{"a.b.0": 1}``: a changed setting is named by its full key."""
     if isinstance(record, dict):
         return {k: v for key, value in record.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
     if isinstance(record, list):
@@ -133,16 +134,16 @@ def settings_change(plan: Plan, run: PlannedRun) -> str | None:
 
     The record is the finished run folder's ``config.yaml``, else the one in the results
     folder; results recorded without one cannot be checked and are taken as they are.
+
+    Raises:
+        ValueError: When the plan's config or the record cannot be read: nothing to compare.
     """
     run_dir = plan.run_dir(run)
     record = (run_dir if is_finished(run_dir) else plan.results_dir / run.name) / "config.yaml"
     if not record.is_file():
         return None
-    try:
-        recorded = _flat(run_identity(run_record_from_dict(read_yaml_mapping(record, "run config"))))
-        planned = _flat(run_identity(load_config(run.config, [*run.overrides, f"data.path={json.dumps(plan.data)}"])))
-    except ValueError as error:
-        return str(error)
+    recorded = _flat(run_identity(run_record_from_dict(read_yaml_mapping(record, "run config"))))
+    planned = _flat(run_identity(load_config(run.config, [*run.overrides, f"data.path={json.dumps(plan.data)}"])))
     keys = sorted(key for key in recorded.keys() | planned.keys() if recorded.get(key) != planned.get(key))
     if not keys:
         return None
@@ -182,11 +183,16 @@ def run_state(plan: Plan, run: PlannedRun) -> dict[str, Any]:
     if metrics.is_file():
         history = [record for record in map(_json_line, metrics.read_text().splitlines()) if isinstance(record, dict)]
     state: dict[str, Any] = {"name": run.name, "config": run.config, "set": run.overrides, "epochs_logged": len(history)}
-    change = settings_change(plan, run) if is_recorded(plan, run) else None
+    recorded_run, change = is_recorded(plan, run), None
+    if recorded_run:
+        try:
+            change = settings_change(plan, run)
+        except ValueError as error:
+            state["settings_check"] = f"cannot be checked: {error}"
     if change is not None:
         state["state"] = "changed"
         state["change"] = change
-    elif is_recorded(plan, run):
+    elif recorded_run:
         recorded = (run_dir if is_finished(run_dir) else plan.results_dir / run.name) / "test_metrics.json"
         test = _read_json(recorded, None)
         state["state"] = "finished"
@@ -268,8 +274,8 @@ def _train(plan: Plan, run: PlannedRun, failures: dict[str, str]) -> None:
             if child.poll() is None:  # the runner is being stopped: its training stops with it, resumable
                 child.terminate()
                 child.wait()
-    done.set()
-    syncer.join()
+            done.set()
+            syncer.join()
     sync_results(plan, run)
     if code != 0:
         lines = log_file.read_text(errors="replace").strip().splitlines()
@@ -293,7 +299,9 @@ def execute(plan: Plan) -> int:
             return 0
         earlier: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            earlier = {signum: signal.signal(signum, _leave_on_signal) for signum in (signal.SIGTERM, signal.SIGHUP)}
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's ignored hangup stays ignored
+                    earlier[signum] = signal.signal(signum, _leave_on_signal)
         try:
             return _execute_runs(plan)
         finally:
@@ -306,7 +314,10 @@ def _execute_runs(plan: Plan) -> int:
     failures: dict[str, str] = {}
     for run in plan.runs:
         if is_recorded(plan, run):
-            change = settings_change(plan, run)
+            try:
+                change = settings_change(plan, run)
+            except ValueError:
+                change = None  # nothing to compare (a renamed config): the recorded results stand
             if change is not None:
                 failures[run.name] = (f"recorded with other settings ({change}); rename the run, "
                                       f"or delete {plan.results_dir / run.name} and {plan.run_dir(run)} to train it again")

@@ -237,3 +237,89 @@ def test_of_several_faces_the_largest_is_aligned(utk_crops: list[Path], tmp_path
     expected = np.asarray(align_face(canvas, large.landmarks, 224, 0.0), dtype=float)
     assert np.abs(np.asarray(Image.open(tmp_path / "aligned" / "group.png"), dtype=float) - expected).mean() < 1.0
 
+
+def test_aligning_a_folder_into_itself_is_refused(utk_crops: list[Path], tmp_path: Path, capsys) -> None:
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    (source / CORRUPT_NAME).write_bytes(b"")
+    before = {path.name: path.read_bytes() for path in source.iterdir()}
+    assert main(["align", str(source), str(source), "--workers", "0", "--no-progress"]) == 2
+    assert "is the dataset folder itself: crops would replace the originals" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in source.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--size", "100000"], r"aligned crop size \(--size\) must be in 8\.\.2048 px, got 100000"),
+        (["--size", "0"], r"must be in 8\.\.2048 px, got 0"),
+        (["--margin", "-1"], r"margin must be in \[0, 2\]"),
+    ],
+)
+def test_impossible_sizes_are_refused_before_any_work(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+    assert main(["align", str(tmp_path / "absent"), str(tmp_path / "out"), *extra, "--no-progress"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_destination_that_is_a_file_is_refused(utk_crops: list[Path], tmp_path: Path, capsys) -> None:
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    (tmp_path / "out").write_text("my notes")
+    assert main(["align", str(source), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "out").read_text() == "my notes"
+
+
+class _Doubtful:
+    """A detector whose only find is doubtful (score 0.8): glae predict's filter drops it."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+
+    def detect(self, image):
+        return [dataclasses.replace(face, score=0.8) for face in self.detector.detect(image)]
+
+
+def test_align_keeps_only_the_faces_predict_would_keep(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    from glae.faces.align_dataset import align_dataset
+
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    report = align_dataset(source, tmp_path / "aligned", "utkface", workers=0, detector=_Doubtful(detector), show_progress=False)
+    assert report["counts"]["aligned"] == 0 and report["counts"]["no_face"] == 2
+    assert not any((tmp_path / "aligned").glob("*.jpg"))
+
+
+def test_a_csv_dataset_without_any_face_still_gets_its_report(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    from glae.faces.align_dataset import align_dataset
+
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "x.jpg").write_bytes(utk_crops[0].read_bytes())
+    (source / "labels.csv").write_text("path,age\nx.jpg,30\n")
+    report = align_dataset(source / "labels.csv", tmp_path / "aligned", "csv", workers=0, detector=_Doubtful(detector), show_progress=False)
+    assert report["counts"]["no_face"] == 1 and report["problems"] == [{"file": "x.jpg", "problem": "no face"}]
+    assert json.loads((tmp_path / "aligned" / "align_report.json").read_text()) == report
+
+
+def test_a_damaged_align_report_is_one_line(utk_crops: list[Path], tmp_path: Path, capsys) -> None:
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    (tmp_path / "aligned").mkdir()
+    (tmp_path / "aligned" / "align_report.json").write_text(json.dumps({"source": None, "format": "utkface", "size": 224, "margin": 0.0}))
+    assert main(["align", str(source), str(tmp_path / "aligned"), "--workers", "0", "--no-progress"]) == 2
+    assert "align_report.json is not a GLAE align report; align into an empty folder" in capsys.readouterr().err
+
+
+def test_aligning_afad_into_a_folder_inside_it_does_not_realign_its_own_crops(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    """AFAD is read from its subfolders: the crops of a first run inside it must not count as photos on the rerun."""
+    from glae.faces.align_dataset import align_dataset
+
+    source = tmp_path / "AFAD-Full"
+    for age, crop in zip(("18", "42"), utk_crops):
+        (source / age / "111").mkdir(parents=True)
+        (source / age / "111" / crop.name).write_bytes(crop.read_bytes())
+    target = source / "aligned"
+    first = align_dataset(source, target, "afad", workers=0, detector=detector, show_progress=False)
+    again = align_dataset(source, target, "afad", workers=0, detector=detector, show_progress=False)
+    assert (first["counts"]["aligned"], again["counts"]["already_aligned"], again["counts"]["images"]) == (2, 2, 2)
+    assert again["problems"] == []
+    assert sorted(path.relative_to(target).as_posix() for path in target.rglob("*.jpg")) == sorted(
+        f"{age}/111/{crop.name}" for age, crop in zip(("18", "42"), utk_crops))

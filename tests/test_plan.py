@@ -181,3 +181,49 @@ module.execute(module.load_plan({str(plan_file)!r}))
     assert runner.wait(timeout=30) == 128 + signal.SIGTERM
     with pytest.raises(ProcessLookupError):
         os.kill(training, 0)
+
+
+def test_a_finished_run_folder_is_synced_into_the_results_on_a_rerun(tmp_path: Path, utkface: Path) -> None:
+    plan_file = _plan(tmp_path, utkface, [{"name": "x", "config": "configs/smoke.yaml"}])
+    finished = tmp_path / "runs" / "x"
+    finished.mkdir(parents=True)
+    config = load_config("configs/smoke.yaml", [f"data.path={json.dumps(str(utkface))}"])
+    files = {"config.yaml": dump_config(config), "metrics.jsonl": json.dumps({"stage": 1, "epoch": 1}) + "\n",
+             "test_metrics.json": json.dumps({"mode": "routing", "mae": 4.5, "cmae": 6.0})}
+    for name, text in files.items():
+        (finished / name).write_text(text)
+    (finished / "model.safetensors").write_bytes(b"model")
+    assert execute(load_plan(plan_file)) == 0
+    assert {name: (tmp_path / "results" / "p" / "x" / name).read_text() for name in files} == files
+
+
+def test_a_recorded_run_whose_config_was_renamed_still_counts_as_finished(tmp_path: Path, utkface: Path) -> None:
+    """Nothing to compare is not a change: the committed results stand, with a note."""
+    plan_file = _plan(tmp_path, utkface, [{"name": "x", "config": str(tmp_path / "renamed.yaml")}])
+    _record(plan_file, "x", [])
+    plan = load_plan(plan_file)
+    assert execute(plan) == 0
+    status = json.loads((plan.results_dir / "status.json").read_text())["runs"][0]
+    assert status["state"] == "finished" and status["test"]["mae"] == 4.5
+    assert status["settings_check"].startswith("cannot be checked: ") and "renamed.yaml" in status["settings_check"]
+
+
+def test_the_runner_keeps_nohups_ignored_hangup_and_restores_the_handlers(tmp_path: Path, utkface: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under nohup a closed terminal must not stop hours of training; afterwards the caller's handlers are back."""
+    from glae import plan as module
+
+    seen = {}
+
+    def runs(plan):
+        seen.update(hup=signal.getsignal(signal.SIGHUP), term=signal.getsignal(signal.SIGTERM))
+        return 0
+
+    monkeypatch.setattr(module, "_execute_runs", runs)
+    previous_term = signal.getsignal(signal.SIGTERM)
+    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        execute(load_plan(_plan(tmp_path, utkface, [{"name": "x", "config": "configs/smoke.yaml"}])))
+        assert seen["hup"] is signal.SIG_IGN and seen["term"] is module._leave_on_signal
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is previous_term
+    finally:
+        signal.signal(signal.SIGHUP, previous_hup)

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..fileio import atomic_write, atomic_write_text
-from ..data.datasets import load_dataset
+from ..data.datasets import DatasetError, load_dataset
 from ..data.images import ImageReadError, read_rgb
 from .align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face, reference_points
 from .detector import FaceDetector, build_detector
@@ -196,9 +196,10 @@ def _check_earlier_run(destination: Path, settings: dict[str, Any]) -> None:
     try:
         earlier = json.loads(report.read_text())
         found = {key: earlier[key] for key in settings}
+        same_source = Path(found["source"]).resolve() == Path(settings["source"]).resolve()
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{report} is not a GLAE align report; align into an empty folder") from None
-    if Path(found["source"]).resolve() != Path(settings["source"]).resolve() or found["format"] != settings["format"]:
+    if not same_source or found["format"] != settings["format"]:
         raise ValueError(
             f"{destination} holds crops of another dataset ({found['source']}, --format {found['format']}); "
             "align into another folder"
@@ -262,9 +263,13 @@ def _rows_still_reading_originals(copy: Path, format: str, base: Path, destinati
 
     (Rows outside the dataset folder are reported as such already.)
     """
+    try:
+        samples = load_dataset(copy, format).samples
+    except DatasetError:  # no crop was written (no face anywhere): no row can read one
+        return []
     return [
         {"file": str(sample.path), "problem": "the copied label file names it by an absolute path, so the aligned dataset still reads the original; make the path relative"}
-        for sample in load_dataset(copy, format).samples
+        for sample in samples
         if _is_within(sample.path, base) and not _is_within(sample.path, destination)
     ]
 
