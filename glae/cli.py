@@ -327,7 +327,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         try:
             read_model_metadata(args.out)
         except CheckpointError as error:
-            raise ValueError(f"--out {args.out} exists and is not a GLAE model file ({error}), so it is not replaced; choose another path or remove it") from None
+            raise ValueError(f"--out {args.out} exists and is not a GLAE model file, so it is not replaced; choose another path or remove it ({error})") from None
     device = pick_device(args.device)
     model, info = load_model(checkpoint, device)
     samples = _faces(args, info, args.part)
