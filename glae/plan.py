@@ -297,7 +297,7 @@ def execute(plan: Plan) -> int:
         except BlockingIOError:
             print(f"plan {plan.name}: another runner is already working on it", file=sys.stderr)
             return 0
-        earlier: dict[int, Any] = {}
+        earlier: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGHUP):
                 if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's ignored hangup stays ignored
