@@ -150,6 +150,14 @@ def settings_change(plan: Plan, run: PlannedRun) -> str | None:
     return ", ".join(f"{key}: {recorded.get(key)!r} recorded, {planned.get(key)!r} planned" for key in keys)
 
 
+def _checked_change(plan: Plan, run: PlannedRun) -> tuple[str | None, str | None]:
+    """``(change, why unchecked)`` of a recorded run: a record that cannot be read is no change, the results stand."""
+    try:
+        return settings_change(plan, run), None
+    except ValueError as error:
+        return None, f"cannot be checked: {error}"
+
+
 def _copy_if_changed(source: Path, target: Path) -> None:
     if not source.is_file():
         return
@@ -183,12 +191,10 @@ def run_state(plan: Plan, run: PlannedRun) -> dict[str, Any]:
     if metrics.is_file():
         history = [record for record in map(_json_line, metrics.read_text().splitlines()) if isinstance(record, dict)]
     state: dict[str, Any] = {"name": run.name, "config": run.config, "set": run.overrides, "epochs_logged": len(history)}
-    recorded_run, change = is_recorded(plan, run), None
-    if recorded_run:
-        try:
-            change = settings_change(plan, run)
-        except ValueError as error:
-            state["settings_check"] = f"cannot be checked: {error}"
+    recorded_run = is_recorded(plan, run)
+    change, unchecked = _checked_change(plan, run) if recorded_run else (None, None)
+    if unchecked is not None:
+        state["settings_check"] = unchecked
     if change is not None:
         state["state"] = "changed"
         state["change"] = change
@@ -314,10 +320,7 @@ def _execute_runs(plan: Plan) -> int:
     failures: dict[str, str] = {}
     for run in plan.runs:
         if is_recorded(plan, run):
-            try:
-                change = settings_change(plan, run)
-            except ValueError:
-                change = None  # nothing to compare (a renamed config): the recorded results stand
+            change, _ = _checked_change(plan, run)
             if change is not None:
                 failures[run.name] = (f"recorded with other settings ({change}); rename the run, "
                                       f"or delete {plan.results_dir / run.name} and {plan.run_dir(run)} to train it again")
