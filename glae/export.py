@@ -27,6 +27,7 @@ from .models.routed import INPUT_NAME, ROUTED_OUTPUTS, RoutedAgeModel
 from .routing import RoutingMode, routing_mode
 
 METADATA_PREFIX = "glae."
+ONNX_EXTRA = "ONNX export needs onnx and onnxscript: pip install 'glae[onnx]'"
 DEFAULT_OPSET = 18
 """The opset torch's exporter writes natively (its torchlib); its files (ONNX IR version 10) run
 on onnxruntime 1.18 and later."""
@@ -64,7 +65,7 @@ def check_opset(opset: int) -> None:
 def is_glae_export(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds an ONNX graph that ``glae export`` wrote: the only file an export may replace."""
     if importlib.util.find_spec("onnx") is None:
-        raise MissingExtraError("ONNX export needs onnx and onnxscript: pip install 'glae[onnx]'")
+        raise MissingExtraError(ONNX_EXTRA)
     import onnx
 
     try:
@@ -83,7 +84,7 @@ def export_onnx(model: AgeModel, path: str | os.PathLike, info: dict[str, Any], 
     below the 2 GB that a single ONNX file can hold.
     """
     if importlib.util.find_spec("onnxscript") is None:  # torch imports it, and onnx, mid-export
-        raise MissingExtraError("ONNX export needs onnx and onnxscript: pip install 'glae[onnx]'")
+        raise MissingExtraError(ONNX_EXTRA)
     check_opset(opset)
     mode = routing_mode(info)
     routed = RoutedAgeModel(model, mode).eval()
