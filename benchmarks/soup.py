@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--bn-faces", type=int, default=2000, help="train faces the batch-norm statistics are re-estimated on")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draw of those faces")
     parser.add_argument("--out", type=Path, required=True, help="run folder to write the greedy soup into")
+    parser.add_argument("--uniform-only", action="store_true",
+                        help="write the uniform soup of all runs to OUT/model.safetensors, unjudged: a start for re-training its heads")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -136,6 +138,13 @@ def main() -> None:
     split = Split.from_json(json.loads(split_text), index.samples, index.root)
     bn_faces = random.Random(args.seed).sample(split.train, min(args.bn_faces, len(split.train)))
     soup = Soup(members, split, bn_faces, InferencePass(torch.device("cpu"), 64, num_workers=1))
+    if args.uniform_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        model = soup.build(list(members))
+        save_model(args.out / "model.safetensors", model, {**soup.infos[next(iter(members))], "soup_of": list(members),
+                                                           "bn_reestimated_on": len(bn_faces)})
+        print(f"uniform soup of {len(members)} written to {args.out / 'model.safetensors'}")
+        return
 
     ingredients = {}
     for name in members:
