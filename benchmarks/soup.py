@@ -93,11 +93,12 @@ class Soup:
             self.infos[name] = info
         self.split, self.bn_faces, self.run = split, bn_faces, run
 
-    def build(self, names: list[str], reestimate: bool = True) -> AgeModel:
+    def build(self, names: list[str]) -> AgeModel:
+        """The average of ``names``; one ingredient keeps its own batch-norm statistics."""
         assert self.model is not None
         self.model.load_state_dict(average_state([self.states[n] for n in names]))
         self.model.calibration = None
-        if reestimate and len(names) > 1:
+        if len(names) > 1:
             reestimate_batch_norm(self.model, self.bn_faces)
         return self.model.eval()
 
