@@ -7,7 +7,9 @@ sort the ingredients by validation MAE + CMAE (Adaptive Routing); start from the
 each next one if the soup with it, its batch-norm statistics re-estimated on train faces,
 validates no worse. The soup is calibrated on validation, its test part read once, and it
 is written as a run folder (``model.safetensors``, ``split.json``, ``test_metrics.json``)
-that ``benchmarks/ship_rule.py`` judges like a trained candidate.
+that ``benchmarks/ship_rule.py`` judges like a trained candidate. ``--uniform-only`` writes
+the uniform soup of all runs instead, unjudged, for a run that trains its heads again
+(``configs/utkface_soup_rehead.yaml``).
 
     python benchmarks/soup.py runs/claims/glae_seed2 runs/claims/glae_fresh_seed2 \\
         runs/claims/glae_flip_seed0 runs/claims/glae_flip_seed1 runs/claims/glae_flip_seed2 \\
