@@ -80,7 +80,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 class Soup:
     """Ingredients' weights, one model to load averages into, and the faces to judge them on."""
 
-    def __init__(self, members: dict[str, Path], split: Split, bn_faces: list[AgeSample], run: InferencePass) -> None:
+    def __init__(self, members: dict[str, Path], split: Split, bn_faces: list[AgeSample], run: InferencePass,
+                 reestimate: bool = True) -> None:
         self.states: dict[str, dict[str, Tensor]] = {}
         self.infos: dict[str, dict[str, Any]] = {}
         self.model: AgeModel | None = None
@@ -93,14 +94,15 @@ class Soup:
                 raise SystemExit(f"{name} has another architecture or input normalization than the first ingredient")
             self.states[name] = {k: v.clone() for k, v in model.state_dict().items()}
             self.infos[name] = info
-        self.split, self.bn_faces, self.run = split, bn_faces, run
+        self.split, self.bn_faces, self.run, self.reestimate = split, bn_faces, run, reestimate
 
     def build(self, names: list[str]) -> AgeModel:
-        """The average of ``names``; one ingredient keeps its own batch-norm statistics."""
+        """The average of ``names``; one ingredient keeps its own batch-norm statistics, and so
+        does a soup built with ``reestimate`` off (the members' averaged statistics)."""
         assert self.model is not None
         self.model.load_state_dict(average_state([self.states[n] for n in names]))
         self.model.calibration = None
-        if len(names) > 1:
+        if self.reestimate and len(names) > 1:
             reestimate_batch_norm(self.model, self.bn_faces)
         return self.model.eval()
 
@@ -128,6 +130,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder to write the greedy soup into")
     parser.add_argument("--uniform-only", action="store_true",
                         help="write the uniform soup of all runs to OUT/model.safetensors, unjudged: a start for re-training its heads")
+    parser.add_argument("--average-statistics", action="store_true",
+                        help="average the members' batch-norm statistics instead of re-estimating them")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -140,7 +144,7 @@ def main() -> None:
     index = load_dataset(args.data, "utkface")
     split = Split.from_json(json.loads(split_text), index.samples, index.root)
     bn_faces = random.Random(args.seed).sample(split.train, min(args.bn_faces, len(split.train)))
-    soup = Soup(members, split, bn_faces, InferencePass(torch.device("cpu"), 64, num_workers=1))
+    soup = Soup(members, split, bn_faces, InferencePass(torch.device("cpu"), 64, num_workers=1), not args.average_statistics)
     if args.uniform_only:
         args.out.mkdir(parents=True, exist_ok=True)
         model = soup.build(list(members))
@@ -171,7 +175,7 @@ def main() -> None:
     model.calibration = calibrate_samples(model, split.val, "routing", soup.run)
     test = evaluate_samples(model, split.test, "routing", soup.run)
     args.out.mkdir(parents=True, exist_ok=True)
-    info = {**soup.infos[chosen[0]], "soup_of": chosen, "bn_reestimated_on": len(bn_faces) if len(chosen) > 1 else 0,
+    info = {**soup.infos[chosen[0]], "soup_of": chosen, "bn_reestimated_on": len(bn_faces) if len(chosen) > 1 and soup.reestimate else 0,
             "calibrated_on": "validation part of the runs' split"}
     info.pop("source_run", None)
     save_model(args.out / "model.safetensors", model, info)
