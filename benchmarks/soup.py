@@ -149,7 +149,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         model = soup.build(list(members))
         save_model(args.out / "model.safetensors", model, {**soup.infos[next(iter(members))], "soup_of": list(members),
-                                                           "bn_reestimated_on": len(bn_faces)})
+                                                           "bn_reestimated_on": len(bn_faces) if soup.reestimate else 0})
         print(f"uniform soup of {len(members)} written to {args.out / 'model.safetensors'}")
         return
 
