@@ -38,8 +38,7 @@ from glae.data.transforms import eval_transform
 from glae.estimator import resolve_model_path
 from glae.evaluate import InferencePass, calibrate_samples, evaluate_samples
 from glae.models.glae import AgeModel
-
-GROUPS = ("0-17", "18-65", "66+")
+from ship_rule import GROUPS, summary
 
 
 def average_state(states: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -56,6 +55,7 @@ def reestimate_batch_norm(model: AgeModel, faces: list[AgeSample], batch_size: i
     and their flips (the views inference sees): averaged weights change what each layer
     receives, so the ingredients' averaged statistics no longer describe it."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over all batches
@@ -66,15 +66,9 @@ def reestimate_batch_norm(model: AgeModel, faces: list[AgeSample], batch_size: i
                         batch_size=batch_size, num_workers=1)
     for images, _, _ in loader:
         model.predict_views(images.contiguous(memory_format=torch.channels_last))
-    for norm in norms:
-        norm.momentum = 0.1
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
     model.eval()
-
-
-def headline(report: dict[str, Any]) -> dict[str, Any]:
-    """Routing MAE, CMAE and per-group MAE / CMAE / mean signed error of one report."""
-    return {"mae": report["mae"], "cmae": report["cmae"],
-            "groups": {g: {k: report["groups"][g].get(k) for k in ("mae", "cmae", "bias")} for g in GROUPS}}
 
 
 class Soup:
@@ -107,8 +101,12 @@ class Soup:
         return self.model.eval()
 
     def validate(self, names: list[str]) -> dict[str, Any]:
-        report = evaluate_samples(self.build(names), self.split.val, "routing", self.run)
-        return headline(report)
+        return summary(evaluate_samples(self.build(names), self.split.val, "routing", self.run))
+
+    def info(self, names: list[str]) -> dict[str, Any]:
+        """The soup's model-file facts: the first member's, less its source run, plus what was averaged."""
+        info = {key: value for key, value in self.infos[names[0]].items() if key != "source_run"}
+        return {**info, "soup_of": names, "bn_reestimated_on": len(self.bn_faces) if self.reestimate and len(names) > 1 else 0}
 
 
 def score(numbers: dict[str, Any]) -> float:
@@ -148,8 +146,7 @@ def main() -> None:
     if args.uniform_only:
         args.out.mkdir(parents=True, exist_ok=True)
         model = soup.build(list(members))
-        save_model(args.out / "model.safetensors", model, {**soup.infos[next(iter(members))], "soup_of": list(members),
-                                                           "bn_reestimated_on": len(bn_faces) if soup.reestimate else 0})
+        save_model(args.out / "model.safetensors", model, soup.info(list(members)))
         print(f"uniform soup of {len(members)} written to {args.out / 'model.safetensors'}")
         return
 
@@ -175,10 +172,7 @@ def main() -> None:
     model.calibration = calibrate_samples(model, split.val, "routing", soup.run)
     test = evaluate_samples(model, split.test, "routing", soup.run)
     args.out.mkdir(parents=True, exist_ok=True)
-    info = {**soup.infos[chosen[0]], "soup_of": chosen, "bn_reestimated_on": len(bn_faces) if len(chosen) > 1 and soup.reestimate else 0,
-            "calibrated_on": "validation part of the runs' split"}
-    info.pop("source_run", None)
-    save_model(args.out / "model.safetensors", model, info)
+    save_model(args.out / "model.safetensors", model, {**soup.info(chosen), "calibrated_on": "validation part of the runs' split"})
     shutil.copyfile(args.runs[0] / "split.json", args.out / "split.json")
     (args.out / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")
     print(f"greedy soup written to {args.out}; temperature {model.calibration.temperature:.3f}; test part in test_metrics.json")

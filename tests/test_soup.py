@@ -12,18 +12,22 @@ import torch
 from PIL import Image
 
 from glae.data.datasets import AgeSample
+from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
 from glae.models.glae import AgeModel, ModelConfig
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "soup.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def soup():
-    spec = importlib.util.spec_from_file_location("soup", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["soup"] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCHMARKS))  # soup.py imports its sibling ship_rule.py, as when run as a script
+    try:
+        spec = importlib.util.spec_from_file_location("soup", BENCHMARKS / "soup.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
     return module
 
 
@@ -46,7 +50,7 @@ def test_batch_norm_statistics_become_the_mean_over_all_faces_and_flips(soup, tm
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
         faces.append(AgeSample(path=path, age=float(i)))
     transform = eval_transform(32, model.normalization)
-    images = torch.stack([transform(Image.open(f.path).convert("RGB")) for f in faces])
+    images = torch.stack([transform(read_rgb(f.path)) for f in faces])
     norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     captured = []
     hook = norm.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
