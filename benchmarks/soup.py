@@ -90,13 +90,17 @@ class Soup:
             self.infos[name] = info
         self.split, self.bn_faces, self.run, self.reestimate = split, bn_faces, run, reestimate
 
+    def reestimates(self, names: list[str]) -> bool:
+        """Whether the soup of ``names`` gets re-estimated batch-norm statistics."""
+        return self.reestimate and len(names) > 1
+
     def build(self, names: list[str]) -> AgeModel:
         """The average of ``names``; one ingredient keeps its own batch-norm statistics, and so
         does a soup built with ``reestimate`` off (the members' averaged statistics)."""
         assert self.model is not None
         self.model.load_state_dict(average_state([self.states[n] for n in names]))
         self.model.calibration = None
-        if self.reestimate and len(names) > 1:
+        if self.reestimates(names):
             reestimate_batch_norm(self.model, self.bn_faces)
         return self.model.eval()
 
@@ -106,7 +110,7 @@ class Soup:
     def info(self, names: list[str]) -> dict[str, Any]:
         """The soup's model-file facts: the first member's, less its source run, plus what was averaged."""
         info = {key: value for key, value in self.infos[names[0]].items() if key != "source_run"}
-        return {**info, "soup_of": names, "bn_reestimated_on": len(self.bn_faces) if self.reestimate and len(names) > 1 else 0}
+        return {**info, "soup_of": names, "bn_reestimated_on": len(self.bn_faces) if self.reestimates(names) else 0}
 
 
 def score(numbers: dict[str, Any]) -> float:
