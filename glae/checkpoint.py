@@ -34,6 +34,7 @@ from .calibration import IntervalCalibration
 from .fileio import atomic_write, atomic_write_bytes
 from .models.backbones import InputNormalization
 from .models.glae import PAPER_INPUT, AgeModel, ModelConfig
+from .models.pair import InferenceModel, ModelPair
 from .typed import is_finite_number, parse_json
 
 METADATA_KEY = "glae"
@@ -44,14 +45,19 @@ class CheckpointError(ValueError):
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] | None = None, half: bool = False) -> None:
-    """Write weights + ``ModelConfig`` + ``info`` (JSON-safe facts: stages trained, metrics...)."""
-    model = unwrap(model)  # DDP wraps the model; save what it wraps
+    """Write weights + ``ModelConfig`` (a pair: each member's) + ``info`` (JSON-safe facts: stages trained, metrics...)."""
+    if not isinstance(model, ModelPair):
+        model = unwrap(model)  # DDP wraps the model; save what it wraps
     dtype = torch.float16 if half else None
     tensors = {
         name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in model.state_dict().items()
     }
-    record = {"model": model.config.to_dict(), "input": model.normalization._asdict(), "info": info or {}}
+    settings: dict[str, Any] = (
+        {"members": [member.config.to_dict() for member in (model.first, model.second)]}
+        if isinstance(model, ModelPair) else {"model": model.config.to_dict()}
+    )
+    record = {**settings, "input": model.normalization._asdict(), "info": info or {}}
     if model.calibration is not None:
         record["calibration"] = model.calibration.to_dict()
     metadata = {METADATA_KEY: json.dumps(record)}
@@ -61,7 +67,10 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] |
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The validated ``{"model", "input", "calibration", "info"}`` record of a model file, without loading weights.
+    """The validated ``{"members", "input", "calibration", "info"}`` record of a model file, without loading weights.
+
+    ``members`` holds the settings of each network: one, or two for a ``ModelPair`` (whose
+    file stores them under ``members`` instead of ``model``, so an older GLAE refuses it).
 
     ``input`` is the pixel normalization the network was trained with (``mean``, ``std``
     per RGB channel of [0, 1] pixels); files written before it was recorded used the paper's.
@@ -97,14 +106,15 @@ def _parse_record(path: Path, text: str) -> dict[str, Any]:
         raise CheckpointError(f"{where} {error}; {advice}") from None
     if not isinstance(record, dict):
         raise CheckpointError(f"{where} must be a JSON object, got {type(record).__name__}; {advice}")
-    for key in ("model", "info"):
-        if not isinstance(record.get(key), dict):
-            found = "missing" if key not in record else f"a {type(record[key]).__name__}"
-            raise CheckpointError(f"{where}: key '{key}' must be a JSON object, found {found}; {advice}")
-    try:
-        ModelConfig.from_dict(record["model"])
-    except ValueError as error:
-        raise CheckpointError(f"{where}: {error}; {advice}") from None
+    members = _member_settings(record, where, advice)
+    if not isinstance(record.get("info"), dict):
+        found = "missing" if "info" not in record else f"a {type(record['info']).__name__}"
+        raise CheckpointError(f"{where}: key 'info' must be a JSON object, found {found}; {advice}")
+    for settings in members:
+        try:
+            ModelConfig.from_dict(settings)
+        except ValueError as error:
+            raise CheckpointError(f"{where}: {error}; {advice}") from None
     normalization = _parse_normalization(record.get("input", PAPER_INPUT._asdict()))
     if normalization is None:
         raise CheckpointError(f"{where}: key 'input' must hold 'mean' and 'std', three finite numbers each (std > 0); {advice}")
@@ -114,7 +124,20 @@ def _parse_record(path: Path, text: str) -> dict[str, Any]:
             calibration = IntervalCalibration.from_dict(record["calibration"])
         except ValueError as error:
             raise CheckpointError(f"{where}: key 'calibration': {error}; {advice}") from None
-    return {"model": record["model"], "input": normalization, "calibration": calibration, "info": record["info"]}
+    return {"members": members, "input": normalization, "calibration": calibration, "info": record["info"]}
+
+
+def _member_settings(record: dict[str, Any], where: str, advice: str) -> list[dict[str, Any]]:
+    """``[model]`` of a single network's file, or the two ``members`` of a pair's."""
+    if "members" in record:
+        members = record["members"]
+        if not (isinstance(members, list) and len(members) == 2 and all(isinstance(m, dict) for m in members)):
+            raise CheckpointError(f"{where}: key 'members' must list two JSON objects (a model pair); {advice}")
+        return members
+    if not isinstance(record.get("model"), dict):
+        found = "missing" if "model" not in record else f"a {type(record['model']).__name__}"
+        raise CheckpointError(f"{where}: key 'model' must be a JSON object, found {found}; {advice}")
+    return [record["model"]]
 
 
 def _parse_normalization(value: Any) -> InputNormalization | None:
@@ -133,17 +156,19 @@ def _parse_normalization(value: Any) -> InputNormalization | None:
 
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[AgeModel, dict[str, Any]]:
-    """Rebuild the network from a model file; returns ``(model in eval mode, info)``.
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[InferenceModel, dict[str, Any]]:
+    """Rebuild the network (or pair) from a model file; returns ``(model in eval mode, info)``.
 
     Weights that do not fit the configuration, or that hold NaN or infinity (a run that
     diverged), are refused here, so no command ever prints or serves a ``nan`` age.
     """
     path = Path(path)
     record = read_model_metadata(path)
-    config = ModelConfig.from_dict({**record["model"], "pretrained": False})
     try:
-        model = AgeModel(config)
+        networks = [AgeModel(ModelConfig.from_dict({**settings, "pretrained": False})) for settings in record["members"]]
+        for network in networks:
+            network.normalization = record["input"]  # what it was trained with, not what a rebuild without weights would pick
+        model: InferenceModel = networks[0] if len(networks) == 1 else ModelPair(*networks)
     except (ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: its model settings do not build a network ({error})") from None
     try:
@@ -160,7 +185,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
     _check_finite(path, state)
-    model.normalization = record["input"]  # what it was trained with, not what a rebuild without weights would pick
     model.calibration = record["calibration"]
     return model.to(device).eval(), record["info"]
 

@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--part", choices=("val", "test", "train"), default="val", help="the part to fit on (default: val; never the part you report)")
     calibrate.add_argument("--out", type=Path, required=True, help="the calibrated model file to write (the input is never changed)")
 
+    pair = commands.add_parser("pair", help="two trained models as one: the first reads each image, the second its mirror image")
+    pair.add_argument("first", type=Path, metavar="FIRST", help="model file (.safetensors) run on the image")
+    pair.add_argument("second", type=Path, metavar="SECOND", help="model file (.safetensors) run on the mirror image")
+    pair.add_argument("--out", type=Path, required=True, help="the pair's model file to write; calibrate its interval next (glae calibrate)")
+    pair.add_argument("--half", action="store_true", help="store float16 weights (half the file size, as the shipped model)")
+
     align = commands.add_parser("align", help="detect and align every face of a dataset into a folder of the same format")
     align.add_argument("source", metavar="SRC", help="dataset folder or manifest file")
     align.add_argument("destination", metavar="DST", help="output folder; rerunning skips crops already there")
@@ -343,6 +349,36 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pair(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError, load_model, read_model_metadata, save_model
+    from .models import AgeModel, ModelPair
+    from .routing import routing_mode
+
+    for flag, path in (("FIRST", args.first), ("SECOND", args.second)):
+        if args.out.resolve() == path.resolve():
+            raise ValueError(f"--out {args.out} is {flag} itself; write the pair to a new file")
+    _check_output_file(args.out, "--out")
+    if args.out.exists():
+        try:
+            read_model_metadata(args.out)
+        except CheckpointError as error:
+            raise ValueError(f"--out {args.out} exists and is not a GLAE model file, so it is not replaced; choose another path or remove it ({error})") from None
+    (first, first_info), (second, second_info) = load_model(args.first), load_model(args.second)
+    if not (isinstance(first, AgeModel) and isinstance(second, AgeModel)):
+        raise ValueError("FIRST or SECOND is already a pair; pair two single models")
+    if routing_mode(first_info) != routing_mode(second_info):
+        raise ValueError("one model has a trained balanced head and the other not; pair two models trained through the same stages")
+    pair = ModelPair(first, second)
+    info = {
+        "balanced_trained": bool(first_info.get("balanced_trained")),
+        "data_format": first_info.get("data_format", "utkface"),
+        "pair_of": [{"file": args.first.name, **first_info}, {"file": args.second.name, **second_info}],
+    }
+    save_model(args.out, pair, info, half=args.half)
+    print(f"model pair ({routing_mode(info)} mode, uncalibrated interval): {args.out}")
+    return 0
+
+
 def _is_half(path: Path) -> bool:
     """Whether a model file stores float16 weights (the shipped one does), so a rewrite keeps its size."""
     from safetensors import safe_open
@@ -437,7 +473,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "plan": run_plan, "eval": run_eval, "calibrate": run_calibrate, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
+COMMANDS = {"train": run_train, "plan": run_plan, "eval": run_eval, "calibrate": run_calibrate, "pair": run_pair, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
 
 
 def _one_line(error: BaseException) -> str:

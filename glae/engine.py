@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .losses import compute_loss
 from .models.glae import HEAD_NAMES, AgeModel
+from .models.pair import InferenceModel
 
 
 class TrainingDiverged(RuntimeError):
@@ -249,7 +250,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_views_dataset(
-    model: AgeModel,
+    model: InferenceModel,
     loader: DataLoader,
     device: torch.device,
     heads: tuple[str, ...] = HEAD_NAMES,

@@ -15,7 +15,7 @@ from .data.images import AgeImageDataset
 from .data.transforms import eval_transform
 from .engine import predict_views_dataset
 from .metrics import AGE_GROUPS, age_class, epsilon_error, summarize
-from .models.glae import AgeModel
+from .models.pair import InferenceModel
 from .routing import ROUTING_MODES, RoutingMode, heads_for, route
 
 
@@ -86,7 +86,7 @@ class InferencePass:
 
 
 def predict_samples(
-    model: AgeModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass
+    model: InferenceModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """One flip-TTA pass of ``model`` over ``samples`` (the heads ``mode`` needs): ``(views, ages, stds)``."""
     loader = DataLoader(
@@ -105,13 +105,13 @@ def predict_samples(
     return views, ages, stds
 
 
-def evaluate_samples(model: AgeModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass) -> dict[str, Any]:
+def evaluate_samples(model: InferenceModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass) -> dict[str, Any]:
     """One pass of ``model`` over ``samples``, then the report (intervals read as the model's calibration says)."""
     views, ages, stds = predict_samples(model, samples, mode, run)
     return evaluate_views(views, ages, stds, mode, model.calibration)
 
 
-def calibrate_samples(model: AgeModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass) -> IntervalCalibration:
+def calibrate_samples(model: InferenceModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass) -> IntervalCalibration:
     """Fit the model's 90% interval on faces it never trained on (a validation part), routed by ``mode``."""
     views, ages, _ = predict_samples(model, samples, mode, run)
     return fit_temperature(route(views, mode).probs, ages)

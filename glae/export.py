@@ -22,7 +22,7 @@ import torch
 
 from .errors import MissingExtraError
 from .fileio import atomic_write
-from .models.glae import AgeModel
+from .models.pair import InferenceModel, ModelPair
 from .models.routed import INPUT_NAME, ROUTED_OUTPUTS, RoutedAgeModel
 from .routing import RoutingMode, routing_mode
 
@@ -36,11 +36,11 @@ MIN_OPSET = DEFAULT_OPSET
 the failure and writes opset 18 anyway: refused up front instead."""
 
 
-def onnx_metadata(model: AgeModel, mode: RoutingMode, info: dict[str, Any]) -> dict[str, str]:
+def onnx_metadata(model: InferenceModel, mode: RoutingMode, info: dict[str, Any]) -> dict[str, str]:
     """String key/values for ``metadata_props``: enough to preprocess and interpret outputs."""
     config = model.config
-    values = {
-        "model": config.to_dict(),
+    values: dict[str, Any] = {
+        "model": config.to_dict(),  # a pair's first member: input size and age range are both members'
         "info": info,
         "routing_mode": mode,
         "input_size": config.input_size,
@@ -51,6 +51,8 @@ def onnx_metadata(model: AgeModel, mode: RoutingMode, info: dict[str, Any]) -> d
         # How the 90% interval is read from `probs` (glae.calibration); null: its raw quantiles.
         "calibration": None if model.calibration is None else model.calibration.to_dict(),
     }
+    if isinstance(model, ModelPair):
+        values["members"] = [model.first.config.to_dict(), model.second.config.to_dict()]
     return {METADATA_PREFIX + key: json.dumps(value) for key, value in values.items()}
 
 
@@ -75,7 +77,7 @@ def is_glae_export(path: str | os.PathLike) -> bool:
     return any(prop.key == METADATA_PREFIX + "model" for prop in graph.metadata_props)
 
 
-def export_onnx(model: AgeModel, path: str | os.PathLike, info: dict[str, Any], opset: int = DEFAULT_OPSET) -> RoutingMode:
+def export_onnx(model: InferenceModel, path: str | os.PathLike, info: dict[str, Any], opset: int = DEFAULT_OPSET) -> RoutingMode:
     """Write ``model`` with routing and metadata to ``path``; returns the routing mode used.
 
     torch's recommended exporter is used (``dynamo=True``: ``torch.export`` captures the

@@ -22,7 +22,8 @@ from .checkpoint import CheckpointError, diverged_weight, load_model
 from .errors import MissingExtraError
 from .export import METADATA_PREFIX
 from .models.backbones import InputNormalization
-from .models.glae import AgeModel, ModelConfig
+from .models.glae import ModelConfig
+from .models.pair import InferenceModel
 from .models.routed import INPUT_NAME, ROUTED_OUTPUTS, RoutedAgeModel
 from .routing import ROUTING_MODES, RoutingMode, routing_mode
 from .typed import is_finite_number, parse_json
@@ -48,7 +49,7 @@ class TorchRoutedPredictor:
     twice as fast on CPUs (``benchmarks/speed.py``) and which costs nothing on GPUs.
     """
 
-    def __init__(self, model: AgeModel, mode: RoutingMode) -> None:
+    def __init__(self, model: InferenceModel, mode: RoutingMode) -> None:
         self.routed = RoutedAgeModel(model.to(memory_format=torch.channels_last), mode).eval()
         self.config = model.config
         self.normalization = model.normalization
@@ -149,7 +150,25 @@ def _checked_metadata(path: str | os.PathLike, stored: dict[str, str]) -> dict[s
     if min(metadata["pixel_std"]) <= 0:
         raise fail("pixel_std", f"must be > 0 for every channel, got {metadata['pixel_std']!r}")
     metadata["calibration"] = _checked_calibration(stored.get(METADATA_PREFIX + "calibration", "null"), fail)
+    if METADATA_PREFIX + "members" in stored:  # a model pair's two networks (glae pair)
+        metadata["members"] = _checked_members(stored[METADATA_PREFIX + "members"], fail)
     return metadata
+
+
+def _checked_members(text: str, fail: Callable[[str, str], CheckpointError]) -> list[dict[str, Any]]:
+    """A model pair's member settings: two valid ``ModelConfig`` records."""
+    try:
+        members = parse_json(text)
+    except ValueError as error:
+        raise fail("members", str(error)) from None
+    if not (isinstance(members, list) and len(members) == 2):
+        raise fail("members", "must list the two networks of a model pair")
+    for settings in members:
+        try:
+            ModelConfig.from_dict(settings)
+        except ValueError as error:
+            raise fail("members", f"is invalid ({error})") from None
+    return members
 
 
 def _checked_calibration(text: str, fail: Callable[[str, str], CheckpointError]) -> IntervalCalibration | None:

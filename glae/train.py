@@ -435,6 +435,8 @@ def init_source(model: AgeModel, config: TrainConfig, number: int) -> AgeModel:
     path = config.stages[number - 1].init_from
     assert path is not None
     source, _ = load_model(path)
+    if not isinstance(source, AgeModel):
+        raise ValueError(f"stages.{number - 1}.init_from {path} is a model pair (glae pair); a stage starts from one network")
     if dataclasses.replace(source.config, pretrained=model.config.pretrained) != model.config:
         raise ValueError(f"stages.{number - 1}.init_from {path}: its model settings differ from this run's")
     if source.normalization != model.normalization:

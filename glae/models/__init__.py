@@ -2,6 +2,7 @@
 
 from .backbones import Backbone, BackboneError, create_backbone, list_backbones, register_backbone
 from .glae import HEAD_NAMES, AgeModel, ModelConfig, count_parameters
+from .pair import InferenceModel, ModelPair
 from .heads import (
     HEADS,
     AgeHead,
@@ -27,7 +28,9 @@ __all__ = [
     "GAPHead",
     "GLAEHead",
     "HolisticBranch",
+    "InferenceModel",
     "ModelConfig",
+    "ModelPair",
     "OrdinalHead",
     "RearrangedGAPHead",
     "count_parameters",

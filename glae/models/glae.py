@@ -155,12 +155,14 @@ class AgeModel(nn.Module):
 
         Returns ``{head: [2, B, K+1]}`` where index 0 is the original view and 1 the flip.
         """
-        batch = torch.cat([images, images.flip(-1)])
-        features = self.forward_features(batch)
-        return {
-            head: self.probabilities(self.forward_head(features, head), head).unflatten(0, (2, images.shape[0]))
-            for head in heads
-        }
+        both = self.predict_probabilities(torch.cat([images, images.flip(-1)]), heads)
+        return {head: probs.unflatten(0, (2, images.shape[0])) for head, probs in both.items()}
+
+    @torch.no_grad()
+    def predict_probabilities(self, images: Tensor, heads: tuple[str, ...] = HEAD_NAMES) -> dict[str, Tensor]:
+        """``{head: [B, K+1]}``: each head's distribution for the images as given, one backbone pass."""
+        features = self.forward_features(images)
+        return {head: self.probabilities(self.forward_head(features, head), head) for head in heads}
 
     def probabilities(self, outputs: dict[str, Tensor], head: str = "vanilla") -> Tensor:
         """``[B, K+1]`` age distribution from one head's outputs, as that head defines it."""

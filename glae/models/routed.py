@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..routing import RoutingMode, heads_for, route
-from .glae import AgeModel
+from .pair import InferenceModel
 
 INPUT_NAME = "images"
 ROUTED_OUTPUTS = ("age", "probs", "used_balanced")
@@ -18,7 +18,7 @@ when the model has a trained balanced head."""
 
 
 class RoutedAgeModel(nn.Module):
-    """``AgeModel`` + ``route`` as one module, so the whole prediction is one traceable graph.
+    """``AgeModel`` (or ``ModelPair``) + ``route`` as one module, so the whole prediction is one traceable graph.
 
     ``forward`` maps normalized images ``[B, 3, S, S]`` to ``(age [B], probs [B, K+1],
     used_balanced [B] bool, vanilla_probs [B, K+1][, balanced_probs [B, K+1]])``: the routed
@@ -27,7 +27,7 @@ class RoutedAgeModel(nn.Module):
     not trained), so ``balanced_probs`` is absent.
     """
 
-    def __init__(self, model: AgeModel, mode: RoutingMode) -> None:
+    def __init__(self, model: InferenceModel, mode: RoutingMode) -> None:
         super().__init__()
         self.model = model
         self.mode = mode
