@@ -58,7 +58,7 @@ def test_save_load_round_trip(tmp_path: Path, model: AgeModel) -> None:
     got = loaded.predict_views(images)
     for head in ("vanilla", "balanced"):
         assert torch.equal(got[head], expected[head])
-    assert read_model_metadata(path) == {"model": model.config.to_dict(), "input": PAPER_INPUT, "calibration": None, "info": info}
+    assert read_model_metadata(path) == {"members": [model.config.to_dict()], "input": PAPER_INPUT, "calibration": None, "info": info}
     assert loaded.normalization == model.normalization == PAPER_INPUT
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 

@@ -157,3 +157,16 @@ def test_exported_pair_matches_pytorch(tmp_path: Path, crops: torch.Tensor) -> N
     torch.testing.assert_close(ages, expected.ages, atol=1e-4, rtol=0)
     torch.testing.assert_close(probs, expected.probs, atol=1e-4, rtol=0)
     assert torch.equal(used_balanced, expected.used_balanced)
+
+
+def test_a_stage_cannot_start_from_a_pair(tmp_path: Path) -> None:
+    """``init_from`` copies one network's weights; a pair file holds two, so it is refused by name."""
+    from glae.config import load_config
+    from glae.train import init_source
+
+    pair = tmp_path / "pair.safetensors"
+    save_model(pair, ModelPair(_network(1), _network(2)), {"balanced_trained": True})
+    config = load_config(None, ["model.backbone=resnet18", "model.max_age=116", "model.input_size=64",
+                                "model.head_options={proj_depth: 1, hidden_dim: 16}", f"stage2.init_from={pair}"])
+    with pytest.raises(ValueError, match=r"stages\.1\.init_from .* is a model pair"):
+        init_source(AgeModel(config.model), config, 2)
