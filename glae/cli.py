@@ -372,7 +372,7 @@ def run_pair(args: argparse.Namespace) -> int:
     info = {
         "balanced_trained": bool(first_info.get("balanced_trained")),
         "data_format": first_info.get("data_format", "utkface"),
-        "pair_of": [{"file": args.first.name, **first_info}, {"file": args.second.name, **second_info}],
+        "pair_of": [{"file": str(args.first), **first_info}, {"file": str(args.second), **second_info}],
     }
     save_model(args.out, pair, info, half=args.half)
     print(f"model pair ({routing_mode(info)} mode, uncalibrated interval): {args.out}")

@@ -79,7 +79,7 @@ def test_glae_pair_writes_a_file_that_loads_and_predicts_the_same(tmp_path: Path
     loaded, info = load_model(out)
     assert isinstance(loaded, ModelPair) and loaded.calibration is None
     assert info["balanced_trained"] is True and info["data_format"] == "utkface"
-    assert [member["file"] for member in info["pair_of"]] == ["a.safetensors", "b.safetensors"]
+    assert [member["file"] for member in info["pair_of"]] == [str(paths[0]), str(paths[1])]
     assert info["pair_of"][0]["epochs"] == 3
     assert (loaded.first.config, loaded.second.config) == (CONFIG, CONFIG)
     expected = ModelPair(first, second).predict_views(crops)
