@@ -4,6 +4,8 @@ Writes glae_utkface.safetensors (half precision, at most 25 MB) from RUN/model.s
 and MODEL_CARD.md from the run's config, split and test metrics, next to the baselines
 measured on the same test split, into --out (default glae/weights/: shipping it). The model
 file replaces the old one only once the card is written; nothing changes on an error.
+It ships one trained run; a model pair (``glae pair``) has no run folder of its own, so its
+calibrated file is copied and its card written by hand (docs/better_model.md, "Session 22").
 
 Usage: python benchmarks/ship_model.py RUN [--base BASE_RUN_OR_JSON [--base-label TEXT]] [--peer PEER_JSON]
        [--speed SPEED_JSON] [--reproduce COMMAND] [--out DIR]
