@@ -177,6 +177,8 @@ def main() -> None:
                         help="folder for the model file and its card (default: the package's, i.e. ship it)")
     args = parser.parse_args()
     model, info = load_model(args.run / "model.safetensors")
+    if not isinstance(model, AgeModel):
+        raise SystemExit(f"{args.run} holds a model pair: copy its calibrated file and write its card by hand (see this script's docstring)")
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / default_model_path().name
     staged = target.with_suffix(".staged")
