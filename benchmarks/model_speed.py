@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from glae.estimator import AgeEstimator, resolve_model_path
-from glae.inference_backends import TorchRoutedPredictor
+from glae.inference_backends import RoutedPredictor, TorchRoutedPredictor
 
 
-def images_per_second(predictor: TorchRoutedPredictor, batch: int, steps: int) -> float:
+def images_per_second(predictor: RoutedPredictor, batch: int, steps: int) -> float:
     size = predictor.config.input_size
     images = torch.randn(batch, 3, size, size)
     predictor.predict_routed(images)  # warm-up: oneDNN picks its kernels on the first call
@@ -54,8 +54,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     files = {"reference": resolve_model_path(args.reference), **{str(path): path for path in args.models}}
-    predictors = {name: TorchRoutedPredictor.load(path) for name, path in files.items()}
     estimators = {name: AgeEstimator.load(path) for name, path in files.items()} if args.photo else {}
+    # Each file is loaded once: a photo's estimator holds the predictor the batch timings use.
+    predictors = {name: estimators[name].predictor if estimators else TorchRoutedPredictor.load(path) for name, path in files.items()}
     # setting -> (what is counted, how to time one round)
     settings = {
         "batch 32": ("images", lambda name: images_per_second(predictors[name], 32, 4)),

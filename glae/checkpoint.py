@@ -54,7 +54,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] |
         for name, t in model.state_dict().items()
     }
     settings: dict[str, Any] = (
-        {"members": [member.config.to_dict() for member in (model.first, model.second)]}
+        {"members": model.member_settings()}
         if isinstance(model, ModelPair) else {"model": model.config.to_dict()}
     )
     record = {**settings, "input": model.normalization._asdict(), "info": info or {}}

@@ -314,9 +314,21 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model_out(out: Path, inputs: Sequence[str | Path | None] = ()) -> None:
+    """``--out`` of calibrate and pair may replace a GLAE model file, never anything else."""
+    from .checkpoint import read_model_metadata
+
+    _check_output_file(out, "--out", inputs)
+    if out.exists():
+        try:
+            read_model_metadata(out)
+        except CheckpointError as error:
+            raise ValueError(f"--out {out} exists and is not a GLAE model file, so it is not replaced; choose another path or remove it ({error})") from None
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from .calibration import IntervalCalibration
-    from .checkpoint import CheckpointError, load_model, read_model_metadata, save_model
+    from .checkpoint import load_model, save_model
     from .engine import pick_device
     from .estimator import resolve_model_path
     from .evaluate import InferencePass, calibrate_samples
@@ -328,12 +340,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     checkpoint = resolve_model_path(args.checkpoint)
     if args.out.resolve() == checkpoint.resolve():
         raise ValueError(f"--out {args.out} is the model itself; write the calibrated model to a new file")
-    _check_output_file(args.out, "--out", (args.data, args.split, args.config))
-    if args.out.exists():
-        try:
-            read_model_metadata(args.out)
-        except CheckpointError as error:
-            raise ValueError(f"--out {args.out} exists and is not a GLAE model file, so it is not replaced; choose another path or remove it ({error})") from None
+    _check_model_out(args.out, (args.data, args.split, args.config))
     device = pick_device(args.device)
     model, info = load_model(checkpoint, device)
     samples = _faces(args, info, args.part)
@@ -350,19 +357,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_pair(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError, load_model, read_model_metadata, save_model
+    from .checkpoint import load_model, save_model
     from .models import AgeModel, ModelPair
     from .routing import routing_mode
 
     for flag, path in (("FIRST", args.first), ("SECOND", args.second)):
         if args.out.resolve() == path.resolve():
             raise ValueError(f"--out {args.out} is {flag} itself; write the pair to a new file")
-    _check_output_file(args.out, "--out")
-    if args.out.exists():
-        try:
-            read_model_metadata(args.out)
-        except CheckpointError as error:
-            raise ValueError(f"--out {args.out} exists and is not a GLAE model file, so it is not replaced; choose another path or remove it ({error})") from None
+    _check_model_out(args.out)
     (first, first_info), (second, second_info) = load_model(args.first), load_model(args.second)
     if not (isinstance(first, AgeModel) and isinstance(second, AgeModel)):
         raise ValueError("FIRST or SECOND is already a pair; pair two single models")

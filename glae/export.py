@@ -52,7 +52,7 @@ def onnx_metadata(model: InferenceModel, mode: RoutingMode, info: dict[str, Any]
         "calibration": None if model.calibration is None else model.calibration.to_dict(),
     }
     if isinstance(model, ModelPair):
-        values["members"] = [model.first.config.to_dict(), model.second.config.to_dict()]
+        values["members"] = model.member_settings()
     return {METADATA_PREFIX + key: json.dumps(value) for key, value in values.items()}
 
 

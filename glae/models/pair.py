@@ -52,6 +52,10 @@ class ModelPair(nn.Module):
     def second(self) -> AgeModel:
         return self.members[1]  # type: ignore[return-value]
 
+    def member_settings(self) -> list[dict]:
+        """Each member's ``ModelConfig`` as a record, first then second: what a pair's file and export store."""
+        return [member.config.to_dict() for member in (self.first, self.second)]
+
     @torch.no_grad()
     def predict_views(self, images: Tensor, heads: tuple[str, ...] = HEAD_NAMES) -> dict[str, Tensor]:
         """``{head: [2, B, K+1]}`` as ``AgeModel.predict_views``: index 0 the first member on the
