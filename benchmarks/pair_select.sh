@@ -30,7 +30,8 @@ shipped = json.load(open(sys.argv[1]))
 pairs = {}
 for entry in sys.argv[2:]:
     name, path = entry.split("=", 1)
-    pairs[name] = {key: json.load(open(path))[key] for key in ("mae", "cmae")}
+    report = json.load(open(path))
+    pairs[name] = {key: report[key] for key in ("mae", "cmae")}
     print(f"val {name:24s} MAE {pairs[name]['mae']:.3f} CMAE {pairs[name]['cmae']:.3f}")
 print(f"val {'shipped':24s} MAE {shipped['mae']:.3f} CMAE {shipped['cmae']:.3f}")
 best = min(pairs, key=lambda name: pairs[name]["mae"] + pairs[name]["cmae"])
