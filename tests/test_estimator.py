@@ -136,7 +136,7 @@ def test_shipped_model_is_accurate_on_held_out_utkface_faces(utkface: Path) -> N
     predictions = AgeEstimator.load(options=PredictOptions(device="cpu")).predict([s.path for s in faces], aligned=True)
     ages = torch.tensor([p.faces[0].age for p in predictions])
     truth = torch.tensor([s.age for s in faces])
-    assert (ages - truth).abs().mean() < 7.0  # the full test part gives 4.60 (MODEL_CARD.md)
+    assert (ages - truth).abs().mean() < 7.0  # the full test part gives 4.59 (MODEL_CARD.md)
     assert ages[truth < 10].mean() + 15 < ages[truth > 60].mean()
 
 
