@@ -287,7 +287,7 @@ def test_the_shipped_models_interval_covers_90_percent_of_held_out_faces(utkface
     assert len(test) == 3785
     assert 0.88 <= calibrated["coverage"] <= 0.92, calibrated
     assert all(group["coverage"] >= 0.85 for group in calibrated["groups"].values()), calibrated
-    assert raw["coverage"] < 0.88  # untempered, the same distributions miss the target band (86% for this pair)
+    assert raw["coverage"] < 0.88  # untempered, the same distributions fall below the target band
 
 
 def test_the_onnx_export_carries_the_calibration(tmp_path: Path, model_file: Path) -> None:
