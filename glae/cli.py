@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--out", type=Path, required=True, help="the pair's model file to write; calibrate its interval next (glae calibrate)")
     pair.add_argument("--half", action="store_true", help="store float16 weights (half the file size, as the shipped model)")
 
+    teach = commands.add_parser("teach", help="distillation targets: several models' mean distribution of each training face (stages.N.distill_from)")
+    teach.add_argument("models", nargs="+", type=Path, metavar="MODEL", help="model files (.safetensors), each trained on the train part of --split only")
+    _add_data_arguments(teach, required=True)
+    _add_model_pass_arguments(teach)
+    teach.add_argument("--split", type=Path, required=True, help="the split.json whose train part the student will train on")
+    teach.add_argument("--out", type=Path, required=True, help="the targets file to write (.safetensors: tensors and image names, no code)")
+
     align = commands.add_parser("align", help="detect and align every face of a dataset into a folder of the same format")
     align.add_argument("source", metavar="SRC", help="dataset folder or manifest file")
     align.add_argument("destination", metavar="DST", help="output folder; rerunning skips crops already there")
@@ -356,6 +363,43 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_teach(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .data import Split
+    from .distill import read_teacher_metadata, save_teacher_targets
+    from .engine import pick_device
+    from .evaluate import InferencePass, predict_samples
+
+    _check_model_pass_arguments(args)
+    _check_output_file(args.out, "--out", (args.data, args.split, *args.models))
+    if args.out.exists():
+        try:
+            read_teacher_metadata(args.out)
+        except DatasetError as error:
+            raise ValueError(f"--out {args.out} exists and is not a glae teach file, so it is not replaced ({error})") from None
+    device = pick_device(args.device)
+    run = InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True)
+    samples: list[AgeSample] | None = None
+    total: torch.Tensor | None = None
+    for path in args.models:
+        model, info = load_model(path, device)
+        faces = _faces(args, info, "train")
+        if samples is not None and faces != samples:
+            raise ValueError(f"{path} reads another dataset format than {args.models[0]}: give every model the same faces with --format")
+        samples = faces
+        views, _, _ = predict_samples(model, faces, "vanilla", run)
+        mean = views["vanilla"].mean(0)  # flip-averaged, as evaluation reads a model
+        total = mean if total is None else total + mean
+        print(f"{path}: {len(faces)} training faces")
+    assert samples is not None and total is not None
+    names = Split(samples).to_json(Path(args.data))["train"]
+    save_teacher_targets(args.out, names, total / len(args.models), [str(path) for path in args.models])
+    print(f"wrote the mean distribution of {len(args.models)} models for {len(names)} training faces to {args.out}")
+    return 0
+
+
 def run_pair(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, save_model
     from .models import AgeModel, ModelPair
@@ -475,7 +519,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "plan": run_plan, "eval": run_eval, "calibrate": run_calibrate, "pair": run_pair, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
+COMMANDS = {"train": run_train, "plan": run_plan, "eval": run_eval, "calibrate": run_calibrate, "pair": run_pair, "teach": run_teach, "align": run_align, "predict": run_predict, "export": run_export, "serve": run_serve}
 
 
 def _one_line(error: BaseException) -> str:

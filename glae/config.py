@@ -54,6 +54,10 @@ class StageConfig:
     val_mode: RoutingMode = "vanilla"  # head choice of the per-epoch validation (routing needs a trained balanced head)
     max_steps_per_epoch: int | None = None  # cap an epoch (smoke runs); None = a full pass
     init_from: str | None = None  # start the stage from another run's model file (e.g. its stage1.safetensors)
+    # A ``glae teach`` file: the trained head also learns its distribution of each face (the
+    # KL divergence of Eq. 2 towards it, times ``distill_weight``, added to the loss).
+    distill_from: str | None = None
+    distill_weight: float = 1.0
 
 
 PAPER_STAGES = (
@@ -156,6 +160,8 @@ def _validate_stage(stages: list[StageConfig], index: int) -> None:
             raise ValueError(f"{key}.freeze: {part!r} is not one of {parts}")
         if part == stage.head:
             raise ValueError(f"{key}.freeze lists {part!r}, the head this stage trains")
+    if not stage.distill_weight > 0:
+        raise ValueError(f"{key}.distill_weight must be > 0, got {stage.distill_weight}")
     if stage.head_init == "copy" and (stage.copy_from not in HEAD_NAMES or stage.copy_from == stage.head):
         raise ValueError(f"{key}.copy_from must be another head than {stage.head!r}: one of {HEAD_NAMES}")
     if stage.val_mode not in ROUTING_MODES:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .losses import compute_loss
+from .losses import compute_loss, kl_loss
 from .models.glae import HEAD_NAMES, AgeModel
 from .models.pair import InferenceModel
 
@@ -164,6 +164,7 @@ class EpochSettings:
     description: str
     clip_grad_norm: float | None = None
     show_progress: bool = True
+    distill_weight: float = 1.0  # of the teacher's term, for batches that carry teacher distributions (glae.distill)
 
 
 @dataclass
@@ -190,6 +191,9 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train ``settings.head`` for up to ``settings.max_steps`` steps, counting from ``start_step``.
 
+    ``loader`` yields ``(images, ages, stds)``, or with a fourth element, the teacher's
+    distribution of each face, when the stage distils (glae.distill).
+
     ``after_step(step)`` runs after every optimizer step (the caller checkpoints there).
     ``tally`` holds the epoch's loss before ``start_step`` and is updated in place (a
     fresh one when None). Returns the epoch's mean loss (over ``tally``) and the images/s
@@ -206,9 +210,10 @@ def train_one_epoch(
         total=settings.max_steps, initial=start_step, desc=settings.description,
         disable=not settings.show_progress, dynamic_ncols=True, leave=False,
     )
-    for images, ages, stds in loader:
+    for batch in loader:
         if steps >= settings.max_steps:
             break
+        images, ages, stds = batch[:3]
         images = to_device(images, settings.device, settings.channels_last)
         ages = ages.to(settings.device, dtype=torch.float32)
         sigma: float | Tensor = settings.sigma
@@ -218,6 +223,9 @@ def train_one_epoch(
         with autocast(settings.device, settings.amp):
             outputs = model(images, head=settings.head)
         loss = compute_loss(settings.loss, {k: v.float() for k, v in outputs.items()}, ages, sigma)
+        if len(batch) > 3:  # a teacher's distribution of each face (glae.distill)
+            teacher = batch[3].to(settings.device, dtype=torch.float32)
+            loss = loss + settings.distill_weight * kl_loss(teacher, outputs["logits"].float())
         if not _finite_everywhere(loss):
             progress.close()
             raise TrainingDiverged(

@@ -58,6 +58,7 @@ from .data.cache import CachedImages, open_image_cache
 from .data.images import AgeImageDataset, ages_of, readable_samples
 from .data.samplers import EpochSampler
 from .data.transforms import train_transform
+from .distill import WithTeacherTargets, teacher_targets_for
 from .engine import (
     DistributedContext,
     EpochSettings,
@@ -214,9 +215,10 @@ class StageRunner:
     def __init__(
         self, stage: int, config: TrainConfig, model: AgeModel, split: Split, out_dir: Path,
         context: DistributedContext, writer: SummaryWriter | None, history: list[dict[str, Any]],
-        show_progress: bool,
+        show_progress: bool, data_root: Path,
     ) -> None:
         self.stage = stage
+        self.data_root = data_root  # what a teacher-targets file's image names are relative to
         self.stage_config: StageConfig = config.stages[stage - 1]
         self.config = config
         self.model = model
@@ -230,19 +232,26 @@ class StageRunner:
         self.checkpoint_path = out_dir / "checkpoints" / "last.pt"
         self.average: WeightAverage | None = None  # the weight average of this stage, when ema_decay is set
 
-    def _training_images(self) -> AgeImageDataset:
-        """The training part, read through the decoded-image cache unless ``data.cache`` is off."""
+    def _training_images(self) -> AgeImageDataset | WithTeacherTargets:
+        """The training part, read through the decoded-image cache unless ``data.cache`` is off,
+        with the teacher's distribution of each face when the stage distils."""
         config = self.config
         transform = train_transform(config.model.input_size, unwrap(self.model).normalization, config.augment, config.train_flip)
         samples = self.split.train
         if not config.data.cache:
-            return AgeImageDataset(samples, transform)
-        folder = Path(config.data.cache_dir) if config.data.cache_dir else None
-        cache = open_image_cache([s.path for s in samples], config.model.input_size, folder)
-        usable = cache.usable()
-        if not usable:
-            raise ValueError("no training image could be read (see the skipped files above)")
-        return AgeImageDataset([samples[i] for i in usable], transform, CachedImages(cache, usable))
+            images = AgeImageDataset(samples, transform)
+        else:
+            folder = Path(config.data.cache_dir) if config.data.cache_dir else None
+            cache = open_image_cache([s.path for s in samples], config.model.input_size, folder)
+            usable = cache.usable()
+            if not usable:
+                raise ValueError("no training image could be read (see the skipped files above)")
+            images = AgeImageDataset([samples[i] for i in usable], transform, CachedImages(cache, usable))
+        teacher = self.stage_config.distill_from
+        if teacher is None:
+            return images
+        targets = teacher_targets_for(teacher, images.samples, self.data_root, config.model.max_age + 1)
+        return WithTeacherTargets(images, targets)
 
     def _loader(self) -> tuple[DataLoader, EpochSampler]:
         config, device = self.config, self.context.device
@@ -305,7 +314,7 @@ class StageRunner:
             head=self.head, loss=self.config.training_loss, sigma=self.config.sigma, use_label_std=self.config.data.use_label_std,
             device=context.device, amp=self.config.amp, channels_last=self.config.channels_last,
             max_steps=steps, description="", show_progress=self.show_progress,
-            clip_grad_norm=self.config.clip_grad_norm,
+            clip_grad_norm=self.config.clip_grad_norm, distill_weight=stage_config.distill_weight,
         )
         for epoch in range(start_epoch, stage_config.epochs):
             sampler.set_epoch(epoch)
@@ -554,7 +563,7 @@ def _train(config: TrainConfig, out_dir: Path, context: DistributedContext, show
                 begin_stage(model, config, number)
             else:
                 freeze_for_stage(model, stage)
-            StageRunner(number, config, model, split, out_dir, context, writer, history, show_progress).run(resume)
+            StageRunner(number, config, model, split, out_dir, context, writer, history, show_progress, index.root).run(resume)
         stage_file = out_dir / f"stage{number}.safetensors"
         if number < len(config.stages) and context.is_main and not stage_file.exists():
             save_model(stage_file, model, {"stages": numbers[: numbers.index(number) + 1], "balanced_trained": trains_balanced_head(config.stages[:number])})
