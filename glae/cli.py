@@ -391,6 +391,9 @@ def run_teach(args: argparse.Namespace) -> int:
         samples = faces
         views, _, _ = predict_samples(model, faces, "vanilla", run)
         mean = views["vanilla"].mean(0)  # flip-averaged, as evaluation reads a model
+        if total is not None and mean.shape != total.shape:
+            raise ValueError(f"{path} predicts ages 0-{mean.shape[1] - 1}, {args.models[0]} 0-{total.shape[1] - 1}: "
+                             "the teachers must share their age range")
         total = mean if total is None else total + mean
         print(f"{path}: {len(faces)} training faces")
     assert samples is not None and total is not None

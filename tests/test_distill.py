@@ -1,0 +1,115 @@
+"""Distillation (glae.distill, ``glae teach``, ``stages.N.distill_from``): the teacher's distribution
+reaches the right face, a wrong file is refused before training, and the loss gains exactly the
+weighted KL divergence towards the teacher."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from glae.checkpoint import load_model
+from glae.cli import main
+from glae.config import load_config
+from glae.data import AgeSample, DatasetError
+from glae.distill import save_teacher_targets, teacher_targets_for
+from glae.engine import EpochSettings, train_one_epoch
+from glae.losses import compute_loss
+
+
+def _samples(root: Path, names: list[str]) -> list[AgeSample]:
+    return [AgeSample(path=root / name, age=30.0) for name in names]
+
+
+def test_each_face_gets_its_own_row_whatever_the_files_order(tmp_path: Path) -> None:
+    probabilities = torch.eye(3)  # row i is all mass on age i: which row a face got is visible
+    save_teacher_targets(tmp_path / "t.safetensors", ["b.jpg", "sub/a.jpg", "c.jpg"], probabilities, ["m1", "m2"])
+    targets = teacher_targets_for(tmp_path / "t.safetensors", _samples(tmp_path, ["sub/a.jpg", "c.jpg", "b.jpg"]), tmp_path, 3)
+    assert targets.argmax(1).tolist() == [1, 2, 0]
+
+
+def test_a_file_made_for_other_faces_or_another_model_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.safetensors"
+    save_teacher_targets(path, ["a.jpg", "b.jpg"], torch.full((2, 4), 0.25), ["m"])
+    with pytest.raises(DatasetError, match="no teacher distribution for 1 training images, e.g. c.jpg"):
+        teacher_targets_for(path, _samples(tmp_path, ["a.jpg", "c.jpg"]), tmp_path, 4)
+    with pytest.raises(DatasetError, match="4 age classes, the model has 117"):
+        teacher_targets_for(path, _samples(tmp_path, ["a.jpg"]), tmp_path, 117)
+
+
+def test_a_file_not_written_by_glae_teach_is_refused(tmp_path: Path, model_file: Path) -> None:
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    for path in (garbage, model_file, tmp_path / "missing.safetensors"):
+        with pytest.raises(DatasetError, match="teacher-targets file"):
+            teacher_targets_for(path, _samples(tmp_path, ["a.jpg"]), tmp_path, 117)
+
+
+def test_distill_weight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"stages.0.distill_weight must be > 0"):
+        load_config(None, ["stages.0.distill_weight=0"])
+
+
+class _Logits(nn.Module):
+    """Fixed logits for every image: the loss of a batch is known by hand."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self, images: torch.Tensor, head: str) -> dict[str, torch.Tensor]:
+        return {"logits": self.logits.expand(len(images), -1)}
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_a_distilling_batch_adds_the_weighted_kl_to_the_teacher(weight: float) -> None:
+    classes = 5
+    logits = torch.tensor([0.0, 1.0, 2.0, 1.0, 0.0])
+    ages = torch.tensor([2.0, 3.0])
+    teacher = torch.tensor([[0.0, 0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    settings = EpochSettings(head="vanilla", loss="base", sigma=1.0, use_label_std=False, device=torch.device("cpu"),
+                             amp=False, channels_last=False, max_steps=1, description="", show_progress=False,
+                             distill_weight=weight)
+
+    def epoch_loss(*extra: torch.Tensor) -> float:
+        model = _Logits(logits.clone())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        data = TensorDataset(torch.zeros(2, 3, 4, 4), ages, torch.full((2,), math.nan), *extra)
+        return train_one_epoch(model, DataLoader(data, batch_size=2), optimizer, scheduler, settings)["loss"]
+
+    p = torch.softmax(logits, 0)
+    by_hand = [sum(t * math.log(t / q) for t, q in zip(row.tolist(), p.tolist()) if t > 0) for row in teacher]
+    base = compute_loss("base", {"logits": logits.expand(2, classes)}, ages, 1.0).item()
+    assert epoch_loss() == pytest.approx(base)
+    assert epoch_loss(teacher) == pytest.approx(base + weight * sum(by_hand) / 2)
+
+
+@pytest.mark.slow
+def test_teach_then_train_a_student_on_its_targets(utkface: Path, tmp_path: Path, overrides) -> None:
+    """The whole path a user takes: train a teacher, ``glae teach`` its distributions of the
+    run's training faces, train a student with ``distill_from``; a rerun of teach replaces its
+    own file but never another kind of file."""
+    args = ["train", "--data", str(utkface), "--no-progress"]
+    teacher_run = tmp_path / "teacher"
+    assert main([*args, "--out", str(teacher_run), *overrides("stage2.epochs=0")]) == 0
+    targets = tmp_path / "targets.safetensors"
+    teach = ["teach", str(teacher_run / "model.safetensors"), "--data", str(utkface),
+             "--split", str(teacher_run / "split.json"), "--workers", "0"]
+    assert main([*teach, "--out", str(targets)]) == 0
+    assert main([*teach, "--out", str(targets)]) == 0
+    config_text = (teacher_run / "config.yaml").read_text()
+    assert main([*teach, "--out", str(teacher_run / "config.yaml")]) == 2
+    assert (teacher_run / "config.yaml").read_text() == config_text
+
+    student_run = tmp_path / "student"  # the same settings give the same seeded split
+    assert main([*args, "--out", str(student_run), *overrides(f"stage1.distill_from={targets}")]) == 0
+    _, info = load_model(student_run / "model.safetensors")
+    assert info["balanced_trained"]
+
+    other_faces = tmp_path / "other"
+    assert main([*args, "--out", str(other_faces), *overrides("data.limit=80", f"stage1.distill_from={targets}")]) == 2
