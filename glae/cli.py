@@ -385,17 +385,15 @@ def run_teach(args: argparse.Namespace) -> int:
     total: torch.Tensor | None = None
     for path in args.models:
         model, info = load_model(path, device)
-        faces = _faces(args, info, "train")
-        if samples is not None and faces != samples:
-            raise ValueError(f"{path} reads another dataset format than {args.models[0]}: give every model the same faces with --format")
-        samples = faces
-        views, _, _ = predict_samples(model, faces, "vanilla", run)
+        if samples is None:  # read the dataset once: every teacher goes over the same faces
+            samples = _faces(args, info, "train")
+        views, _, _ = predict_samples(model, samples, "vanilla", run)
         mean = views["vanilla"].mean(0)  # flip-averaged, as evaluation reads a model
         if total is not None and mean.shape != total.shape:
             raise ValueError(f"{path} predicts ages 0-{mean.shape[1] - 1}, {args.models[0]} 0-{total.shape[1] - 1}: "
                              "the teachers must share their age range")
         total = mean if total is None else total + mean
-        print(f"{path}: {len(faces)} training faces")
+        print(f"{path}: {len(samples)} training faces")
     assert samples is not None and total is not None
     names = Split(samples).to_json(Path(args.data))["train"]
     save_teacher_targets(args.out, names, total / len(args.models), [str(path) for path in args.models])
