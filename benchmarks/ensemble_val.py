@@ -1,10 +1,12 @@
-"""Is the elderly's underestimate a matter of variance? Validation only.
+"""Is the elderly's underestimate a matter of variance, and how far does averaging get?
 
 Averaging several models' age distributions removes much of what one training draw gets
 wrong by chance. If the 66+ bias shrank with it, a better single model (distilled, longer
 trained) could shrink it too; if it stays, the bias is shared by every draw. Each model
 gives its vanilla head's flip-averaged distribution on the validation faces of one split;
 the ensemble is their mean. Not a candidate: it costs one model's inference per member.
+Validation by default; ``--part test`` is for the one diagnostic read that docs/better_model.md
+fixes before it ("Session 27"), never for choosing a model.
 
     python benchmarks/ensemble_val.py runs/claims/glae_seed2 runs/claims/glae_flip_seed0 runs/claims/glae_flip_seed1 \
         --shipped --json benchmarks/results/better_model/ensemble_val.json
@@ -28,12 +30,13 @@ from glae.metrics import summarize
 from tail_bias import headline
 
 
-def vanilla_distribution(model_path: Path, split_file: Path, data: str) -> tuple[np.ndarray, np.ndarray]:
-    """One model's flip-averaged vanilla distribution ``[N, K+1]`` on the split's validation faces, and their ages."""
+def vanilla_distribution(model_path: Path, split_file: Path, data: str, part: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """One model's flip-averaged vanilla distribution ``[N, K+1]`` on one part of the split, and the faces' ages."""
     model, info = load_model(model_path)
     index = load_dataset(data, info.get("data_format", "utkface"))
     split = Split.from_json(json.loads(split_file.read_text()), index.samples, index.root)
-    views, ages, _ = predict_samples(model, split.val, "vanilla", InferencePass(torch.device("cpu"), 64, num_workers=1))
+    samples = split.val if part == "val" else split.test
+    views, ages, _ = predict_samples(model, samples, "vanilla", InferencePass(torch.device("cpu"), 64, num_workers=1))
     return views["vanilla"].mean(0).numpy().astype(float), ages.numpy().astype(float)
 
 
@@ -46,20 +49,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="run folders (model.safetensors, split.json), all on the same split")
     parser.add_argument("--shipped", action="store_true", help="add the shipped model (trained on the first run's split)")
+    parser.add_argument("--part", choices=("val", "test"), default="val")
     parser.add_argument("--data", default="../shared/data/utkface")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     split_file = args.runs[0] / "split.json"
-    val_parts = [json.loads((run / "split.json").read_text())["val"] for run in args.runs]
-    if any(part != val_parts[0] for part in val_parts):
-        raise SystemExit("the runs were trained on different splits: their validation faces differ")
+    parts = [json.loads((run / "split.json").read_text())[args.part] for run in args.runs]
+    if any(part != parts[0] for part in parts):
+        raise SystemExit(f"the runs were trained on different splits: their {args.part} faces differ")
     members = {str(run): run / "model.safetensors" for run in args.runs}
     if args.shipped:
         members["shipped"] = resolve_model_path(None)
     distributions, truth = {}, None
     for name, path in members.items():
-        distributions[name], ages = vanilla_distribution(path, split_file, args.data)
+        distributions[name], ages = vanilla_distribution(path, split_file, args.data, args.part)
         if truth is not None and not np.array_equal(truth, ages):
             raise SystemExit(f"{name} was evaluated on other faces than the first model")
         truth = ages
@@ -71,7 +75,7 @@ def main() -> None:
               + ", ".join(f"{g} {row['groups'][g]['bias']:+.2f}" for g in ("0-17", "18-65", "66+")))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"part": "val", "faces": len(truth), "head": "vanilla", "models": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"part": args.part, "faces": len(truth), "head": "vanilla", "models": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
