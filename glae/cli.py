@@ -89,11 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--half", action="store_true", help="store float16 weights (half the file size, as the shipped model)")
 
     teach = commands.add_parser("teach", help="distillation targets: several models' mean distribution of each training face (stages.N.distill_from)")
-    teach.add_argument("models", nargs="+", type=Path, metavar="MODEL", help="model files (.safetensors), each trained on the train part of --split only")
+    teach.add_argument("models", nargs="+", type=Path, metavar="MODEL", help="model files (.safetensors), each trained on the train part of --split only "
+                       "(with --held-out: RUN/model.safetensors of runs with data.train_folds)")
     _add_data_arguments(teach, required=True)
     _add_model_pass_arguments(teach)
     teach.add_argument("--split", type=Path, required=True, help="the split.json whose train part the student will train on")
     teach.add_argument("--out", type=Path, required=True, help="the targets file to write (.safetensors: tensors and image names, no code)")
+    teach.add_argument("--held-out", action="store_true", help="each face's target averages only the models that never trained on it "
+                       "(their run folder's split.json says which they did); every face needs one")
 
     align = commands.add_parser("align", help="detect and align every face of a dataset into a folder of the same format")
     align.add_argument("source", metavar="SRC", help="dataset folder or manifest file")
@@ -227,14 +230,14 @@ def _check_eval_arguments(args: argparse.Namespace, checkpoint: Path) -> None:
         _check_output_folder(args.report, "--report")
 
 
-def _read_split(path: Path) -> dict[str, list[str]]:
+def _read_split(path: Path, what: str = "--split") -> dict[str, list[str]]:
     """A run's split.json, or one line saying it is not one (not JSON, or not lists of paths)."""
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"--split {path} is not JSON ({error}); pass the split.json a glae train run wrote") from None
+        raise ValueError(f"{what} {path} is not JSON ({error}); pass the split.json a glae train run wrote") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in data.values()):
-        raise ValueError(f"--split {path} is not a split (lists of image paths per part); pass the split.json a glae train run wrote")
+        raise ValueError(f"{what} {path} is not a split (lists of image paths per part); pass the split.json a glae train run wrote")
     return data
 
 
@@ -381,24 +384,49 @@ def run_teach(args: argparse.Namespace) -> int:
             raise ValueError(f"--out {args.out} exists and is not a glae teach file, so it is not replaced ({error})") from None
     device = pick_device(args.device)
     run = InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True)
-    samples: list[AgeSample] | None = None
+    samples: list[AgeSample] = []
+    names: list[str] = []
     total: torch.Tensor | None = None
+    counts = torch.zeros(0)
     for path in args.models:
         model, info = load_model(path, device)
-        if samples is None:  # read the dataset once: every teacher goes over the same faces
+        if total is None:  # read the dataset once: every teacher goes over the same faces
             samples = _faces(args, info, "train")
-        views, _, _ = predict_samples(model, samples, "vanilla", run)
+            names = Split(samples).to_json(Path(args.data))["train"]
+            counts = torch.zeros(len(samples))
+        rows = _unseen_rows(path, names) if args.held_out else list(range(len(samples)))
+        if not rows:
+            raise ValueError(f"{path} trained on every training face of --split, so under --held-out it labels none; "
+                             "pass runs trained with data.train_folds")
+        views, _, _ = predict_samples(model, [samples[row] for row in rows], "vanilla", run)
         mean = views["vanilla"].mean(0)  # flip-averaged, as evaluation reads a model
-        if total is not None and mean.shape != total.shape:
+        if total is None:
+            total = torch.zeros(len(samples), mean.shape[1])
+        if mean.shape[1] != total.shape[1]:
             raise ValueError(f"{path} predicts ages 0-{mean.shape[1] - 1}, {args.models[0]} 0-{total.shape[1] - 1}: "
                              "the teachers must share their age range")
-        total = mean if total is None else total + mean
-        print(f"{path}: {len(samples)} training faces")
-    assert samples is not None and total is not None
-    names = Split(samples).to_json(Path(args.data))["train"]
-    save_teacher_targets(args.out, names, total / len(args.models), [str(path) for path in args.models])
+        total[rows] += mean
+        counts[rows] += 1
+        print(f"{path}: {len(rows)} training faces")
+    assert total is not None
+    if (counts == 0).any():
+        first = names[int((counts == 0).nonzero()[0])]
+        raise ValueError(f"{int((counts == 0).sum())} training faces of --split were seen by every model, e.g. {first}; "
+                         "--held-out needs, for each face, a model that never trained on it: one run per "
+                         "data.left_out_fold=0..K-1 with data.train_folds=K")
+    save_teacher_targets(args.out, names, total / counts[:, None], [str(path) for path in args.models])
     print(f"wrote the mean distribution of {len(args.models)} models for {len(names)} training faces to {args.out}")
     return 0
+
+
+def _unseen_rows(model_path: Path, names: list[str]) -> list[int]:
+    """The rows of ``names`` that the model at ``RUN/model.safetensors`` never trained on (``RUN/split.json``)."""
+    split_file = model_path.parent / "split.json"
+    if not split_file.is_file():
+        raise ValueError(f"--held-out reads which faces {model_path} trained on from {split_file}, which is missing; "
+                         "pass the model.safetensors of a glae train run folder")
+    seen = set(_read_split(split_file, "the split of")["train"])
+    return [row for row, name in enumerate(names) if name not in seen]
 
 
 def run_pair(args: argparse.Namespace) -> int:

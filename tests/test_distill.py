@@ -113,3 +113,51 @@ def test_teach_then_train_a_student_on_its_targets(utkface: Path, tmp_path: Path
 
     other_faces = tmp_path / "other"
     assert main([*args, "--out", str(other_faces), *overrides("data.limit=80", f"stage1.distill_from={targets}")]) == 2
+
+
+def test_held_out_teach_labels_each_face_only_with_models_that_never_trained_on_it(
+        utkface: Path, tmp_path: Path, model_file: Path) -> None:
+    """``glae teach --held-out``: a face's target is the mean of exactly the models whose run
+    never trained on it (their split.json), and a face that every model saw is refused."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from glae.checkpoint import save_model
+    from glae.models.glae import AgeModel
+
+    faces = sorted(path.name for path in utkface.iterdir())[:4]
+    first, _ = load_model(model_file)
+    torch.manual_seed(1)
+    runs = {"a": faces[1:2], "b": faces[0:2]}  # the faces each run trained on
+    for name, trained_on in runs.items():
+        (tmp_path / name).mkdir()
+        if name == "a":
+            shutil.copy(model_file, tmp_path / name / "model.safetensors")
+        else:
+            save_model(tmp_path / name / "model.safetensors", AgeModel(first.config), {"balanced_trained": True})
+        (tmp_path / name / "split.json").write_text(json.dumps({"train": trained_on, "val": [], "test": []}))
+
+    def teach(models: list[str], student_train: list[str], *extra: str) -> dict[str, torch.Tensor] | int:
+        split = tmp_path / "student.json"
+        split.write_text(json.dumps({"train": student_train, "val": [], "test": []}))
+        out = tmp_path / f"targets_{len(list(tmp_path.glob('targets_*')))}.safetensors"
+        command = ["teach", *(str(tmp_path / m / "model.safetensors") for m in models),
+                   "--data", str(utkface), "--split", str(split), "--workers", "0", "--out", str(out), *extra]
+        code = main(command)
+        return load_file(str(out)) if code == 0 else code
+
+    student = [faces[0], faces[2], faces[3]]  # 0: unseen by a only; 2 and 3: unseen by both
+    alone = {m: teach([m], student) for m in runs}
+    held_out = teach(["a", "b"], student, "--held-out")
+    assert isinstance(held_out, dict) and all(isinstance(t, dict) for t in alone.values())
+    a, b = (alone[m]["probabilities"] for m in ("a", "b"))  # type: ignore[index]
+    got = held_out["probabilities"]
+    assert not torch.allclose(a[0], b[0], atol=1e-4)  # the two models tell apart which one labelled a face
+    torch.testing.assert_close(got[0], a[0])
+    torch.testing.assert_close(got[1:], (a[1:] + b[1:]) / 2)
+
+    assert teach(["a", "b"], [faces[1], faces[2]], "--held-out") == 2  # faces[1]: both trained on it
+    (tmp_path / "a" / "split.json").unlink()
+    assert teach(["a", "b"], student, "--held-out") == 2  # no run folder: which faces it saw is unknown

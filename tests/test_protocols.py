@@ -301,6 +301,29 @@ def test_random_protocol_is_the_same_split_as_before_the_registry() -> None:
     assert _names(reseeded.test) == ["015.jpg", "006.jpg", "011.jpg", "002.jpg"]
 
 
+def test_train_folds_leave_out_disjoint_parts_of_train_only() -> None:
+    """The k runs of ``data.train_folds=k`` each drop one fold: the dropped parts are disjoint,
+    cover the train part, are near-equal, and val and test never change (out-of-fold teachers)."""
+    samples = _samples(50)
+    full = split_dataset(samples, DataConfig())
+    dropped = []
+    for fold in range(3):
+        split = split_dataset(samples, DataConfig(train_folds=3, left_out_fold=fold))
+        assert (split.val, split.test) == (full.val, full.test)
+        assert split.train == [s for s in full.train if s in split.train]  # the train part's order is kept
+        dropped.append(_paths(full.train) - _paths(split.train))
+        assert split_dataset(list(reversed(samples)), DataConfig(train_folds=3, left_out_fold=fold)) == split
+    assert set().union(*dropped) == _paths(full.train)
+    assert sum(len(part) for part in dropped) == len(full.train)
+    assert [len(part) for part in dropped] == [12, 12, 11]  # 35 training faces, dealt in turn
+
+
+@pytest.mark.parametrize("folds, fold", [(1, 0), (-2, 0), (3, 3), (0, 1)])
+def test_a_fold_setting_no_run_could_use_is_refused(folds: int, fold: int) -> None:
+    with pytest.raises(ValueError, match="data.train_folds|data.left_out_fold"):
+        DataConfig(train_folds=folds, left_out_fold=fold).validate()
+
+
 def test_lopo_tests_on_exactly_the_chosen_subject() -> None:
     """Subjects sorted: s0..s4, so fold 2 is s2, the images i with i % 5 == 2."""
     samples = _samples(50)

@@ -25,6 +25,8 @@ class DataConfig:
     test_list: str | None = None
     fold: int = 0  # protocol lopo: the held-out subject, an index into the sorted subject ids (FG-NET: 0..81)
     limit: int | None = None  # use a seeded random subset of N images (smoke tests, quick checks)
+    train_folds: int = 0  # k >= 2: train without one of k seeded folds of the train part (out-of-fold teachers, glae teach --held-out)
+    left_out_fold: int = 0  # with train_folds: which fold (0..k-1) is left out; val and test are unchanged
     clip_ages: bool = False  # ages above model.max_age: error (False) or trained as K (True; val/test keep the true age)
     use_label_std: bool = False  # Gaussian σ from the annotated apparent-age std where known (LAP 2015)
     num_workers: int = 2  # loader processes; 0 loads in the training process
@@ -53,6 +55,11 @@ class DataConfig:
             if self.protocol != protocol and getattr(self, name) not in (None, 0):
                 raise ValueError(f"data.{name} is read only by protocol {protocol}, but data.protocol is {self.protocol}; "
                                  f"add --set data.protocol={protocol}, or remove data.{name}")
+        if self.train_folds == 1 or self.train_folds < 0:
+            raise ValueError(f"data.train_folds must be 0 (off) or >= 2, got {self.train_folds}; fix it with --set data.train_folds=K")
+        if not 0 <= self.left_out_fold < max(self.train_folds, 1):
+            raise ValueError(f"data.left_out_fold must be in 0..{max(self.train_folds, 1) - 1} with data.train_folds "
+                             f"{self.train_folds}, got {self.left_out_fold}; fix it with --set data.left_out_fold=N")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit must be >= 1 or null, got {self.limit}; fix it with --set data.limit=N")
         if self.num_workers < 0:

@@ -17,7 +17,7 @@ import os
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from glae.data.config import DataConfig
@@ -393,7 +393,23 @@ def split_dataset(samples: Sequence[AgeSample], data: DataConfig) -> Split:
     ordered = _by_path(samples)
     if data.limit is not None and data.limit < len(ordered):
         ordered = random.Random(data.split_seed).sample(ordered, data.limit)
-    return PROTOCOLS[data.protocol](ordered, data)
+    split = PROTOCOLS[data.protocol](ordered, data)
+    if data.train_folds >= 2:
+        split = replace(split, train=without_fold(split.train, data.train_folds, data.left_out_fold, data.split_seed))
+    return split
+
+
+def without_fold(train: Sequence[AgeSample], folds: int, left_out: int, seed: int) -> list[AgeSample]:
+    """``train`` (in its order) without fold ``left_out`` of ``folds`` seeded, near-equal folds.
+
+    Folds are dealt from a seeded shuffle of the paths, so the ``folds`` runs of one seed leave
+    out disjoint parts that together cover ``train``: every face is unseen by exactly one of
+    them, which is what out-of-fold teachers (``glae teach --held-out``) need.
+    """
+    order = _by_path(train)
+    random.Random(f"folds/{seed}").shuffle(order)
+    left = {_key(sample.path) for sample in order[left_out::folds]}
+    return [sample for sample in train if _key(sample.path) not in left]
 
 
 @register_protocol("random")
