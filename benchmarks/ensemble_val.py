@@ -35,8 +35,7 @@ def vanilla_distribution(model_path: Path, split_file: Path, data: str, part: st
     model, info = load_model(model_path)
     index = load_dataset(data, info.get("data_format", "utkface"))
     split = Split.from_json(json.loads(split_file.read_text()), index.samples, index.root)
-    samples = split.val if part == "val" else split.test
-    views, ages, _ = predict_samples(model, samples, "vanilla", InferencePass(torch.device("cpu"), 64, num_workers=1))
+    views, ages, _ = predict_samples(model, getattr(split, part), "vanilla", InferencePass(torch.device("cpu"), 64, num_workers=1))
     return views["vanilla"].mean(0).numpy().astype(float), ages.numpy().astype(float)
 
 

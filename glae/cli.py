@@ -369,7 +369,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def run_teach(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import load_model
+    from .checkpoint import load_model, read_model_metadata
     from .data import Split
     from .distill import read_teacher_metadata, save_teacher_targets
     from .engine import pick_device
@@ -384,20 +384,17 @@ def run_teach(args: argparse.Namespace) -> int:
             raise ValueError(f"--out {args.out} exists and is not a glae teach file, so it is not replaced ({error})") from None
     device = pick_device(args.device)
     run = InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True)
-    samples: list[AgeSample] = []
-    names: list[str] = []
+    # The dataset is read once, in the format the first model records: every teacher labels the same faces.
+    samples = _faces(args, read_model_metadata(args.models[0])["info"], "train")
+    names = Split(samples).to_json(Path(args.data))["train"]
+    counts = torch.zeros(len(samples))
     total: torch.Tensor | None = None
-    counts = torch.zeros(0)
     for path in args.models:
-        model, info = load_model(path, device)
-        if total is None:  # read the dataset once: every teacher goes over the same faces
-            samples = _faces(args, info, "train")
-            names = Split(samples).to_json(Path(args.data))["train"]
-            counts = torch.zeros(len(samples))
         rows = _unseen_rows(path, names) if args.held_out else list(range(len(samples)))
         if not rows:
             raise ValueError(f"{path} trained on every training face of --split, so under --held-out it labels none; "
                              "pass runs trained with data.train_folds")
+        model, _ = load_model(path, device)
         views, _, _ = predict_samples(model, [samples[row] for row in rows], "vanilla", run)
         mean = views["vanilla"].mean(0)  # flip-averaged, as evaluation reads a model
         if total is None:
