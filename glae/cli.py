@@ -10,13 +10,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .checkpoint import CheckpointError
 from .config import MAX_BATCH_SIZE, check_device
-from .data import DATASET_FORMATS, AgeSample, CsvColumns, DatasetError
-from .data.images import ImageReadError
+from .data import DATASET_FORMATS, AgeSample, CsvColumns, DatasetError, read_split_file
 from .engine import TrainingDiverged
 from .errors import MissingExtraError
 from .export import DEFAULT_OPSET
@@ -27,7 +26,10 @@ from .predict_options import PredictOptions
 from .routing import ROUTING_MODES
 from .serve import ServeSettings
 
-USER_ERRORS = (DatasetError, CheckpointError, BackboneError, ImageReadError, MissingExtraError, ValueError, OSError)
+if TYPE_CHECKING:
+    from .evaluate import InferencePass
+
+USER_ERRORS = (BackboneError, MissingExtraError, ValueError, OSError)  # every glae data, image and model error is a ValueError
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -168,10 +170,10 @@ def _check_parents(path: Path, flag: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .config import dump_config, load_config
+    from .config import load_config
 
     try:
-        from .train import has_begun, train
+        from .train import train
     except ImportError as missing:
         raise MissingExtraError(f"glae train needs {missing.name}: pip install 'glae[train]'") from None
 
@@ -184,11 +186,6 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if config.data.path is None:
         raise ValueError("no dataset: pass --data PATH (or set data.path in the config)")
-    record = Path(args.out) / "config.yaml"
-    is_record = args.config is not None and Path(args.config).resolve() == record.resolve()
-    # A run's own record may be passed back to rerun it; a hand-written file there would be replaced by the record.
-    if is_record and not has_begun(Path(args.out)) and record.read_text() != dump_config(config):
-        raise ValueError(f"--config {args.config} is where glae train records the run's settings, and would be replaced; keep your config outside --out")
     final = train(config, args.out, show_progress=not args.no_progress)
     print(f"final model: {final}")
     return 0
@@ -230,17 +227,6 @@ def _check_eval_arguments(args: argparse.Namespace, checkpoint: Path) -> None:
         _check_output_folder(args.report, "--report")
 
 
-def _read_split(path: Path, what: str = "--split") -> dict[str, list[str]]:
-    """A run's split.json, or one line saying it is not one (not JSON, or not lists of paths)."""
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what} {path} is not JSON ({error}); pass the split.json a glae train run wrote") from None
-    if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in data.values()):
-        raise ValueError(f"{what} {path} is not a split (lists of image paths per part); pass the split.json a glae train run wrote")
-    return data
-
-
 def _csv_columns(pairs: list[str]) -> CsvColumns:
     """``--csv-column FIELD=NAME`` pairs as the column names of a csv manifest."""
     fields = {field.name for field in dataclasses.fields(CsvColumns)}
@@ -269,7 +255,7 @@ def _faces(args: argparse.Namespace, info: dict[str, Any], part: str | None) -> 
     index = load_dataset(args.data, data_format, csv_columns)
     logging.getLogger(__name__).info(index.summary())
     if args.split is not None:
-        samples = list(getattr(Split.from_json(_read_split(args.split), index.samples, index.root), part or "test"))
+        samples = list(getattr(Split.from_json(read_split_file(args.split, "--split"), index.samples, index.root), part or "test"))
     elif config is not None:
         samples = list(getattr(split_dataset(index.samples, config.data), part or "test"))
     else:
@@ -292,16 +278,15 @@ def _warn_beyond_model_range(samples: list[AgeSample], max_age: int) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import balanced_test_subset
-    from .engine import pick_device
-    from .evaluate import InferencePass, evaluate_samples
+    from .evaluate import evaluate_samples
     from .estimator import resolve_model_path
     from .reports import markdown_report, write_reports
     from .routing import routing_mode
 
     checkpoint = resolve_model_path(args.checkpoint)
     _check_eval_arguments(args, checkpoint)
-    device = pick_device(args.device)
-    model, info = load_model(checkpoint, device)
+    run = _inference_pass(args)
+    model, info = load_model(checkpoint, run.device)
     samples = _faces(args, info, args.part)
     _warn_beyond_model_range(samples, model.config.max_age)
     if args.lt is not None:
@@ -311,7 +296,7 @@ def run_eval(args: argparse.Namespace) -> int:
     mode = args.mode or routing_mode(info)
     if mode != "vanilla" and routing_mode(info) == "vanilla":
         raise ValueError(f"--mode {mode} needs a balanced head trained in stage 2; {checkpoint} has only the vanilla head")
-    report = evaluate_samples(model, samples, mode, InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True))
+    report = evaluate_samples(model, samples, mode, run)
     report["checkpoint"] = str(checkpoint)
     report["data"] = str(args.data)
     if args.json:
@@ -339,9 +324,8 @@ def _check_model_out(out: Path, inputs: Sequence[str | Path | None] = ()) -> Non
 def run_calibrate(args: argparse.Namespace) -> int:
     from .calibration import IntervalCalibration
     from .checkpoint import load_model, save_model
-    from .engine import pick_device
     from .estimator import resolve_model_path
-    from .evaluate import InferencePass, calibrate_samples
+    from .evaluate import calibrate_samples
     from .routing import routing_mode
 
     if (args.split is None) == (args.config is None):
@@ -351,13 +335,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.out.resolve() == checkpoint.resolve():
         raise ValueError(f"--out {args.out} is the model itself; write the calibrated model to a new file")
     _check_model_out(args.out, (args.data, args.split, args.config))
-    device = pick_device(args.device)
-    model, info = load_model(checkpoint, device)
+    run = _inference_pass(args)
+    model, info = load_model(checkpoint, run.device)
     samples = _faces(args, info, args.part)
     if not samples:
         raise ValueError(f"the {args.part} part is empty: nothing to fit the interval on")
     _warn_beyond_model_range(samples, model.config.max_age)
-    run = InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True)
     calibration: IntervalCalibration = calibrate_samples(model, samples, routing_mode(info), run)
     model.calibration = calibration
     save_model(args.out, model, {**info, "calibrated_on": f"{args.part} part, {calibration.faces} faces"}, half=_is_half(checkpoint))
@@ -367,13 +350,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_teach(args: argparse.Namespace) -> int:
-    import torch
-
-    from .checkpoint import load_model, read_model_metadata
+    from .checkpoint import read_model_metadata
     from .data import Split
-    from .distill import read_teacher_metadata, save_teacher_targets
-    from .engine import pick_device
-    from .evaluate import InferencePass, predict_samples
+    from .distill import read_teacher_metadata, save_teacher_targets, teacher_distributions
 
     _check_model_pass_arguments(args)
     _check_output_file(args.out, "--out", (args.data, args.split, *args.models))
@@ -382,48 +361,24 @@ def run_teach(args: argparse.Namespace) -> int:
             read_teacher_metadata(args.out)
         except DatasetError as error:
             raise ValueError(f"--out {args.out} exists and is not a glae teach file, so it is not replaced ({error})") from None
-    device = pick_device(args.device)
-    run = InferencePass(device, args.batch_size, args.workers, device.type == "cpu", show_progress=True)
     # The dataset is read once, in the format the first model records: every teacher labels the same faces.
     samples = _faces(args, read_model_metadata(args.models[0])["info"], "train")
-    names = Split(samples).to_json(Path(args.data))["train"]
-    counts = torch.zeros(len(samples))
-    total: torch.Tensor | None = None
-    for path in args.models:
-        rows = _unseen_rows(path, names) if args.held_out else list(range(len(samples)))
-        if not rows:
-            raise ValueError(f"{path} trained on every training face of --split, so under --held-out it labels none; "
-                             "pass runs trained with data.train_folds")
-        model, _ = load_model(path, device)
-        views, _, _ = predict_samples(model, [samples[row] for row in rows], "vanilla", run)
-        mean = views["vanilla"].mean(0)  # flip-averaged, as evaluation reads a model
-        if total is None:
-            total = torch.zeros(len(samples), mean.shape[1])
-        if mean.shape[1] != total.shape[1]:
-            raise ValueError(f"{path} predicts ages 0-{mean.shape[1] - 1}, {args.models[0]} 0-{total.shape[1] - 1}: "
-                             "the teachers must share their age range")
-        total[rows] += mean
-        counts[rows] += 1
-        print(f"{path}: {len(rows)} training faces")
-    assert total is not None
-    if (counts == 0).any():
-        first = names[int((counts == 0).nonzero()[0])]
-        raise ValueError(f"{int((counts == 0).sum())} training faces of --split were seen by every model, e.g. {first}; "
-                         "--held-out needs, for each face, a model that never trained on it: one run per "
-                         "data.left_out_fold=0..K-1 with data.train_folds=K")
-    save_teacher_targets(args.out, names, total / counts[:, None], [str(path) for path in args.models])
+    names = Split(samples).to_json(Path(args.data).expanduser())["train"]
+    student = read_split_file(args.split, "--split")
+    probabilities = teacher_distributions(args.models, samples, names, _inference_pass(args), args.held_out,
+                                          {*student.get("val", []), *student.get("test", [])})
+    save_teacher_targets(args.out, names, probabilities, [str(path) for path in args.models])
     print(f"wrote the mean distribution of {len(args.models)} models for {len(names)} training faces to {args.out}")
     return 0
 
 
-def _unseen_rows(model_path: Path, names: list[str]) -> list[int]:
-    """The rows of ``names`` that the model at ``RUN/model.safetensors`` never trained on (``RUN/split.json``)."""
-    split_file = model_path.parent / "split.json"
-    if not split_file.is_file():
-        raise ValueError(f"--held-out reads which faces {model_path} trained on from {split_file}, which is missing; "
-                         "pass the model.safetensors of a glae train run folder")
-    seen = set(_read_split(split_file, "the split of")["train"])
-    return [row for row, name in enumerate(names) if name not in seen]
+def _inference_pass(args: argparse.Namespace) -> InferencePass:
+    """How eval, calibrate and teach run a model over faces: --device, --batch-size, --workers."""
+    from .engine import pick_device
+    from .evaluate import InferencePass
+
+    device = pick_device(args.device)
+    return InferencePass(device, args.batch_size, args.workers, channels_last=device.type == "cpu", show_progress=True)
 
 
 def run_pair(args: argparse.Namespace) -> int:
@@ -566,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: training diverged: {_one_line(error)}", file=sys.stderr)
         return 3
     except USER_ERRORS as error:
+        logging.getLogger(__name__).debug("where the error was raised (-v)", exc_info=True)
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

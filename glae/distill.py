@@ -12,17 +12,21 @@ list of image names relative to the dataset folder, never code.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .data import AgeSample, DatasetError, Split
+from .checkpoint import load_model
+from .data import AgeSample, DatasetError, Split, read_split_file
 from .data.images import AgeImageDataset
-from .fileio import atomic_write
+from .evaluate import InferencePass, predict_samples
+from .fileio import atomic_write_bytes
 
 _FORMAT = "glae-teacher-targets/1"
 
@@ -33,7 +37,65 @@ def save_teacher_targets(path: str | Path, names: Sequence[str], probabilities: 
         raise ValueError(f"probabilities must be [len(names)={len(names)}, K+1], got {tuple(probabilities.shape)}")
     metadata = {"format": _FORMAT, "names": json.dumps(list(names)), "members": json.dumps(list(members))}
     tensors = {"probabilities": probabilities.float().contiguous()}
-    atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))  # checked bytes: a full disk cannot leave a short file
+
+
+def teacher_distributions(
+    models: Sequence[Path], samples: Sequence[AgeSample], names: Sequence[str], run: InferencePass,
+    held_out: bool = False, student_eval_faces: Collection[str] = (),
+) -> Tensor:
+    """Each face's mean vanilla distribution over ``models`` (``[len(samples), K+1]``).
+
+    ``names`` are the faces' paths as a run's ``split.json`` lists them. With ``held_out``, a
+    face is averaged only over the models whose run folder (``split.json`` beside the model
+    file) did not train on it: a teacher's view of a face it fitted says little more than its
+    label. A model whose run trained on one of ``student_eval_faces`` (the student's val and
+    test faces) is refused, since its targets would carry those labels into the student.
+
+    Raises:
+        ValueError: a teacher saw the student's evaluation faces, a face has no teacher, a
+            ``--held-out`` model has no run folder, or the teachers' age ranges differ.
+    """
+    counts = torch.zeros(len(samples))
+    total: Tensor | None = None
+    for path in models:
+        trained_on = _trained_on(path, required=held_out)
+        leaked = sorted(trained_on.intersection(student_eval_faces))
+        if leaked:
+            raise ValueError(f"{path} trained on {len(leaked)} of the student's val/test faces, e.g. {leaked[0]} "
+                             f"({path.parent / 'split.json'}); its targets would leak their labels into the student's evaluation")
+        rows = [row for row, name in enumerate(names) if name not in trained_on] if held_out else list(range(len(samples)))
+        if not rows:
+            raise ValueError(f"{path} trained on every training face, so under --held-out it labels none; "
+                             "pass runs trained with data.train_folds")
+        model, _ = load_model(path, run.device)
+        views, _, _ = predict_samples(model, [samples[row] for row in rows], "vanilla", run)
+        mean = views["vanilla"].mean(0)  # flip-averaged, as evaluation reads a model
+        if total is None:
+            total = torch.zeros(len(samples), mean.shape[1])
+        if mean.shape[1] != total.shape[1]:
+            raise ValueError(f"{path} predicts ages 0-{mean.shape[1] - 1}, {models[0]} 0-{total.shape[1] - 1}: "
+                             "the teachers must share their age range")
+        total[rows] += mean
+        counts[rows] += 1
+    assert total is not None, "no models"
+    if (counts == 0).any():
+        first = names[int((counts == 0).nonzero()[0])]
+        raise ValueError(f"{int((counts == 0).sum())} training faces were seen by every model, e.g. {first}; "
+                         "--held-out needs, for each face, a model that never trained on it: one run per "
+                         "data.left_out_fold=0..K-1 with data.train_folds=K")
+    return total / counts[:, None]
+
+
+def _trained_on(model_path: Path, required: bool) -> set[str]:
+    """The faces the run of ``RUN/model.safetensors`` trained on (``RUN/split.json``); empty if unknown and not ``required``."""
+    split_file = model_path.parent / "split.json"
+    if not split_file.is_file():
+        if required:
+            raise ValueError(f"--held-out reads which faces {model_path} trained on from {split_file}, which is missing; "
+                             "pass the model.safetensors of a glae train run folder")
+        return set()
+    return set(read_split_file(split_file, "the split of")["train"])
 
 
 def read_teacher_metadata(path: str | Path) -> dict[str, str]:
@@ -46,10 +108,18 @@ def read_teacher_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
             keys = set(handle.keys())
+            shape = handle.get_slice("probabilities").get_shape() if keys == {"probabilities"} else []
     except (OSError, SafetensorError) as error:
         raise DatasetError(f"{path}: not a readable teacher-targets file ({error})") from None
     if metadata.get("format") != _FORMAT or keys != {"probabilities"}:
         raise DatasetError(f"{path}: not a teacher-targets file written by glae teach")
+    try:
+        names = json.loads(metadata.get("names", ""))
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        names = None
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)) or len(shape) != 2 or shape[0] != len(names):
+        raise DatasetError(f"{path}: a damaged teacher-targets file (its image names and distributions do not match); "
+                           "make it again with glae teach")
     return metadata
 
 

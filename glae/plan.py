@@ -74,6 +74,11 @@ def load_plan(path: str | Path) -> Plan:
     missing = [key for key in ("name", "data", "out", "results", "runs") if key not in data]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}")
+    for key in ("name", "data", "out", "results"):
+        if not isinstance(data[key], str) or not data[key]:
+            raise ValueError(f"{path}: {key} must be a non-empty string, got {data[key]!r}")
+    if not _is_plain_name(data["name"]):
+        raise ValueError(f"{path}: name {data['name']!r} must be a plain folder name (it is the plan's folder under results)")
     if not isinstance(data["runs"] or [], list):
         raise ValueError(f"{path}: runs must be a list, one entry (name, config, set) per run")
     runs = []
@@ -81,7 +86,7 @@ def load_plan(path: str | Path) -> Plan:
         if not isinstance(entry, dict) or not {"name", "config"} <= set(entry):
             raise ValueError(f"{path}: run {position + 1} needs a name and a config")
         name = str(entry["name"])
-        if name in ("", "..") or Path(name).name != name:
+        if not _is_plain_name(name):
             # The name is a folder under both out and results: a path would train and write outside them.
             raise ValueError(f"{path}: run {position + 1}: name {name!r} must be a plain folder name")
         overrides = entry.get("set") or []
@@ -94,7 +99,11 @@ def load_plan(path: str | Path) -> Plan:
         raise ValueError(f"{path}: run names must be unique, repeated: {', '.join(duplicates)}")
     if not runs:
         raise ValueError(f"{path}: the plan has no runs")
-    return Plan(str(data["name"]), str(data["data"]), Path(data["out"]), Path(data["results"]), runs)
+    return Plan(data["name"], data["data"], Path(data["out"]), Path(data["results"]), runs)
+
+
+def _is_plain_name(name: str) -> bool:
+    return name not in ("", ".", "..") and Path(name).name == name
 
 
 def is_finished(run_dir: Path) -> bool:

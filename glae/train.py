@@ -53,12 +53,12 @@ from .config import (
     run_record_from_dict,
     trains_balanced_head,
 )
-from .data import AgeSample, DatasetIndex, Split, check_ages, load_dataset, split_dataset
+from .data import AgeSample, DatasetIndex, Split, check_ages, load_dataset, read_split_file, split_dataset
 from .data.cache import CachedImages, open_image_cache
 from .data.images import AgeImageDataset, ages_of, readable_samples
 from .data.samplers import EpochSampler
 from .data.transforms import train_transform
-from .distill import WithTeacherTargets, teacher_targets_for
+from .distill import WithTeacherTargets, read_teacher_metadata, teacher_targets_for
 from .engine import (
     DistributedContext,
     EpochSettings,
@@ -156,12 +156,28 @@ def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedC
                 f"{out_dir} holds a run with a different configuration ({config_file}); "
                 "use a new --out folder, or rerun with the same settings to resume"
             )
-    elif context.is_main:
+    else:
         record = dump_config(config)
         if config_file.exists() and config_file.read_text() != record:
-            (out_dir / "split.json").unlink(missing_ok=True)
-        atomic_write_text(config_file, record)
+            if not is_run_record(config_file):
+                raise RunFolderError(
+                    f"{config_file} is not a record glae train wrote (a config written by hand?), and this run would "
+                    "replace it; keep your config outside --out, or use a new --out folder"
+                )
+            if context.is_main:
+                (out_dir / "split.json").unlink(missing_ok=True)
+        if context.is_main:
+            atomic_write_text(config_file, record)
     barrier(context)
+
+
+def is_run_record(config_file: Path) -> bool:
+    """Whether ``config_file`` is a full settings dump as a run writes it, which a new run may replace."""
+    try:
+        text = config_file.read_text()
+        return text == dump_config(run_record_from_dict(read_yaml_mapping(config_file, "run config")))
+    except (ValueError, OSError):
+        return False
 
 
 def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, context: DistributedContext) -> Split:
@@ -171,7 +187,7 @@ def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, 
         split = make_split(config, index)
         atomic_write_text(split_file, json.dumps(split.to_json(index.root), indent=1))
     barrier(context)
-    split = Split.from_json(json.loads(split_file.read_text()), index.samples, index.root)
+    split = Split.from_json(read_split_file(split_file, "the run's split"), index.samples, index.root)
     split = without_unreadable(split, ("val", "test") if config.data.cache else ("train", "val", "test"))
     if config.data.clip_ages:
         split = clip_training_ages(split, config.model.max_age)
@@ -537,6 +553,9 @@ def _train(config: TrainConfig, out_dir: Path, context: DistributedContext, show
         for number, stage in enumerate(config.stages, 1):
             if stage.init_from and state is None:
                 init_source(model, config, number)  # a wrong source fails now, not after the stages before it
+    for stage in config.stages:
+        if stage.epochs > 0 and stage.distill_from:
+            read_teacher_metadata(stage.distill_from)  # so does a missing or damaged teacher file
     model.to(context.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -49,6 +49,22 @@ def test_a_file_not_written_by_glae_teach_is_refused(tmp_path: Path, model_file:
             teacher_targets_for(path, _samples(tmp_path, ["a.jpg"]), tmp_path, 117)
 
 
+@pytest.mark.parametrize("names, probabilities", [
+    ('["a.jpg", "b.jpg"]', torch.full((1, 4), 0.25)),  # fewer rows than names
+    ('["a.jpg"]', torch.full((4,), 0.25)),  # not one row per face
+    ('{"a.jpg": 0}', torch.full((1, 4), 0.25)),  # names not a list
+    ("[\"a.jpg\"", torch.full((1, 4), 0.25)),  # names not JSON
+])
+def test_a_damaged_teach_file_is_refused_in_one_line(tmp_path: Path, names: str, probabilities: torch.Tensor) -> None:
+    """A file with glae teach's tag whose header and tensor disagree: a clear error, not an IndexError mid-training."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "damaged.safetensors"
+    save_file({"probabilities": probabilities}, str(path), metadata={"format": "glae-teacher-targets/1", "names": names, "members": "[]"})
+    with pytest.raises(DatasetError, match="damaged teacher-targets file"):
+        teacher_targets_for(path, _samples(tmp_path, ["a.jpg"]), tmp_path, 4)
+
+
 def test_distill_weight_must_be_positive() -> None:
     with pytest.raises(ValueError, match=r"stages.0.distill_weight must be > 0"):
         load_config(None, ["stages.0.distill_weight=0"])
@@ -116,7 +132,7 @@ def test_teach_then_train_a_student_on_its_targets(utkface: Path, tmp_path: Path
 
 
 def test_held_out_teach_labels_each_face_only_with_models_that_never_trained_on_it(
-        utkface: Path, tmp_path: Path, model_file: Path) -> None:
+        utkface: Path, tmp_path: Path, model_file: Path, capsys) -> None:
     """``glae teach --held-out``: a face's target is the mean of exactly the models whose run
     never trained on it (their split.json), and a face that every model saw is refused."""
     import json
@@ -159,5 +175,24 @@ def test_held_out_teach_labels_each_face_only_with_models_that_never_trained_on_
     torch.testing.assert_close(got[1:], (a[1:] + b[1:]) / 2)
 
     assert teach(["a", "b"], [faces[1], faces[2]], "--held-out") == 2  # faces[1]: both trained on it
+    split = tmp_path / "student.json"
+    for extra in ((), ("--held-out",)):  # a teacher that trained on a student's test face would leak its label
+        out = tmp_path / f"leak{len(extra)}.safetensors"
+        split.write_text(json.dumps({"train": [faces[2], faces[3]], "val": [], "test": [faces[0]]}))
+        command = ["teach", str(tmp_path / "b" / "model.safetensors"), "--data", str(utkface), "--split", str(split),
+                   "--workers", "0", "--out", str(out), *extra]
+        assert main(command) == 2 and not out.exists()
+        assert f"trained on 1 of the student's val/test faces, e.g. {faces[0]}" in capsys.readouterr().err
     (tmp_path / "a" / "split.json").unlink()
     assert teach(["a", "b"], student, "--held-out") == 2  # no run folder: which faces it saw is unknown
+
+
+def test_a_missing_teacher_file_of_a_later_stage_fails_before_the_first_stage_trains(
+        utkface: Path, tmp_path: Path, overrides, capsys) -> None:
+    """A typo in stage 2's ``distill_from`` must not cost stage 1's hours."""
+    run = tmp_path / "run"
+    command = ["train", "--data", str(utkface), "--no-progress", "--out", str(run),
+               *overrides(f"stage2.distill_from={tmp_path / 'typo.safetensors'}")]
+    assert main(command) == 2
+    assert "not a readable teacher-targets file" in capsys.readouterr().err
+    assert not (run / "checkpoints").exists() and not list(run.glob("*.safetensors"))

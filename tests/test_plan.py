@@ -86,6 +86,22 @@ def test_bad_plans_are_refused_in_one_line(tmp_path: Path, runs: object, message
         load_plan(_plan(tmp_path, tmp_path, runs))
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("name", "../elsewhere", "must be a plain folder name"),
+    ("name", None, "name must be a non-empty string"),
+    ("out", None, "out must be a non-empty string"),
+    ("results", "", "results must be a non-empty string"),
+    ("data", 5, "data must be a non-empty string"),
+])
+def test_a_plan_whose_folders_are_unusable_is_refused_in_one_line(tmp_path: Path, key: str, value: object, message: str) -> None:
+    """The plan's name is a folder under results: a path would write its status elsewhere; an empty folder is no folder."""
+    path = _plan(tmp_path, tmp_path, [{"name": "a", "config": "c"}])
+    plan = json.loads(path.read_text())
+    path.write_text(json.dumps({**plan, key: value}))
+    with pytest.raises(ValueError, match=message):
+        load_plan(path)
+
+
 def test_a_damaged_result_file_is_named_in_the_status_and_stops_nothing(tmp_path: Path, utkface: Path) -> None:
     """A half-copied test_metrics.json (a full disk, a bad merge) must not stop the runner or hide the other runs."""
     plan = load_plan(_plan(tmp_path, utkface, [{"name": "damaged", "config": "configs/missing.yaml"},

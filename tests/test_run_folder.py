@@ -106,7 +106,11 @@ def test_a_hand_written_config_inside_the_run_folder_is_never_replaced(tmp_path:
     (tmp_path / "exp" / "config.yaml").write_text(written)
     args = ["train", "--data", str(tmp_path / "missing"), "--no-progress"]
     assert main([*args, "--config", str(tmp_path / "exp" / "config.yaml"), "--out", str(tmp_path / "exp")]) == 2
-    assert "is where glae train records the run's settings" in capsys.readouterr().err
+    assert "is not a record glae train wrote" in capsys.readouterr().err
+    assert (tmp_path / "exp" / "config.yaml").read_text() == written
+    # Nor when the run takes its settings from elsewhere: the file in --out is still the user's.
+    assert main([*args, "--out", str(tmp_path / "exp")]) == 2
+    assert "is not a record glae train wrote" in capsys.readouterr().err
     assert (tmp_path / "exp" / "config.yaml").read_text() == written
     # A run's own record, passed back to rerun it, is what the run writes: accepted.
     (tmp_path / "run").mkdir()

@@ -11,6 +11,7 @@ is one registered function at the end of this file.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -77,6 +78,25 @@ class Split:
             return found
 
         return cls(train=lookup("train"), val=lookup("val"), test=lookup("test"))
+
+
+def read_split_file(path: Path, what: str = "split file") -> dict[str, list[str]]:
+    """A ``split.json`` as ``glae train`` writes it, or one line saying why ``path`` is not one.
+
+    Raises:
+        DatasetError: ``path`` cannot be read, is not JSON, or is not lists of image paths per part.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{what} {path} cannot be read ({error.strerror or error})") from None
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as error:
+        raise DatasetError(f"{what} {path} is not JSON ({error}); pass the split.json a glae train run wrote") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in data.values()):
+        raise DatasetError(f"{what} {path} is not a split (lists of image paths per part); pass the split.json a glae train run wrote")
+    return data
 
 
 def _key(path: Path) -> str:
