@@ -223,8 +223,23 @@ def _check_eval_arguments(args: argparse.Namespace, checkpoint: Path) -> None:
     _check_model_pass_arguments(args)
     if args.json is not None:
         _check_output_file(args.json, "--json", (checkpoint, args.data, args.split))
+        if args.json.exists() and not _is_eval_report(args.json):
+            raise ValueError(f"--json {args.json} exists and is not a glae eval report, so it is not replaced; choose another path")
     if args.report is not None:
         _check_output_folder(args.report, "--report")
+        report_files = [args.report / name for name in ("report.md", "report.json", "per_age.png", "routing.png")]
+        if any(path.exists() for path in report_files) and not _is_eval_report(args.report / "report.json"):
+            raise ValueError(f"--report {args.report} holds report files that glae eval did not write (no report.json of its own), "
+                             "so they are not replaced; choose another folder")
+
+
+def _is_eval_report(path: Path) -> bool:
+    """Whether ``path`` is a JSON report ``glae eval`` wrote, which a new evaluation may replace."""
+    try:
+        report = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(report, dict) and {"mode", "mae", "n_images"} <= report.keys()
 
 
 def _csv_columns(pairs: list[str]) -> CsvColumns:

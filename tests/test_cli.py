@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,29 @@ def test_eval_and_calibrate_never_write_over_their_inputs(tmp_path: Path, model_
     assert main(["calibrate", *common, "--split", str(split), "--out", str(notes)]) == 2
     assert f"--out {notes} exists and is not a GLAE model file, so it is not replaced" in _error(capsys)
     assert notes.read_text() == "not a model"
+
+
+def test_eval_replaces_its_own_reports_but_never_a_users_files(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rerun of ``glae eval --json R --report D`` updates R and D; a --json or --report typo that names a user's file does not destroy it."""
+    manifest = _manifest(tmp_path / "faces")
+    common = ["eval", "--checkpoint", str(model_file), "--data", str(manifest), "--format", "csv", "--workers", "0", "--device", "cpu"]
+    report, folder = tmp_path / "eval.json", tmp_path / "report"
+    for _ in range(2):
+        assert main([*common, "--json", str(report), "--report", str(folder)]) == 0
+    assert json.loads(report.read_text())["n_images"] == 2 and (folder / "report.md").exists()
+    capsys.readouterr()  # the progress bars of the two evaluations
+
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "settings"}')
+    assert main([*common, "--json", str(notes)]) == 2
+    assert f"--json {notes} exists and is not a glae eval report" in _error(capsys)
+    assert notes.read_text() == '{"my": "settings"}'
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "report.md").write_text("# my draft")
+    assert main([*common, "--report", str(paper)]) == 2
+    assert "holds report files that glae eval did not write" in _error(capsys)
+    assert (paper / "report.md").read_text() == "# my draft" and not (paper / "report.json").exists()
 
 
 def test_eval_lt_below_one_is_refused_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
