@@ -12,6 +12,7 @@ list of image names relative to the dataset folder, never code.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from .data import AgeSample, DatasetError, Split, read_split_file
 from .data.images import AgeImageDataset
 from .evaluate import InferencePass, predict_samples
 from .fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 _FORMAT = "glae-teacher-targets/1"
 
@@ -78,6 +81,7 @@ def teacher_distributions(
                              "the teachers must share their age range")
         total[rows] += mean
         counts[rows] += 1
+        log.info("%s labelled %d training faces", path, len(rows))
     assert total is not None, "no models"
     if (counts == 0).any():
         first = names[int((counts == 0).nonzero()[0])]

@@ -217,7 +217,7 @@ def inference_pass(config: TrainConfig, device: torch.device) -> InferencePass:
     return InferencePass(device, config.eval_batch_size, config.data.num_workers, config.channels_last, config.amp)
 
 
-def evaluate_model(model: AgeModel, samples: list, config: TrainConfig, device: torch.device, mode: RoutingMode) -> dict[str, Any]:
+def evaluate_model(model: AgeModel, samples: list[AgeSample], config: TrainConfig, device: torch.device, mode: RoutingMode) -> dict[str, Any]:
     return evaluate_samples(model, samples, mode, inference_pass(config, device))
 
 
@@ -283,7 +283,8 @@ class StageRunner:
         )
         return loader, sampler
 
-    def _save(self, epoch: int, step: int, optimizer, scheduler, tally: LossTally) -> None:
+    def _save(self, epoch: int, step: int, optimizer: torch.optim.SGD, scheduler: torch.optim.lr_scheduler.OneCycleLR,
+              tally: LossTally) -> None:
         """Checkpoint after ``step`` steps of ``epoch``; ``tally`` is that epoch's loss so far."""
         if not self.context.is_main:
             return
@@ -349,7 +350,8 @@ class StageRunner:
             result = train_one_epoch(wrapped, loader, optimizer, scheduler, settings, first_step, checkpoint, tally)
             self._end_epoch(epoch, result, optimizer, scheduler)
 
-    def _end_epoch(self, epoch: int, result: dict[str, float], optimizer, scheduler) -> None:
+    def _end_epoch(self, epoch: int, result: dict[str, float], optimizer: torch.optim.SGD,
+                   scheduler: torch.optim.lr_scheduler.OneCycleLR) -> None:
         """Validate (with the averaged weights when ``ema_decay`` is set), checkpoint and log one epoch.
 
         With an average, the last step's weights are validated too (``val_last_weights``):
