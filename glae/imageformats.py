@@ -84,13 +84,15 @@ def expand_image_paths(patterns: Iterable[str | os.PathLike], skip_folder: Path 
     for pattern in map(str, patterns):
         literal = os.path.exists(pattern) or not glob.has_magic(pattern)
         matches = [pattern] if literal else sorted(glob.glob(pattern, recursive=True))
+        found: list[Path] = []
         for match in map(Path, matches or [pattern]):
             if match.is_dir():
                 skip = skipped if skipped != match.resolve() else None  # a folder asked for by name is searched
-                paths += sorted(
+                found += sorted(
                     p for p in match.rglob("*")
                     if p.is_file() and p.suffix.lower() in image_extensions() and (skip is None or skip not in p.resolve().parents)
                 )
             else:
-                paths.append(match)
+                found.append(match)
+        paths += dict.fromkeys(found)  # ``d/**`` matches d, its subfolders and their files: each photo once
     return paths

@@ -260,6 +260,8 @@ def _with_metadata(source: Path, target: Path, record: object) -> Path:
         ({"model": {}, "input": {"mean": [0, 0, 0], "std": [1, 0, 1]}, "info": {}}, r"key 'input' must hold .*std > 0"),
         ({"model": {}, "input": {"mean": [0, 0, "NaN"], "std": [1, 1, 1]}, "info": {}}, r"key 'input' must hold"),
         ({"model": {"colour": 1}, "info": {}}, r"unknown setting\(s\) model\.colour.*needs a newer GLAE than this 0\."),
+        ({"model": {"upscale": 16, "head_options": [1, 2]}, "info": {}}, r"model\.head_options a mapping, got 'glae' and \[1, 2\]"),
+        ({"model": {"upscale": 16, "head": ["glae"]}, "info": {}}, r"model\.head must be a name"),
     ],
 )
 def test_hostile_metadata_is_one_line_naming_file_and_key(tmp_path: Path, model: AgeModel, record: object, message: str) -> None:

@@ -36,6 +36,15 @@ def test_files_folders_and_globs_become_image_paths_in_argument_order(tmp_path: 
     assert paths == [tmp_path / name for name in expected]  # what matches nothing is kept, to be reported missing
 
 
+def test_a_recursive_glob_gives_each_photo_once(tmp_path: Path) -> None:
+    """``album/**`` matches the folder, its subfolders and their files; a photo is still predicted once."""
+    for name in ["album/a.jpg", "album/trip/b.jpg", "album/trip/day/c.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    paths = expand_image_paths([str(tmp_path / "album" / "**")])
+    assert sorted(paths) == [tmp_path / name for name in ["album/a.jpg", "album/trip/b.jpg", "album/trip/day/c.jpg"]]
+
+
 def test_an_existing_file_named_like_a_glob_is_that_file(tmp_path: Path) -> None:
     for name in ["photo[1].jpg", "photo1.jpg"]:
         (tmp_path / name).touch()

@@ -39,6 +39,25 @@ def test_exif_orientation_6_is_applied(tmp_path: Path) -> None:
     # rotating clockwise brings the left edge to the top
     assert out[:8, :, 0].mean() > 200 and out[:8, :, 2].mean() < 60
     assert out[12:, :, 2].mean() > 200 and out[12:, :, 0].mean() < 60
+    # The upright image, read again (glae serve decodes an upload, then predicts on it), is not turned twice.
+    assert read_rgb(image).size == (20, 30)
+    np.testing.assert_array_equal(_rgb(read_rgb(image)), out)
+
+
+def test_every_one_byte_corruption_of_an_avif_is_a_read_error_or_an_image() -> None:
+    """Pillow's AVIF decoder raises RuntimeError on some damage (``Conversion from YUV failed``):
+    it must fail that one photo, like any corrupt file, not stop a whole ``glae predict`` run."""
+    encoded = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(encoded, "AVIF")
+    data = encoded.getvalue()
+    for value in (0x00, 0xC2, 0xFF):
+        for position in range(len(data)):
+            damaged = bytearray(data)
+            damaged[position] = value
+            try:
+                assert read_rgb(bytes(damaged)).mode == "RGB"
+            except ImageReadError:
+                pass
 
 
 def test_a_photo_with_a_broken_exif_block_is_read_as_stored(tmp_path: Path) -> None:

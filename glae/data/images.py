@@ -102,7 +102,7 @@ def _open_file(source: bytes | str | os.PathLike, name: str, max_pixels: int) ->
         raise ImageReadError(f"{name}: permission denied; make the file readable (chmod +r) or skip it") from None
     except UnidentifiedImageError as error:
         raise ImageReadError(f"{name}: not a readable image ({error})") from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, RuntimeError) as error:  # RuntimeError: Pillow's AVIF decoder
         raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
     return image
 
@@ -128,7 +128,7 @@ def read_rgb(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
         raise ImageReadError(_limit_message(name, f"{image.width}x{image.height}", max_pixels))
     try:
         image.load()  # a lazy PIL image whose data turns out broken fails here
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, RuntimeError) as error:
         raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
     if min(image.size) == 0:
         raise ImageReadError(f"{name}: empty image {image.width}x{image.height}")
@@ -155,7 +155,16 @@ def _upright(image: Image.Image) -> Image.Image:
     except (SyntaxError, ValueError, TypeError, struct.error, OSError):
         return image
     turn = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
-    return image if turn is None else image.transpose(turn)
+    if turn is None:
+        return image
+    turned = image.transpose(turn)
+    for key in _ORIENTATION_CARRIERS:  # upright now: read again (serve, the API), it must not be turned twice
+        turned.info.pop(key, None)
+    return turned
+
+
+_ORIENTATION_CARRIERS = ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif")
+"""The ``info`` entries Pillow reads an orientation from; a transpose copies them unchanged."""
 
 
 def readable_samples(samples: Sequence[AgeSample]) -> tuple[list[AgeSample], list[str]]:
