@@ -25,6 +25,7 @@ from .models import BackboneError
 from .predict_options import PredictOptions
 from .routing import ROUTING_MODES
 from .serve import ServeSettings
+from .typed import parse_json
 
 if TYPE_CHECKING:
     from .evaluate import InferencePass
@@ -236,8 +237,8 @@ def _check_eval_arguments(args: argparse.Namespace, checkpoint: Path) -> None:
 def _is_eval_report(path: Path) -> bool:
     """Whether ``path`` is a JSON report ``glae eval`` wrote, which a new evaluation may replace."""
     try:
-        report = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        report = parse_json(path.read_text())
+    except (OSError, ValueError):  # ValueError: not UTF-8, or not JSON
         return False
     return isinstance(report, dict) and {"mode", "mae", "n_images"} <= report.keys()
 
@@ -367,13 +368,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def run_teach(args: argparse.Namespace) -> int:
     from .checkpoint import read_model_metadata
     from .data import Split
-    from .distill import read_teacher_metadata, save_teacher_targets, teacher_distributions
+    from .distill import read_teacher_names, save_teacher_targets, teacher_distributions
 
     _check_model_pass_arguments(args)
     _check_output_file(args.out, "--out", (args.data, args.split, *args.models))
     if args.out.exists():
         try:
-            read_teacher_metadata(args.out)
+            read_teacher_names(args.out)
         except DatasetError as error:
             raise ValueError(f"--out {args.out} exists and is not a glae teach file, so it is not replaced ({error})") from None
     # The dataset is read once, in the format the first model records: every teacher labels the same faces.

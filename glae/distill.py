@@ -28,6 +28,7 @@ from .data import AgeSample, DatasetError, Split, read_split_file
 from .data.images import AgeImageDataset
 from .evaluate import InferencePass, predict_samples
 from .fileio import atomic_write_bytes
+from .typed import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ def _trained_on(model_path: Path, required: bool) -> set[str]:
     return set(read_split_file(split_file, "the split of")["train"])
 
 
-def read_teacher_metadata(path: str | Path) -> dict[str, str]:
-    """The header of a ``glae teach`` file, read without its tensors.
+def read_teacher_names(path: str | Path) -> list[str]:
+    """The image names of a ``glae teach`` file (row ``i`` is ``names[i]``), read and checked without its tensors.
 
     Raises:
         DatasetError: the file cannot be read or was not written by ``glae teach``.
@@ -118,13 +119,13 @@ def read_teacher_metadata(path: str | Path) -> dict[str, str]:
     if metadata.get("format") != _FORMAT or keys != {"probabilities"}:
         raise DatasetError(f"{path}: not a teacher-targets file written by glae teach")
     try:
-        names = json.loads(metadata.get("names", ""))
-    except (json.JSONDecodeError, RecursionError, ValueError):
+        names = parse_json(metadata.get("names", ""))
+    except ValueError:
         names = None
     if not (isinstance(names, list) and all(isinstance(name, str) for name in names)) or len(shape) != 2 or shape[0] != len(names):
         raise DatasetError(f"{path}: a damaged teacher-targets file (its image names and distributions do not match); "
                            "make it again with glae teach")
-    return metadata
+    return names
 
 
 def teacher_targets_for(path: str | Path, samples: Sequence[AgeSample], root: Path, num_classes: int) -> Tensor:
@@ -134,11 +135,11 @@ def teacher_targets_for(path: str | Path, samples: Sequence[AgeSample], root: Pa
         DatasetError: the file is not a teacher-targets file, has another number of age
             classes, or lacks one of the samples (it was made for another split or dataset).
     """
-    metadata = read_teacher_metadata(path)
+    file_names = read_teacher_names(path)
     probabilities = load_file(str(path))["probabilities"]
     if probabilities.shape[1] != num_classes:
         raise DatasetError(f"{path}: its distributions have {probabilities.shape[1]} age classes, the model has {num_classes}")
-    row_of = {name: row for row, name in enumerate(json.loads(metadata["names"]))}
+    row_of = {name: row for row, name in enumerate(file_names)}
     names = Split(list(samples)).to_json(root)["train"]
     missing = [name for name in names if name not in row_of]
     if missing:
@@ -165,4 +166,4 @@ class WithTeacherTargets(Dataset):
         return (*self.images[key], self.targets[index])
 
 
-__all__ = ["WithTeacherTargets", "read_teacher_metadata", "save_teacher_targets", "teacher_targets_for"]
+__all__ = ["WithTeacherTargets", "read_teacher_names", "save_teacher_targets", "teacher_targets_for"]

@@ -58,7 +58,7 @@ from .data.cache import CachedImages, open_image_cache
 from .data.images import AgeImageDataset, ages_of, readable_samples
 from .data.samplers import EpochSampler
 from .data.transforms import train_transform
-from .distill import WithTeacherTargets, read_teacher_metadata, teacher_targets_for
+from .distill import WithTeacherTargets, read_teacher_names, teacher_targets_for
 from .engine import (
     DistributedContext,
     EpochSettings,
@@ -557,7 +557,7 @@ def _train(config: TrainConfig, out_dir: Path, context: DistributedContext, show
                 init_source(model, config, number)  # a wrong source fails now, not after the stages before it
     for stage in config.stages:
         if stage.epochs > 0 and stage.distill_from:
-            read_teacher_metadata(stage.distill_from)  # so does a missing or damaged teacher file
+            read_teacher_names(stage.distill_from)  # so does a missing or damaged teacher file
     model.to(context.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

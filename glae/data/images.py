@@ -34,6 +34,10 @@ class ImageReadError(ValueError):
     """An image could not be read; the message names the source and the reason."""
 
 
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError)
+"""What Pillow's decoders raise on a damaged file (RuntimeError: the AVIF decoder's ``Conversion from YUV failed``)."""
+
+
 def _describe(source: ImageSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
@@ -102,7 +106,7 @@ def _open_file(source: bytes | str | os.PathLike, name: str, max_pixels: int) ->
         raise ImageReadError(f"{name}: permission denied; make the file readable (chmod +r) or skip it") from None
     except UnidentifiedImageError as error:
         raise ImageReadError(f"{name}: not a readable image ({error})") from None
-    except (OSError, SyntaxError, ValueError, RuntimeError) as error:  # RuntimeError: Pillow's AVIF decoder
+    except DECODE_ERRORS as error:
         raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
     return image
 
@@ -128,7 +132,7 @@ def read_rgb(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
         raise ImageReadError(_limit_message(name, f"{image.width}x{image.height}", max_pixels))
     try:
         image.load()  # a lazy PIL image whose data turns out broken fails here
-    except (OSError, SyntaxError, ValueError, RuntimeError) as error:
+    except DECODE_ERRORS as error:
         raise ImageReadError(f"{name}: corrupt or truncated image ({error})") from None
     if min(image.size) == 0:
         raise ImageReadError(f"{name}: empty image {image.width}x{image.height}")

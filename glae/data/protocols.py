@@ -11,7 +11,6 @@ is one registered function at the end of this file.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from glae.data.config import DataConfig
 from glae.data.datasets import AgeSample, DatasetError
 from glae.metrics import age_class
+from glae.typed import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,9 @@ def read_split_file(path: Path, what: str = "split file") -> dict[str, list[str]
     except OSError as error:
         raise DatasetError(f"{what} {path} cannot be read ({error.strerror or error})") from None
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as error:
-        raise DatasetError(f"{what} {path} is not JSON ({error}); pass the split.json a glae train run wrote") from None
+        data = parse_json(raw.decode("utf-8"))
+    except ValueError:  # not UTF-8, or not JSON
+        raise DatasetError(f"{what} {path} is not JSON; pass the split.json a glae train run wrote") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in data.values()):
         raise DatasetError(f"{what} {path} is not a split (lists of image paths per part); pass the split.json a glae train run wrote")
     return data

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..fileio import atomic_write, atomic_write_text
 from ..data.datasets import DatasetError, load_dataset
-from ..data.images import ImageReadError, read_rgb
+from ..data.images import DECODE_ERRORS, ImageReadError, read_rgb
 from .align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face, reference_points
 from .detector import FaceDetector, build_detector
 from .filtering import FaceFilter
@@ -223,7 +223,7 @@ def _is_complete_crop(target: Path, size: int) -> bool:
         with Image.open(target) as image:
             image.load()
             found = image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except (*DECODE_ERRORS, Image.DecompressionBombError):
         return False
     if found != (size, size):
         raise ValueError(f"{target} is a {found[0]}x{found[1]} crop, not {size}x{size}; rerun with --size {found[0]} or align into another folder")

@@ -95,10 +95,11 @@ def migrate_model_settings(data: dict[str, Any]) -> dict[str, Any]:
     if len(legacy) == len(LEGACY_HEAD_SETTINGS):
         migrated.setdefault("normalization", "paper")
     head = migrated.get("head", "glae")
-    if not isinstance(head, str) or not isinstance(migrated.get("head_options") or {}, dict):
-        raise ValueError(f"model.head must be a name and model.head_options a mapping, got {head!r} and {migrated.get('head_options')!r}")
+    stored_options = migrated.get("head_options")
+    if not isinstance(head, str) or not isinstance(stored_options or {}, dict):
+        raise ValueError(f"model.head must be a name and model.head_options a mapping, got {head!r} and {stored_options!r}")
     known = {f.name for f in fields(HEADS[head].options)} if head in HEADS else set(legacy)
-    options = dict(migrated.get("head_options") or {})
+    options = dict(stored_options or {})
     for name, value in legacy.items():
         if name in known:
             options.setdefault(name, value)
