@@ -8,6 +8,7 @@ Pillow 11.2, HEIC with the ``heic`` extra's pillow-heif) is taken by both at onc
 from __future__ import annotations
 
 import glob
+import io
 import os
 import struct
 from collections.abc import Iterable
@@ -52,14 +53,22 @@ def image_extensions() -> frozenset[str]:
 
 
 def image_format(data: bytes) -> str | None:
-    """Pillow's name for the format of ``data``, by the signature test Pillow itself runs
-    on a file's first 16 bytes (so a truncated photo is still recognised, then refused as
-    corrupt by the decoder); None when no decoder here claims it."""
+    """Pillow's name for the format of ``data``; None when no decoder here claims it.
+
+    Formats with a signature are judged by the test Pillow itself runs on a file's first
+    16 bytes (so a truncated photo is still recognised, then refused as corrupt by the
+    decoder). Formats without one (TGA, IM, SPIDER...) are judged as ``Image.open`` judges
+    them, by parsing their header, so every format in ``decodable_formats()`` is taken.
+    """
     register_openers()
     prefix = data[:16]
+    headerless = []
     for name in Image.ID:
         _, accept = Image.OPEN[name]
-        if name in UNDECODABLE or accept is None:
+        if name in UNDECODABLE:
+            continue
+        if accept is None:
+            headerless.append(name)
             continue
         try:
             claimed = accept(prefix)
@@ -67,7 +76,18 @@ def image_format(data: bytes) -> str | None:
             continue
         if claimed and not isinstance(claimed, str):  # a str is Pillow's reason to refuse
             return name
-    return None
+    return next((name for name in headerless if _header_parses(data, name)), None)
+
+
+def _header_parses(data: bytes, name: str) -> bool:
+    """Whether Pillow's ``name`` plugin reads a header from ``data`` (pixels are not decoded)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=[name]):
+            return True
+    except Image.DecompressionBombError:  # recognised: the reader refuses it with its own message
+        return True
+    except (OSError, ValueError, EOFError):  # Image.UnidentifiedImageError is an OSError
+        return False
 
 
 def expand_image_paths(patterns: Iterable[str | os.PathLike], skip_folder: Path | None = None) -> list[Path]:

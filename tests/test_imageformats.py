@@ -22,7 +22,12 @@ def test_formats_are_judged_by_the_bytes() -> None:
         encoded = io.BytesIO()
         image.save(encoded, format=format)
         assert image_format(encoded.getvalue()) == format
+    for format, mode in [("TGA", "RGB"), ("IM", "RGB"), ("SPIDER", "F")]:  # no signature test: judged by their header
+        encoded = io.BytesIO()
+        image.convert(mode).save(encoded, format=format)
+        assert image_format(encoded.getvalue()) is not None, format
     assert image_format(b"%PDF-1.7") is None and image_format(b"") is None
+    assert image_format(b"just some text, whatever the name says\n" * 20) is None
     assert {".jpg", ".png", ".webp", ".avif"} <= image_extensions() and ".pdf" not in image_extensions()
 
 

@@ -117,8 +117,9 @@ def test_cli_fails_in_one_line_without_a_model(monkeypatch: pytest.MonkeyPatch, 
     assert capsys.readouterr().err.strip() == "error: --workers must be >= 1, got 0"
 
 
-def test_an_avif_photo_is_estimated(server: LocalServer, utk_crops: list[Path]) -> None:
-    status, body = post_image(server.url + "/api/predict", _encode(Image.open(utk_crops[0]), "AVIF"), "phone.avif")
+@pytest.mark.parametrize("format", ["AVIF", "TGA", "IM"])  # TGA and IM have no signature Pillow tests
+def test_a_photo_in_any_listed_format_is_estimated(server: LocalServer, utk_crops: list[Path], format: str) -> None:
+    status, body = post_image(server.url + "/api/predict", _encode(Image.open(utk_crops[0]), format), f"photo.{format.lower()}")
     assert status == 200 and body["faces_found"] == 1, body
 
 
