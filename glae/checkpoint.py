@@ -82,7 +82,7 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"model file {path} does not exist")
+        raise CheckpointError(f"model file {path} " + ("is a folder, not a file" if path.is_dir() else "does not exist"))
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}

@@ -245,9 +245,13 @@ class AgeEstimator:
         """
         try:
             return [self.face_filter(faces) for faces in detect_batch(detector, images)]
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, MemoryError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and not _out_of_memory(error):
+                raise  # a bug, not a photo's fault
             if len(images) == 1:
-                return [str(error)]
+                width, height = images[0].size
+                memory = f"out of memory detecting faces in this {width}x{height} photo; try a smaller copy"
+                return [str(error) if isinstance(error, (ValueError, OSError)) else memory]
             return [result for image in images for result in self._detect(detector, [image])]
 
     def _crop(self, file: str | None, image: Image.Image, faces: Sequence[DetectedFace | None] | str) -> _Prepared:
@@ -280,6 +284,11 @@ class AgeEstimator:
                 head: HeadName = "balanced" if bool(balanced) else "vanilla"
                 results.append(_Estimate(float(age), (float(interval[0]), float(interval[1])), head, tuple(distribution.tolist())))
         return results
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """Whether torch ran out of memory: CUDA's ``OutOfMemoryError``, or the CPU allocator's plain RuntimeError."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def _face_age(face: DetectedFace | None, size: tuple[int, int], estimate: _Estimate) -> FaceAge:

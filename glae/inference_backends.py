@@ -93,7 +93,7 @@ class OnnxRoutedPredictor:
         except ImportError:
             raise MissingExtraError("running an ONNX model needs onnxruntime: pip install 'glae[onnx]'") from None
         if not Path(path).is_file():
-            raise CheckpointError(f"ONNX model {path} does not exist")
+            raise CheckpointError(f"ONNX model {path} " + ("is a folder, not a file" if Path(path).is_dir() else "does not exist"))
         try:
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped errors for bad files

@@ -9,6 +9,7 @@ once, when the object is made, with the flag's name in the error.
 from __future__ import annotations
 
 import argparse
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import get_type_hints
 
@@ -18,13 +19,17 @@ from .faces.detector import DETECTORS
 from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE
 
 
+# What each field's type accepts from the Python API (NumPy's numbers included), and its name in an error.
+_ACCEPTED = {int: (numbers.Integral, "a whole number"), float: (numbers.Real, "a number"), str: (str, "a string")}
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """How photos become ages; each field's ``help`` is its flag's help text.
 
     Raises:
-        ValueError: one line naming the flag, for a value out of range or an unknown or
-            absent device.
+        ValueError: one line naming the flag, for a value of the wrong type or out of range,
+            or an unknown or absent device.
     """
 
     batch_size: int = field(default=32, metadata={"help": "faces per forward pass (each also runs flipped), and photos per detection batch"})
@@ -44,6 +49,11 @@ class PredictOptions:
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda:1... (ONNX runs on the CPU)"})
 
     def __post_init__(self) -> None:
+        for option, kind in get_type_hints(type(self)).items():  # the API takes any value; the flags are typed by argparse
+            value = getattr(self, option)
+            accepted, name = _ACCEPTED[kind]
+            if not isinstance(value, accepted) or isinstance(value, bool):
+                raise ValueError(f"--{option.replace('_', '-')} must be {name}, got {value!r}")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, got {self.batch_size}")
         if not 0 <= self.margin <= MAX_MARGIN:

@@ -19,6 +19,8 @@ from .data.images import read_rgb
 from .estimator import ImagePrediction
 from .fileio import create_new
 
+JPEG_MAX_SIDE = 65500  # libjpeg's limit on either side of an image
+
 CSV_COLUMNS = ("file", "face", "x1", "y1", "x2", "y2", "age", "low_90", "high_90", "head", "score", "error")
 
 
@@ -196,8 +198,10 @@ class AnnotatedCopies:
         """The copy written, or None for an input that is no readable photo file."""
         if prediction.file is None or prediction.error:
             return None
+        copy = annotate(prediction)
+        copy.thumbnail((JPEG_MAX_SIDE, JPEG_MAX_SIDE))  # a panorama wider than JPEG allows is shrunk, not fatal
         encoded = io.BytesIO()
-        annotate(prediction).save(encoded, format="JPEG", quality=92)
+        copy.save(encoded, format="JPEG", quality=92)
         stem, number = Path(prediction.file).stem, 1
         while not create_new(target := self.folder / _copy_name(stem, number), encoded.getvalue()):
             number += 1

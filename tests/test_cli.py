@@ -86,6 +86,14 @@ def test_output_path_taken_fails_before_the_work(tmp_path: Path, capsys: pytest.
     assert places["FILE"].read_text() == "mine"
 
 
+@pytest.mark.parametrize("model", ["models", "models.onnx"])
+def test_a_folder_given_as_the_model_is_named_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str) -> None:
+    (tmp_path / model).mkdir()
+    (tmp_path / "face.jpg").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "face.jpg"), "--model", str(tmp_path / model), "--aligned"]) == 2
+    assert f"{tmp_path / model} is a folder, not a file" in _error(capsys)
+
+
 def test_predict_empty_folder_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "empty")]) == 2

@@ -262,3 +262,30 @@ def test_a_detector_error_stays_with_its_photo(model_file: Path, utk_crops: list
     results = estimator.predict([photo, photo.resize((80, 80)), photo])
     assert [len(result.faces) for result in results] == [1, 0, 1]
     assert [result.error for result in results] == [None, "too small for this detector", None]
+
+
+class _OutOfMemoryOnLargePhotos(_FixedFaces):
+    """Runs out of memory, as torch's CPU allocator reports it, on photos wider than 1000 px."""
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        if image.width > 1000:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 211680000 bytes.")
+        return super().detect(image)
+
+
+def test_running_out_of_memory_on_one_photo_fails_that_photo_alone(model_file: Path, utk_crops: list[Path]) -> None:
+    photo = read_rgb(utk_crops[0])
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu", batch_size=4), _OutOfMemoryOnLargePhotos([0.95]))
+    results = estimator.predict([photo, photo.resize((1200, 1200)), photo])
+    assert [len(result.faces) for result in results] == [1, 0, 1]
+    assert [result.error for result in results] == [None, "out of memory detecting faces in this 1200x1200 photo; try a smaller copy", None]
+
+
+def test_a_detector_bug_is_not_blamed_on_a_photo(model_file: Path, utk_crops: list[Path]) -> None:
+    class Broken(_FixedFaces):
+        def detect(self, image: Image.Image) -> list[DetectedFace]:
+            raise RuntimeError("shape mismatch")
+
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), Broken([0.95]))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        estimator.predict([read_rgb(utk_crops[0])])

@@ -122,6 +122,16 @@ def test_16bit_grayscale_is_rescaled(tmp_path: Path) -> None:
     assert out[1, 1] == math.floor(1000 / 65535 * 255)  # 3, not a clipped 255
 
 
+def test_float_tiffs_in_0_1_and_in_0_255_read_alike(tmp_path: Path) -> None:
+    """Scientific tools write float images in 0-1, Pillow in 0-255: the same face either way, not a black one."""
+    grey = np.array([[0, 64], [128, 255]], np.float32)
+    for name, pixels in [("unit.tiff", grey / 255), ("byte.tiff", grey)]:
+        Image.fromarray(pixels).save(tmp_path / name)
+    unit, byte = (_rgb(read_rgb(tmp_path / name))[..., 0] for name in ("unit.tiff", "byte.tiff"))
+    assert byte.tolist() == [[0, 64], [128, 255]]
+    assert np.abs(unit.astype(int) - byte).max() <= 1
+
+
 def test_palette_png(tmp_path: Path) -> None:
     image = Image.new("P", (3, 3), 0)
     image.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)

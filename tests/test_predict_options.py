@@ -70,6 +70,23 @@ def test_glae_serve_options_reach_the_apps_estimator(model_file: Path, monkeypat
 @pytest.mark.parametrize(
     "values, message",
     [
+        ({"batch_size": 2.5}, "--batch-size must be a whole number, got 2.5"),
+        ({"batch_size": "8"}, "--batch-size must be a whole number, got '8'"),
+        ({"batch_size": True}, "--batch-size must be a whole number, got True"),
+        ({"margin": None}, "--margin must be a number, got None"),
+        ({"detector": None}, "--detector must be a string, got None"),
+    ],
+)
+def test_the_api_refuses_a_value_of_the_wrong_type_naming_its_flag(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        PredictOptions(**values)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+    assert PredictOptions(margin=1, min_face_size=20) == PredictOptions(margin=1.0, min_face_size=20.0)  # an int is a number
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
         ({"batch_size": 0}, "--batch-size must be in 1..4096, got 0"),
         ({"batch_size": 5000}, "--batch-size must be in 1..4096, got 5000"),
         ({"margin": -0.1}, "--margin must be in [0, 2], got -0.1"),

@@ -223,6 +223,14 @@ def test_annotated_copies_never_replace_an_existing_file(tmp_path: Path) -> None
     assert all(Image.open(copy).size == (32, 24) for copy in (first, rerun))
 
 
+def test_a_panorama_wider_than_jpeg_allows_gets_a_shrunk_copy(tmp_path: Path) -> None:
+    """A 70000 x 10 photo (0.7 MP, within the pixel limit) is read and predicted; its copy fits JPEG's 65500 px."""
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (70000, 10), (90, 90, 90)).save(photo)
+    copy = AnnotatedCopies(tmp_path / "annotated").write(ImagePrediction(str(photo), [], None))
+    assert copy is not None and Image.open(copy).size == (65500, 9)
+
+
 def test_a_killed_predict_leaves_no_half_written_copy_under_the_name(tmp_path: Path) -> None:
     """``kill -9`` while the copy of ``IMG_1.png`` is written: no ``IMG_1.jpg`` appears, so a rerun writes it whole."""
     photo = tmp_path / "IMG_1.png"

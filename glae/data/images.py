@@ -45,10 +45,15 @@ def _describe(source: ImageSource) -> str:
 
 
 def _to_8bit_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; 16/32-bit grayscale is rescaled, not clipped."""
+    """Convert any PIL mode to 8-bit RGB; 16/32-bit grayscale is rescaled, not clipped.
+
+    Float images come in 0-1 (scientific tools) or 0-255 (Pillow's own conversions): a
+    maximum of at most 1 is taken as the first, so such a face is not read as black.
+    """
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         pixels = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        top = pixels.max()
+        scale = 65535.0 if image.mode.startswith("I;16") or top > 255 else 1.0 if image.mode == "F" and top <= 1 else 255.0
         pixels = np.clip(pixels / scale * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(pixels, mode="L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
