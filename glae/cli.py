@@ -384,7 +384,8 @@ def run_teach(args: argparse.Namespace) -> int:
     probabilities = teacher_distributions(args.models, samples, names, _inference_pass(args), args.held_out,
                                           {*student.get("val", []), *student.get("test", [])})
     save_teacher_targets(args.out, names, probabilities, [str(path) for path in args.models])
-    print(f"wrote the mean distribution of {len(args.models)} models for {len(names)} training faces to {args.out}")
+    teachers = f"the {len(args.models)} models" + (", each face by those that never trained on it," if args.held_out else "")
+    print(f"wrote the mean distribution of {teachers} for {len(names)} training faces to {args.out}")
     return 0
 
 

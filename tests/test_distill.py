@@ -166,7 +166,9 @@ def test_held_out_teach_labels_each_face_only_with_models_that_never_trained_on_
 
     student = [faces[0], faces[2], faces[3]]  # 0: unseen by a only; 2 and 3: unseen by both
     alone = {m: teach([m], student) for m in runs}
+    capsys.readouterr()
     held_out = teach(["a", "b"], student, "--held-out")
+    assert "the 2 models, each face by those that never trained on it, for 3 training faces" in capsys.readouterr().out
     assert isinstance(held_out, dict) and all(isinstance(t, dict) for t in alone.values())
     a, b = (alone[m]["probabilities"] for m in ("a", "b"))  # type: ignore[index]
     got = held_out["probabilities"]
