@@ -232,6 +232,7 @@ def run_record_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 _STAGE_SECTION = re.compile(r"stage([1-9][0-9]*)")
+_YAML_COMMENT = re.compile(r"(^|\s)#")
 """``stage1``, ``stage2``...: the older sections, and the short form of ``stages.0``, ``stages.1``."""
 
 
@@ -278,15 +279,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node: Any = data
         for part in parts[:-1]:
             node = _child(node, part, key)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as error:
-            raise ValueError(f"--set {override}: not a YAML value ({error})") from None
+        value = _override_value(raw, override)
         if isinstance(node, list):
             node[_list_index(node, parts[-1], key)] = value
         else:
             node[parts[-1]] = value
     return data
+
+
+def _override_value(raw: str, override: str) -> Any:
+    """``raw`` read as YAML, except that an unquoted `` #`` is text, not a comment: on a command
+    line it can only be part of the value (``init_from=runs/a #1/stage1.safetensors``)."""
+    if _YAML_COMMENT.search(raw) and not raw.lstrip().startswith(("'", '"', "[", "{")):
+        return raw.strip()
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--set {override}: not a YAML value ({error})") from None
 
 
 def _child(node: Any, part: str, key: str) -> Any:

@@ -68,12 +68,19 @@ class Plan:
         return self.out / run.name
 
 
+_PLAN_KEYS = ("name", "data", "out", "results", "runs")
+_RUN_KEYS = ("name", "config", "set")
+
+
 def load_plan(path: str | Path) -> Plan:
     """Read and check a plan file; every problem is one line naming the file and the entry."""
     data = read_yaml_mapping(path, "plan file")
-    missing = [key for key in ("name", "data", "out", "results", "runs") if key not in data]
+    missing = [key for key in _PLAN_KEYS if key not in data]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}")
+    unknown = sorted(map(str, set(data) - set(_PLAN_KEYS)))
+    if unknown:
+        raise ValueError(f"{path}: unknown key {', '.join(unknown)}; a plan has {', '.join(_PLAN_KEYS)}")
     for key in ("name", "data", "out", "results"):
         if not isinstance(data[key], str) or not data[key]:
             raise ValueError(f"{path}: {key} must be a non-empty string, got {data[key]!r}")
@@ -89,6 +96,9 @@ def load_plan(path: str | Path) -> Plan:
         if not _is_plain_name(name):
             # The name is a folder under both out and results: a path would train and write outside them.
             raise ValueError(f"{path}: run {position + 1}: name {name!r} must be a plain folder name")
+        unknown = sorted(map(str, set(entry) - set(_RUN_KEYS)))
+        if unknown:  # a misspelt ``set`` would train every run without its overrides
+            raise ValueError(f"{path}: run {name}: unknown key {', '.join(unknown)}; a run has {', '.join(_RUN_KEYS)}")
         overrides = entry.get("set") or []
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
             raise ValueError(f"{path}: run {name}: set must be a list of key=value strings")

@@ -291,7 +291,7 @@ class StageRunner:
         save_training_state(
             self.checkpoint_path,
             {
-                "stage": self.stage, "epoch": epoch, "step": step,
+                "stage": self.stage, "epoch": epoch, "step": step, "world_size": self.context.world_size,
                 "model": unwrap(self.model).state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(), "history": self.history,
@@ -562,6 +562,13 @@ def _train(config: TrainConfig, out_dir: Path, context: DistributedContext, show
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
 
+    if state is not None and state.get("world_size", context.world_size) != context.world_size:
+        # The process count fixes the steps per epoch, the schedule's length and each process's share of the data.
+        processes = state["world_size"]
+        raise CheckpointError(
+            f"{checkpoint_path} was written by a run on {processes} process(es); resume it on {processes} "
+            f"(torchrun --nproc_per_node={processes}), not {context.world_size}"
+        )
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     writer = SummaryWriter(str(out_dir / "tensorboard")) if context.is_main else None
     if state is not None:

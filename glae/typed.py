@@ -83,8 +83,8 @@ def convert(value: Any, annotation: Any, key: str) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
+        if not is_finite_number(value):  # NaN or infinity would only surface as a broken loss, hours later
+            raise ValueError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):

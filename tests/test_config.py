@@ -103,6 +103,9 @@ def test_unknown_key_names_it_with_its_section() -> None:
         ("stage1.epochs=true", r"stages\.0\.epochs.*integer"),
         ("amp=yes please", r"amp.*true/false"),
         ("sigma=wide", r"sigma.*number"),
+        ("sigma=.nan", r"sigma: expected a finite number, got nan"),
+        ("stage1.lr=.inf", r"stages\.0\.lr: expected a finite number, got inf"),
+        ("stage1.weight_decay=1e400", r"stages\.0\.weight_decay: expected a finite number"),
         ("model.backbone=18", r"model\.backbone.*string"),
         ("stage2.sampling=random", r"stages\.1\.sampling.*not one of"),
         ("loss=mse", r"loss.*not one of"),
@@ -113,6 +116,13 @@ def test_unknown_key_names_it_with_its_section() -> None:
 def test_wrong_types_are_rejected(override: str, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         load_config(None, [override])
+
+
+def test_a_path_holding_a_hash_is_kept_whole() -> None:
+    """YAML would read `` #1/...`` as a comment and train from ``runs/a``; on a command line it is part of the path."""
+    config = load_config(None, ["stage2.init_from=runs/a #1/stage1.safetensors", "data.cache_dir='b #2'", "seed=4"])
+    assert config.stages[1].init_from == "runs/a #1/stage1.safetensors"
+    assert config.data.cache_dir == "b #2" and config.seed == 4
 
 
 def test_override_syntax_errors() -> None:

@@ -80,6 +80,7 @@ def test_a_run_recorded_in_the_results_is_not_retrained_when_its_run_folder_is_g
     (5, "runs must be a list"),
     ([{"name": "../elsewhere", "config": "c"}], "must be a plain folder name"),
     ([{"name": "..", "config": "c"}], "must be a plain folder name"),
+    ([{"name": "a", "config": "c", "sets": ["seed=1"]}], "run a: unknown key sets; a run has name, config, set"),
 ])
 def test_bad_plans_are_refused_in_one_line(tmp_path: Path, runs: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -92,6 +93,7 @@ def test_bad_plans_are_refused_in_one_line(tmp_path: Path, runs: object, message
     ("out", None, "out must be a non-empty string"),
     ("results", "", "results must be a non-empty string"),
     ("data", 5, "data must be a non-empty string"),
+    ("result", "r", "unknown key result; a plan has name, data, out, results, runs"),
 ])
 def test_a_plan_whose_folders_are_unusable_is_refused_in_one_line(tmp_path: Path, key: str, value: object, message: str) -> None:
     """The plan's name is a folder under results: a path would write its status elsewhere; an empty folder is no folder."""

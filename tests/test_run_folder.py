@@ -79,8 +79,9 @@ def test_the_lock_holder_removes_what_a_killed_run_left_mid_write(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_resume_rewrites_the_log_and_refuses_weights_of_another_model(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
-    """A kill between the last checkpoint and metrics.jsonl loses no epoch; a foreign last.pt is one line."""
+def test_resume_rewrites_the_log_and_refuses_weights_of_another_model_or_process_count(utkface: Path, tmp_path: Path, overrides, capsys) -> None:
+    """A kill between the last checkpoint and metrics.jsonl loses no epoch; a foreign last.pt, or one
+    written on another number of processes (another schedule and share of the data), is one line."""
     run = tmp_path / "run"
     args = ["train", "--data", str(utkface), "--out", str(run), "--no-progress", *overrides("stage1.epochs=1", "stage2.epochs=0")]
     assert main(args) == 0
@@ -89,6 +90,12 @@ def test_resume_rewrites_the_log_and_refuses_weights_of_another_model(utkface: P
     assert [(record["stage"], record["epoch"]) for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [(1, 1)]
 
     state = load_training_state(run / "checkpoints" / "last.pt")
+    assert state["world_size"] == 1
+    save_training_state(run / "checkpoints" / "last.pt", {**state, "world_size": 2})  # started with torchrun on two
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "was written by a run on 2 process(es); resume it on 2 (torchrun --nproc_per_node=2), not 1" in capsys.readouterr().err
+
     state["model"] = {name: tensor.reshape(-1)[:1] for name, tensor in state["model"].items()}
     save_training_state(run / "checkpoints" / "last.pt", state)
     capsys.readouterr()
