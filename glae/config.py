@@ -232,8 +232,8 @@ def run_record_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 _STAGE_SECTION = re.compile(r"stage([1-9][0-9]*)")
-_YAML_COMMENT = re.compile(r"(^|\s)#")
 """``stage1``, ``stage2``...: the older sections, and the short form of ``stages.0``, ``stages.1``."""
+_YAML_COMMENT = re.compile(r"(^|\s)#")
 
 
 def with_stage_list(data: dict[str, Any]) -> dict[str, Any]:

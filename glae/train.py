@@ -551,6 +551,13 @@ def _train(config: TrainConfig, out_dir: Path, context: DistributedContext, show
     check_backbone_layers(model, config)
     checkpoint_path = out_dir / "checkpoints" / "last.pt"
     state = load_training_state(checkpoint_path) if checkpoint_path.exists() else None
+    if state is not None and state.get("world_size", context.world_size) != context.world_size:
+        # The process count fixes the steps per epoch, the schedule's length and each process's share of the data.
+        processes = state["world_size"]
+        raise CheckpointError(
+            f"{checkpoint_path} was written by a run on {processes} process(es); resume it on {processes} "
+            f"(torchrun --nproc_per_node={processes}), not {context.world_size}"
+        )
     with torch.random.fork_rng(devices=[]):  # building the source draws random numbers the run must not lose
         for number, stage in enumerate(config.stages, 1):
             if stage.init_from and state is None:
@@ -562,13 +569,6 @@ def _train(config: TrainConfig, out_dir: Path, context: DistributedContext, show
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    if state is not None and state.get("world_size", context.world_size) != context.world_size:
-        # The process count fixes the steps per epoch, the schedule's length and each process's share of the data.
-        processes = state["world_size"]
-        raise CheckpointError(
-            f"{checkpoint_path} was written by a run on {processes} process(es); resume it on {processes} "
-            f"(torchrun --nproc_per_node={processes}), not {context.world_size}"
-        )
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     writer = SummaryWriter(str(out_dir / "tensorboard")) if context.is_main else None
     if state is not None:
