@@ -312,7 +312,7 @@ def run_eval(args: argparse.Namespace) -> int:
     mode = args.mode or routing_mode(info)
     if mode != "vanilla" and routing_mode(info) == "vanilla":
         raise ValueError(f"--mode {mode} needs a balanced head trained in stage 2; {checkpoint} has only the vanilla head")
-    report = evaluate_samples(model, samples, mode, run)
+    report = evaluate_samples(model, samples, mode, run, routing_mode(info))
     report["checkpoint"] = str(checkpoint)
     report["data"] = str(args.data)
     if args.json:

@@ -46,7 +46,8 @@ def evaluate_views(
     Top-level numbers describe ``mode``; ``modes`` holds every mode the heads allow, so
     one pass over the data gives all rows of Table IX. ``routing`` is the head usage of
     Adaptive Routing (``None`` without a balanced head). ``interval_90`` is the coverage
-    and width of ``mode``'s 90% intervals, read as ``calibration`` says.
+    and width of ``mode``'s 90% intervals, read as ``calibration`` (fitted on ``mode``'s
+    distributions) says.
     """
     modes = available_modes(views)
     if mode not in modes:
@@ -105,10 +106,19 @@ def predict_samples(
     return views, ages, stds
 
 
-def evaluate_samples(model: InferenceModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass) -> dict[str, Any]:
-    """One pass of ``model`` over ``samples``, then the report (intervals read as the model's calibration says)."""
-    views, ages, stds = predict_samples(model, samples, mode, run)
-    return evaluate_views(views, ages, stds, mode, model.calibration)
+def evaluate_samples(
+    model: InferenceModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass, model_mode: RoutingMode | None = None,
+) -> dict[str, Any]:
+    """One pass of ``model`` over ``samples``, then the report of ``mode``.
+
+    ``model_mode`` (default ``mode``) is how the model predicts (``routing_mode`` of its file):
+    every head it has is run, so the report holds all its modes, and its calibration, fitted
+    on that mode's distributions, reads the intervals only when ``mode`` is that mode;
+    another mode's intervals are its raw quantiles.
+    """
+    model_mode = model_mode or mode
+    views, ages, stds = predict_samples(model, samples, model_mode, run)
+    return evaluate_views(views, ages, stds, mode, model.calibration if mode == model_mode else None)
 
 
 def calibrate_samples(model: InferenceModel, samples: list[AgeSample], mode: RoutingMode, run: InferencePass) -> IntervalCalibration:

@@ -164,9 +164,10 @@ def epsilon_error(y_true: ArrayLike, y_pred: ArrayLike, sigma: float | ArrayLike
 
 
 def _aar_group_index(true: np.ndarray) -> np.ndarray:
-    # ceil(age / 10) - 1 maps (10(j-1), 10j] to group j-1; age 0 joins "1-10" and
-    # everything above 70 joins "71+". ceil works for real-valued ages too.
-    return np.clip(np.ceil(true / 10.0).astype(np.int64) - 1, 0, len(AAR_GROUP_LABELS) - 1)
+    # ceil(class / 10) - 1 maps classes 10(j-1)+1..10j to group j-1; age 0 joins "1-10" and
+    # everything above 70 joins "71+". Real-valued ages are binned by their age class first,
+    # as for CMAE, so 10.3 (class 10) is in "1-10".
+    return np.clip(np.ceil(age_class(true) / 10.0).astype(np.int64) - 1, 0, len(AAR_GROUP_LABELS) - 1)
 
 
 def aar(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, Any]:

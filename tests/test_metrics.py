@@ -93,9 +93,10 @@ def test_aar_clips_both_terms_at_zero():
 
 
 def test_aar_group_boundaries():
-    # 0 and 10 -> "1-10"; 10.5 -> "11-20"; 70 -> "61-70"; 70.1 and 100 -> "71+".
+    # By the age class (rounded half up), as CMAE: 0 and 10.4 (class 10) -> "1-10"; 10.5 (class 11)
+    # -> "11-20"; 70.4 (class 70) -> "61-70"; 70.5 (class 71) and 100 -> "71+".
     # Errors 1, 2, 3, 4, 5, 6 so each group's MAE tells which images it holds.
-    result = aar([0, 10, 10.5, 70, 70.1, 100], [1, 12, 13.5, 74, 75.1, 106])
+    result = aar([0, 10.4, 10.5, 70.4, 70.5, 100], [1, 12.4, 13.5, 74.4, 75.5, 106])
     assert result["group_mae"]["1-10"] == pytest.approx(1.5)
     assert result["group_mae"]["11-20"] == pytest.approx(3.0)
     assert result["group_mae"]["61-70"] == pytest.approx(4.0)

@@ -225,3 +225,32 @@ def test_epsilon_error_covers_the_images_with_a_positive_std() -> None:
     assert report["epsilon_error"] == pytest.approx(sum(by_hand) / 2, abs=1e-6)
     assert report["epsilon_images"] == 2
     assert "ε-error over the 2 images with a positive std" in markdown_report(report)
+
+
+def test_the_interval_is_calibrated_only_in_the_mode_its_temperature_was_fitted_on(tmp_path) -> None:
+    """A temperature fitted on routed distributions says nothing about the vanilla head's:
+    ``glae eval --mode vanilla`` of a routed model reports raw quantiles, and still every mode."""
+    from PIL import Image
+
+    from glae.calibration import IntervalCalibration
+    from glae.data import AgeSample
+    from glae.evaluate import InferencePass, evaluate_samples
+    from glae.models import AgeModel, ModelConfig
+
+    samples = []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (32, 32), (40 * i, 80, 120)).save(path)
+        samples.append(AgeSample(path, age=float(20 + i)))
+    torch.manual_seed(0)
+    model = AgeModel(ModelConfig(max_age=30, input_size=32)).eval()
+    model.calibration = IntervalCalibration(temperature=3.0, coverage=0.9, faces=100)
+    run = InferencePass(torch.device("cpu"), num_workers=0)
+    routed = evaluate_samples(model, samples, "routing", run, "routing")
+    vanilla = evaluate_samples(model, samples, "vanilla", run, "routing")
+    assert routed["interval_90"]["calibrated"] and not vanilla["interval_90"]["calibrated"]
+    assert set(vanilla["modes"]) == set(routed["modes"]) == {"routing", "vanilla", "balanced", "bigger"}
+    assert vanilla["mae"] == pytest.approx(routed["modes"]["vanilla"]["mae"])
+    model.calibration = None
+    raw = evaluate_samples(model, samples, "vanilla", run, "routing")
+    assert vanilla["interval_90"]["mean_width"] == pytest.approx(raw["interval_90"]["mean_width"])
