@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -247,45 +248,40 @@ def test_photos_are_detected_in_batches(model_file: Path, utk_crops: list[Path],
     assert recorder.batches == [2, 2, 1]
 
 
-class _FailsOnSmallPhotos(_FixedFaces):
-    """Only ``detect``: raises on photos narrower than 100 px, as a custom detector might."""
+class _FailsOnSomePhotos(_FixedFaces):
+    """Only ``detect``: raises ``error`` on the photos ``fails_on`` picks, as a custom detector might."""
+
+    def __init__(self, fails_on: Callable[[Image.Image], bool], error: Exception) -> None:
+        super().__init__([0.95])
+        self.fails_on, self.error = fails_on, error
 
     def detect(self, image: Image.Image) -> list[DetectedFace]:
-        if image.width < 100:
-            raise ValueError("too small for this detector")
+        if self.fails_on(image):
+            raise self.error
         return super().detect(image)
 
 
 def test_a_detector_error_stays_with_its_photo(model_file: Path, utk_crops: list[Path]) -> None:
     photo = read_rgb(utk_crops[0])
-    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu", batch_size=4), _FailsOnSmallPhotos([0.95]))
+    detector = _FailsOnSomePhotos(lambda image: image.width < 100, ValueError("too small for this detector"))
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu", batch_size=4), detector)
     results = estimator.predict([photo, photo.resize((80, 80)), photo])
     assert [len(result.faces) for result in results] == [1, 0, 1]
     assert [result.error for result in results] == [None, "too small for this detector", None]
 
 
-class _OutOfMemoryOnLargePhotos(_FixedFaces):
-    """Runs out of memory, as torch's CPU allocator reports it, on photos wider than 1000 px."""
-
-    def detect(self, image: Image.Image) -> list[DetectedFace]:
-        if image.width > 1000:
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 211680000 bytes.")
-        return super().detect(image)
-
-
 def test_running_out_of_memory_on_one_photo_fails_that_photo_alone(model_file: Path, utk_crops: list[Path]) -> None:
     photo = read_rgb(utk_crops[0])
-    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu", batch_size=4), _OutOfMemoryOnLargePhotos([0.95]))
+    out_of_memory = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 211680000 bytes.")
+    detector = _FailsOnSomePhotos(lambda image: image.width > 1000, out_of_memory)  # as torch's CPU allocator reports it
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu", batch_size=4), detector)
     results = estimator.predict([photo, photo.resize((1200, 1200)), photo])
     assert [len(result.faces) for result in results] == [1, 0, 1]
     assert [result.error for result in results] == [None, "out of memory detecting faces in this 1200x1200 photo; try a smaller copy", None]
 
 
 def test_a_detector_bug_is_not_blamed_on_a_photo(model_file: Path, utk_crops: list[Path]) -> None:
-    class Broken(_FixedFaces):
-        def detect(self, image: Image.Image) -> list[DetectedFace]:
-            raise RuntimeError("shape mismatch")
-
-    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), Broken([0.95]))
+    broken = _FailsOnSomePhotos(lambda image: True, RuntimeError("shape mismatch"))
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         estimator.predict([read_rgb(utk_crops[0])])

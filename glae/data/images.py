@@ -53,7 +53,12 @@ def _to_8bit_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         pixels = np.asarray(image, dtype=np.float64)
         top = pixels.max()
-        scale = 65535.0 if image.mode.startswith("I;16") or top > 255 else 1.0 if image.mode == "F" and top <= 1 else 255.0
+        if image.mode.startswith("I;16") or top > 255:
+            scale = 65535.0
+        elif image.mode == "F" and top <= 1:
+            scale = 1.0
+        else:
+            scale = 255.0
         pixels = np.clip(pixels / scale * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(pixels, mode="L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
