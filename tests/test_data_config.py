@@ -35,10 +35,11 @@ def test_csv_column_names_from_the_command_line_keep_the_other_defaults(tmp_path
 
 def test_a_config_saved_before_the_protocol_settings_still_loads() -> None:
     """A run folder's config.yaml from before ``data.fold``, ``data.csv_columns`` and the
-    train folds existed resumes: the missing settings take their defaults, so the run's
+    train folds (and their seed) existed resumes: the missing settings take their defaults, so the run's
     identity is unchanged."""
     saved = config_to_dict(TrainConfig())
     del saved["data"]["fold"], saved["data"]["csv_columns"], saved["data"]["train_folds"], saved["data"]["left_out_fold"]
+    del saved["data"]["fold_seed"]
     assert set(saved["data"]) == {
         "path", "format", "protocol", "test_fraction", "val_fraction", "split_seed", "train_list", "val_list",
         "test_list", "limit", "clip_ages", "use_label_std", "num_workers", "cache", "cache_dir",
@@ -46,7 +47,7 @@ def test_a_config_saved_before_the_protocol_settings_still_loads() -> None:
     loaded = config_from_dict(saved)
     assert loaded == TrainConfig()
     assert (loaded.data.fold, loaded.data.csv_columns) == (0, CsvColumns("path", "age", "std", "subject", "split"))
-    assert (loaded.data.train_folds, loaded.data.left_out_fold) == (0, 0)
+    assert (loaded.data.train_folds, loaded.data.left_out_fold, loaded.data.fold_seed) == (0, 0, None)
 
 
 @pytest.mark.parametrize(

@@ -318,6 +318,31 @@ def test_train_folds_leave_out_disjoint_parts_of_train_only() -> None:
     assert [len(part) for part in dropped] == [12, 12, 11]  # 35 training faces, dealt in turn
 
 
+def test_a_fold_seed_deals_another_partition_of_the_same_train_part() -> None:
+    """Repeated k-fold: each ``data.fold_seed`` is again a partition of the train part (every face
+    left out by exactly one of its k runs), a different one, with val and test unchanged; without
+    it the folds are those of ``split_seed``, as before the setting existed."""
+    samples = _samples(60)
+    full = split_dataset(samples, DataConfig())
+
+    def left_out_parts(**data: int) -> list[frozenset[Path]]:
+        parts = []
+        for fold in range(3):
+            split = split_dataset(samples, DataConfig(train_folds=3, left_out_fold=fold, **data))
+            assert (split.val, split.test) == (full.val, full.test)
+            parts.append(frozenset(_paths(full.train) - _paths(split.train)))
+        assert sum(len(part) for part in parts) == len(full.train) and set().union(*parts) == _paths(full.train)
+        return parts
+
+    assert left_out_parts() == left_out_parts(fold_seed=0)  # split_seed 0's folds
+    assert set(left_out_parts(fold_seed=1)).isdisjoint(left_out_parts(fold_seed=0))
+
+
+def test_a_fold_seed_without_train_folds_is_refused() -> None:
+    with pytest.raises(ValueError, match="data.fold_seed.*data.train_folds"):
+        DataConfig(fold_seed=1).validate()
+
+
 @pytest.mark.parametrize("folds, fold", [(1, 0), (-2, 0), (3, 3), (0, 1)])
 def test_a_fold_setting_no_run_could_use_is_refused(folds: int, fold: int) -> None:
     with pytest.raises(ValueError, match="data.train_folds|data.left_out_fold"):

@@ -27,6 +27,7 @@ class DataConfig:
     limit: int | None = None  # use a seeded random subset of N images (smoke tests, quick checks)
     train_folds: int = 0  # k >= 2: train without one of k seeded folds of the train part (out-of-fold teachers, glae teach --held-out)
     left_out_fold: int = 0  # with train_folds: which fold (0..k-1) is left out; val and test are unchanged
+    fold_seed: int | None = None  # with train_folds: seeds the folds (None: split_seed); another seed deals another partition (repeated k-fold)
     clip_ages: bool = False  # ages above model.max_age: error (False) or trained as K (True; val/test keep the true age)
     use_label_std: bool = False  # Gaussian σ from the annotated apparent-age std where known (LAP 2015)
     num_workers: int = 2  # loader processes; 0 loads in the training process
@@ -60,6 +61,9 @@ class DataConfig:
         if not 0 <= self.left_out_fold < max(self.train_folds, 1):
             raise ValueError(f"data.left_out_fold must be in 0..{max(self.train_folds, 1) - 1} with data.train_folds "
                              f"{self.train_folds}, got {self.left_out_fold}; fix it with --set data.left_out_fold=N")
+        if self.fold_seed is not None and self.train_folds < 2:
+            raise ValueError(f"data.fold_seed is read only with data.train_folds >= 2, got train_folds {self.train_folds}; "
+                             "add --set data.train_folds=K, or remove data.fold_seed")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit must be >= 1 or null, got {self.limit}; fix it with --set data.limit=N")
         if self.num_workers < 0:

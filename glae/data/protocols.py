@@ -415,7 +415,8 @@ def split_dataset(samples: Sequence[AgeSample], data: DataConfig) -> Split:
         ordered = random.Random(data.split_seed).sample(ordered, data.limit)
     split = PROTOCOLS[data.protocol](ordered, data)
     if data.train_folds >= 2:
-        split = replace(split, train=without_fold(split.train, data.train_folds, data.left_out_fold, data.split_seed))
+        fold_seed = data.split_seed if data.fold_seed is None else data.fold_seed
+        split = replace(split, train=without_fold(split.train, data.train_folds, data.left_out_fold, fold_seed))
     return split
 
 
@@ -424,7 +425,8 @@ def without_fold(train: Sequence[AgeSample], folds: int, left_out: int, seed: in
 
     Folds are dealt from a seeded shuffle of the paths, so the ``folds`` runs of one seed leave
     out disjoint parts that together cover ``train``: every face is unseen by exactly one of
-    them, which is what out-of-fold teachers (``glae teach --held-out``) need.
+    them, which is what out-of-fold teachers (``glae teach --held-out``) need. Another seed
+    deals another partition, so r seeds give each face r teachers that never saw it.
     """
     order = _by_path(train)
     random.Random(f"folds/{seed}").shuffle(order)
