@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from .engine import pick_device
 from .faces.align import ALIGNED_SIZE, align_face
 from .faces.detector import MAX_BATCH_PIXELS, DetectedFace, FaceDetector, build_detector, detect_batch
 from .faces.filtering import FaceFilter
-from .inference_backends import RoutedPredictor, load_routed_predictor
+from .inference_backends import Precision, RoutedPredictor, load_routed_predictor
 from .predict_options import PredictOptions
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -186,7 +186,8 @@ class AgeEstimator:
         It runs on ``options.device``: "auto" (CUDA when available), "cpu", "cuda:1"...
         (ONNX runs on the CPU).
         """
-        return cls(load_routed_predictor(resolve_model_path(path), pick_device(options.device)), options, detector)
+        predictor = load_routed_predictor(resolve_model_path(path), pick_device(options.device), cast(Precision, options.precision))
+        return cls(predictor, options, detector)
 
     @property
     def detector(self) -> FaceDetector:

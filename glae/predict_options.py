@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import get_type_hints
 
 from .config import MAX_BATCH_SIZE, check_device
+from .inference_backends import PRECISIONS
 from .faces.align import DEFAULT_MARGIN, MAX_MARGIN
 from .faces.detector import DETECTORS
 from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE
@@ -47,6 +48,11 @@ class PredictOptions:
         default="mtcnn", metadata={"help": f"face detector: {' or '.join(DETECTORS)} (faster; misses small faces beside a large one)"}
     )
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda:1... (ONNX runs on the CPU)"})
+    precision: str = field(
+        default="float32",
+        metadata={"help": "the age model's arithmetic: float32, or bfloat16 (about 2.5x faster on CPUs with bfloat16 "
+                          "instructions, ages within a few tenths of a year; slower on other CPUs; not for ONNX files)"},
+    )
 
     def __post_init__(self) -> None:
         for option, kind in get_type_hints(type(self)).items():  # the API takes any value; the flags are typed by argparse
@@ -65,6 +71,8 @@ class PredictOptions:
         if self.detector not in DETECTORS:
             raise ValueError(f"--detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
         check_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,27 @@ def test_torch_predictor_is_route_in_channels_last(model_file: Path, utk_crops: 
     assert torch.equal(used_balanced, expected.used_balanced)
 
 
+@pytest.mark.parametrize("precision, computed", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_precision_sets_the_networks_arithmetic_and_results_stay_float32(
+    model_file: Path, utk_crops: list[Path], precision: str, computed: torch.dtype
+) -> None:
+    predictor = TorchRoutedPredictor.load(model_file, precision=precision)  # type: ignore[arg-type]
+    convolutions = [m for m in predictor.routed.modules() if isinstance(m, torch.nn.Conv2d)]
+    outputs: list[torch.dtype] = []
+    for convolution in convolutions:
+        convolution.register_forward_hook(lambda module, inputs, output: outputs.append(output.dtype))
+    crops = torch.stack([eval_transform(64, predictor.normalization)(read_rgb(path)) for path in utk_crops[:4]])
+    ages, probs, _ = predictor.predict_routed(crops)
+    assert len(outputs) >= len(convolutions) and set(outputs) == {computed}
+    assert ages.dtype == probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(1), torch.ones(4), atol=1e-5, rtol=0)
+
+
+def test_an_onnx_file_refuses_bfloat16_before_it_is_read(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--precision bfloat16 runs a PyTorch model file .*ONNX export runs in float32"):
+        load_routed_predictor(tmp_path / "absent.onnx", precision="bfloat16")
+
+
 def test_load_routed_predictor_picks_the_backend_from_the_file(model_file: Path, onnx_file: Path) -> None:
     predictors: list[RoutedPredictor] = [load_routed_predictor(model_file), load_routed_predictor(onnx_file)]
     assert [type(p) for p in predictors] == [TorchRoutedPredictor, OnnxRoutedPredictor]

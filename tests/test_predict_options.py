@@ -14,7 +14,8 @@ from glae.inference_backends import load_routed_predictor
 from glae.predict_options import PredictOptions
 
 # A value other than the default for every option: a new option must be added here.
-NOT_DEFAULT = {"batch_size": 7, "margin": 0.25, "min_face_score": 0.5, "min_face_size": 20.0, "detector": "blazeface", "device": "cpu"}
+NOT_DEFAULT = {"batch_size": 7, "margin": 0.25, "min_face_score": 0.5, "min_face_size": 20.0, "detector": "blazeface", "device": "cpu",
+               "precision": "bfloat16"}
 COMMANDS = [["predict", "photo.jpg"], ["serve"]]
 
 
@@ -97,6 +98,7 @@ def test_the_api_refuses_a_value_of_the_wrong_type_naming_its_flag(values: dict[
         ({"min_face_size": -1.0}, "--min-face-size must be >= 0 pixels, got -1.0"),
         ({"detector": "retinaface"}, "--detector must be one of mtcnn, blazeface, got 'retinaface'"),
         ({"device": "banana"}, "--device 'banana' is not a device; use auto, cpu, cuda or cuda:N"),
+        ({"precision": "float16"}, "--precision must be one of float32, bfloat16, got 'float16'"),
     ],
 )
 def test_a_value_out_of_range_is_one_error_naming_its_flag(
