@@ -51,7 +51,7 @@ class PredictOptions:
     precision: str = field(
         default="float32",
         metadata={"help": "the age model's arithmetic: float32, or bfloat16 (about 2.5x faster on CPUs with bfloat16 "
-                          "instructions, ages within a few tenths of a year; slower on other CPUs; not for ONNX files)"},
+                          "instructions, ages within a few tenths of a year; emulated, so slower, on other CPUs; not for ONNX files)"},
     )
 
     def __post_init__(self) -> None:
