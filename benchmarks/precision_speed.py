@@ -32,24 +32,23 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from torch.utils.data import DataLoader
 
 from glae.checkpoint import load_model
-from glae.data import Split, load_dataset
+from glae.data import AgeSample, Split, load_dataset
 from glae.data.images import AgeImageDataset
 from glae.data.transforms import eval_transform
 from glae.export import export_onnx
-from glae.inference_backends import TorchRoutedPredictor
+from glae.inference_backends import PRECISIONS, TorchRoutedPredictor
 from glae.metrics import summarize
+from glae.models.pair import InferenceModel
 from glae.models.routed import INPUT_NAME
+from glae.routing import routing_mode
 
 BATCH = 32
 
 
-def face_tensors(model_path: Path, split_file: Path, part: str, data: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One part's faces as the model reads them (``[N, 3, S, S]`` normalized) and their ages."""
-    model, info = load_model(model_path)
-    index = load_dataset(data, info.get("data_format", "utkface"))
-    samples = getattr(Split.from_json(json.loads(split_file.read_text()), index.samples, index.root), part)[:limit]
-    loader = DataLoader(AgeImageDataset(samples, eval_transform(model.config.input_size, model.normalization)), batch_size=64)
-    batches = list(loader)
+def face_tensors(model: InferenceModel, samples: list[AgeSample]) -> tuple[np.ndarray, np.ndarray]:
+    """``samples`` as the model reads them (``[N, 3, S, S]`` normalized), and their ages."""
+    dataset = AgeImageDataset(samples, eval_transform(model.config.input_size, model.normalization))
+    batches = list(DataLoader(dataset, batch_size=64))
     return np.concatenate([b[0].numpy() for b in batches]), np.concatenate([b[1].numpy() for b in batches]).astype(float)
 
 
@@ -62,11 +61,10 @@ class _Faces(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def onnx_files(model_path: Path, folder: Path, calibration: np.ndarray) -> dict[str, Path]:
-    """The model's ``glae export`` file and its int8 quantization, written into ``folder`` (empty)."""
-    model, info = load_model(model_path)
-    fp32, int8 = folder / "float32.onnx", folder / "int8.onnx"
+def onnx_files(model: InferenceModel, info: dict[str, Any], folder: Path, calibration: np.ndarray) -> dict[str, Path]:
+    """The model's ``glae export`` file and its int8 quantization, written into ``folder`` (new)."""
     folder.mkdir()
+    fp32, int8 = folder / "float32.onnx", folder / "int8.onnx"
     export_onnx(model, fp32, info)
     quantize_static(str(fp32), str(int8), _Faces(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
@@ -109,22 +107,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         runners: dict[str, dict[str, Callable[[], Any]]] = {}
         for path in args.models:
-            predictor = TorchRoutedPredictor.load(path)
-            images = torch.randn(BATCH, 3, predictor.config.input_size, predictor.config.input_size)
-            calibration, _ = face_tensors(path, args.split, "train", args.data, args.calibration_faces)
-            files = onnx_files(path, Path(folder) / str(len(rows)), calibration)
+            model, info = load_model(path)
+            index = load_dataset(args.data, info.get("data_format", "utkface"))
+            split = Split.from_json(json.loads(args.split.read_text()), index.samples, index.root)
+            calibration, _ = face_tensors(model, split.train[: args.calibration_faces])
+            files = onnx_files(model, info, Path(folder) / str(len(rows)), calibration)
             sessions = {way: session(file) for way, file in files.items()}
-            faces, ages = face_tensors(path, args.split, "val", args.data)
+            faces, ages = face_tensors(model, split.val)
             rows[str(path)] = {"validation": {way: validation(onnx, faces, ages) for way, onnx in sessions.items()}, "images_per_s": {}}
-
-            def bfloat16(predictor: TorchRoutedPredictor = predictor, images: torch.Tensor = images) -> Any:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return predictor.predict_routed(images)
-
+            images = torch.randn(BATCH, 3, model.config.input_size, model.config.input_size)
+            torch_ways = {f"torch {precision}": TorchRoutedPredictor(model, routing_mode(info), precision) for precision in PRECISIONS}
             feed = {INPUT_NAME: images.numpy()}
             runners[str(path)] = {
-                "torch float32": lambda predictor=predictor, images=images: predictor.predict_routed(images),
-                "torch bfloat16": bfloat16,
+                **{way: (lambda predictor=predictor, images=images: predictor.predict_routed(images)) for way, predictor in torch_ways.items()},
                 **{way: (lambda onnx=onnx, feed=feed: onnx.run(None, feed)) for way, onnx in sessions.items()},
             }
         for _ in range(args.rounds):
