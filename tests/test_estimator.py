@@ -147,12 +147,12 @@ def test_bfloat16_keeps_the_shipped_models_ages_within_tenths_of_a_year(utkface:
     from glae.data import load_dataset, random_split
 
     test_part = random_split(load_dataset(utkface, "utkface").samples, 0.2, 0.1, seed=0).test
-    faces = [sample.path for sample in test_part[:: len(test_part) // 60][:60]]
-    truth = torch.tensor([sample.age for sample in test_part[:: len(test_part) // 60][:60]], dtype=torch.float32)
-    ages = {
-        precision: torch.tensor([p.faces[0].age for p in AgeEstimator.load(options=PredictOptions(device="cpu", precision=precision)).predict(faces, aligned=True)])
-        for precision in ("float32", "bfloat16")
-    }
+    faces = test_part[:: len(test_part) // 60][:60]
+    truth = torch.tensor([sample.age for sample in faces], dtype=torch.float32)
+    ages = {}
+    for precision in ("float32", "bfloat16"):
+        estimator = AgeEstimator.load(options=PredictOptions(device="cpu", precision=precision))
+        ages[precision] = torch.tensor([photo.faces[0].age for photo in estimator.predict([s.path for s in faces], aligned=True)])
     moved = (ages["bfloat16"] - ages["float32"]).abs()
     assert moved.mean() < 0.3 and moved.max() < 2.0
     assert abs((ages["bfloat16"] - truth).abs().mean() - (ages["float32"] - truth).abs().mean()) < 0.1
