@@ -95,7 +95,10 @@ def main() -> None:
         print(f"{name}: {sizes[name] / 1e6:.1f} MB in int8", flush=True)
 
     singles = {name: scored([name], views, ages) for name in views}
-    chosen = [min(singles, key=lambda name: singles[name]["mae"] + singles[name]["cmae"])]
+    fitting_alone = [name for name in singles if sizes[name] <= args.max_bytes]
+    if not fitting_alone:
+        raise SystemExit(f"no model fits in --max-bytes {args.max_bytes} alone")
+    chosen = [min(fitting_alone, key=lambda name: singles[name]["mae"] + singles[name]["cmae"])]
     steps = [singles[chosen[0]]]
     while True:
         fitting = [name for name in views if name not in chosen and sum(sizes[m] for m in chosen) + sizes[name] <= args.max_bytes]

@@ -337,7 +337,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def dump_config(config: TrainConfig) -> str:
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    return dump_settings(config_to_dict(config))
+
+
+def dump_settings(settings: dict[str, Any]) -> str:
+    """Settings as a run folder's ``config.yaml`` holds them: YAML, in the dataclasses' order."""
+    return yaml.safe_dump(settings, sort_keys=False)
 
 
 EXECUTION_SETTINGS = ("data.num_workers", "data.cache", "data.cache_dir")

@@ -171,6 +171,9 @@ class AgeEstimator:
     """
 
     def __init__(self, predictor: RoutedPredictor, options: PredictOptions = PredictOptions(), detector: FaceDetector | None = None) -> None:
+        if predictor.precision != options.precision:  # fixed when the predictor was loaded
+            raise ValueError(f"--precision {options.precision}, but the model was loaded to compute in {predictor.precision}; "
+                             "load it with AgeEstimator.load(path, options), or with load_routed_predictor(..., precision=...)")
         self.predictor = predictor
         self.options = options
         self.transform = eval_transform(predictor.config.input_size, predictor.normalization)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
@@ -40,6 +41,7 @@ class RoutedPredictor(Protocol):
     config: ModelConfig
     normalization: InputNormalization
     calibration: IntervalCalibration | None
+    precision: Precision
 
     def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalized ``[B, 3, S, S]`` -> ``(ages [B], probs [B, K+1], used_balanced [B] bool)``, on the CPU."""
@@ -73,7 +75,9 @@ class TorchRoutedPredictor:
     def predict_routed(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         device = next(self.routed.parameters()).device
         images = images.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+        # Only bfloat16 builds an autocast: some devices (MPS before torch 2.5) refuse one even disabled.
+        arithmetic = torch.autocast(device.type, dtype=torch.bfloat16) if self.precision == "bfloat16" else nullcontext()
+        with arithmetic:
             ages, probs, used_balanced = self.routed(images)[: len(ROUTED_OUTPUTS)]
         return ages.float().cpu(), probs.float().cpu(), used_balanced.cpu()
 
@@ -94,6 +98,7 @@ class OnnxRoutedPredictor:
         self.calibration: IntervalCalibration | None = metadata["calibration"]
         self.info: dict[str, Any] = metadata["info"]
         self.mode: RoutingMode = metadata["routing_mode"]
+        self.precision: Precision = "float32"
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "OnnxRoutedPredictor":

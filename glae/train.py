@@ -47,7 +47,9 @@ from .checkpoint import (
 from .config import (
     StageConfig,
     TrainConfig,
+    config_to_dict,
     dump_config,
+    dump_settings,
     read_yaml_mapping,
     run_identity,
     run_record_from_dict,
@@ -172,12 +174,27 @@ def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedC
 
 
 def is_run_record(config_file: Path) -> bool:
-    """Whether ``config_file`` is a full settings dump as a run writes it, which a new run may replace."""
+    """Whether ``config_file`` is a full settings dump as a run writes it, which a new run may replace.
+
+    A dump by an older GLAE lacks the settings added since: it counts when it is this version's
+    dump with only those left out (every section, the same order and values).
+    """
     try:
         text = config_file.read_text()
-        return text == dump_config(run_record_from_dict(read_yaml_mapping(config_file, "run config")))
+        written = read_yaml_mapping(config_file, "run config")
+        full = config_to_dict(run_record_from_dict(written))
     except (ValueError, OSError):
         return False
+    return set(written) == set(full) and text == dump_settings(_keys_of(full, written))
+
+
+def _keys_of(full: Any, written: Any) -> Any:
+    """``full`` restricted to the keys ``written`` has, at every depth (lists element by element)."""
+    if isinstance(full, dict) and isinstance(written, dict):
+        return {key: _keys_of(value, written[key]) for key, value in full.items() if key in written}
+    if isinstance(full, list) and isinstance(written, list) and len(full) == len(written):
+        return [_keys_of(a, b) for a, b in zip(full, written)]
+    return full
 
 
 def load_or_make_split(config: TrainConfig, index: DatasetIndex, out_dir: Path, context: DistributedContext) -> Split:

@@ -202,6 +202,7 @@ class _RecordingPredictor:
         self.config = self.predictor.config
         self.normalization = self.predictor.normalization
         self.calibration = self.predictor.calibration
+        self.precision = self.predictor.precision
         self.batches: list[torch.Tensor] = []
 
     def predict_routed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from glae.checkpoint import CheckpointError, load_model, save_model
+from glae.estimator import AgeEstimator
 from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
 from glae.export import export_onnx
 from glae.inference_backends import OnnxRoutedPredictor, RoutedPredictor, TorchRoutedPredictor, load_routed_predictor
 from glae.models.glae import ModelConfig
+from glae.predict_options import PredictOptions
 from glae.routing import route
 
 pytest.importorskip("onnxruntime")
@@ -56,6 +58,12 @@ def test_precision_sets_the_networks_arithmetic_and_results_stay_float32(
     assert len(outputs) >= len(convolutions) and set(outputs) == {computed}
     assert ages.dtype == probs.dtype == torch.float32
     torch.testing.assert_close(probs.sum(1), torch.ones(4), atol=1e-5, rtol=0)
+
+
+def test_an_estimator_refuses_options_whose_precision_its_model_was_not_loaded_with(model_file: Path) -> None:
+    with pytest.raises(ValueError, match="--precision bfloat16, but the model was loaded to compute in float32"):
+        AgeEstimator(load_routed_predictor(model_file), PredictOptions(precision="bfloat16"))
+    assert AgeEstimator(load_routed_predictor(model_file, precision="bfloat16"), PredictOptions(precision="bfloat16")).predictor.precision == "bfloat16"
 
 
 def test_an_onnx_file_refuses_bfloat16_before_it_is_read(tmp_path: Path) -> None:

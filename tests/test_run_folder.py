@@ -126,6 +126,25 @@ def test_a_hand_written_config_inside_the_run_folder_is_never_replaced(tmp_path:
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_record_written_before_a_setting_existed_is_still_the_runs_own(tmp_path: Path, capsys) -> None:
+    """A run that failed at start under an older GLAE (its config.yaml lacks the settings added
+    since, e.g. ``data.fold_seed``) is rerun, not refused as a hand-written file; one line changed
+    by hand still is."""
+    from glae.config import dump_config, load_config
+
+    record = dump_config(load_config(None, [f"data.path={tmp_path / 'missing'}"]))
+    older = "".join(line for line in record.splitlines(keepends=True) if not line.strip().startswith("fold_seed:"))
+    assert older != record
+    args = ["train", "--data", str(tmp_path / "missing"), "--no-progress", "--out", str(tmp_path / "run")]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(older)
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err  # the data, not the record, stops it
+    (tmp_path / "run" / "config.yaml").write_text(older.replace("split_seed: 0", "split_seed: 0  # mine"))
+    assert main(args) == 2
+    assert "is not a record glae train wrote" in capsys.readouterr().err
+
+
 def _left_half_white(size: int = 16) -> Image.Image:
     pixels = np.zeros((size, size, 3), dtype=np.uint8)
     pixels[:, : size // 2] = 255
