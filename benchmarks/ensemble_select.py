@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from glae.checkpoint import load_model
-from glae.data import Split, load_dataset
+from glae.data import AgeSample, Split, load_dataset
 from glae.evaluate import InferencePass, predict_samples
 from glae.metrics import summarize
 from glae.models.glae import HEAD_NAMES
@@ -51,16 +51,14 @@ def int8_file_bytes(model: nn.Module) -> int:
     return int8 + 2 * (scales + rest)
 
 
-def member_views(path: Path, split_file: Path, data: str) -> tuple[dict[str, Tensor], Tensor, int]:
-    """``({head: [2, N, K+1]}, ages, int8 bytes)`` of one model on the validation part, as it would ship."""
+def member_views(path: Path, faces: list[AgeSample]) -> tuple[dict[str, Tensor], Tensor, int]:
+    """``({head: [2, N, K+1]}, ages, int8 bytes)`` of one model on ``faces``, as it would ship."""
     model, info = load_model(path)
     if not info.get("balanced_trained"):
         raise SystemExit(f"{path} has no trained balanced head; ensemble members are routed as the pair's are")
     round_weights_to_int8(model)
-    index = load_dataset(data, info.get("data_format", "utkface"))
-    split = Split.from_json(json.loads(split_file.read_text()), index.samples, index.root)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        views, ages, _ = predict_samples(model, split.val, "routing", InferencePass(torch.device("cpu"), 64, num_workers=1))
+        views, ages, _ = predict_samples(model, faces, "routing", InferencePass(torch.device("cpu"), 64, num_workers=1))
     return views, ages, int8_file_bytes(model)
 
 
@@ -82,16 +80,19 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="NAME=model.safetensors, all trained on --split's train part")
     parser.add_argument("--split", type=Path, required=True, help="the split.json the models share")
     parser.add_argument("--data", default="../shared/data/utkface")
+    parser.add_argument("--format", default="utkface", help="the dataset format the models were trained on")
     parser.add_argument("--max-bytes", type=int, default=25_000_000, help="the size limit of the int8 file (issue #13: 25 MB)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
 
+    index = load_dataset(args.data, args.format)
+    validation = Split.from_json(json.loads(args.split.read_text()), index.samples, index.root).val
     views: dict[str, dict[str, Tensor]] = {}
     sizes: dict[str, int] = {}
     for item in args.models:
         name, _, path = item.partition("=")
-        views[name], ages, sizes[name] = member_views(Path(path), args.split, args.data)
+        views[name], ages, sizes[name] = member_views(Path(path), validation)
         print(f"{name}: {sizes[name] / 1e6:.1f} MB in int8", flush=True)
 
     singles = {name: scored([name], views, ages) for name in views}

@@ -97,19 +97,20 @@ def main() -> None:
     parser.add_argument("models", type=Path, nargs="+", help="model files (.safetensors)")
     parser.add_argument("--split", type=Path, required=True, help="split.json: int8 calibrates on its train part; validation accuracy on its val part")
     parser.add_argument("--data", default="../shared/data/utkface")
+    parser.add_argument("--format", default="utkface", help="the dataset format the models were trained on")
     parser.add_argument("--calibration-faces", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
 
+    index = load_dataset(args.data, args.format)
+    split = Split.from_json(json.loads(args.split.read_text()), index.samples, index.root)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as folder:
         runners: dict[str, dict[str, Callable[[], Any]]] = {}
         for path in args.models:
             model, info = load_model(path)
-            index = load_dataset(args.data, info.get("data_format", "utkface"))
-            split = Split.from_json(json.loads(args.split.read_text()), index.samples, index.root)
             calibration, _ = face_tensors(model, split.train[: args.calibration_faces])
             files = onnx_files(model, info, Path(folder) / str(len(rows)), calibration)
             sessions = {way: session(file) for way, file in files.items()}

@@ -79,7 +79,7 @@ class TorchRoutedPredictor:
         arithmetic = torch.autocast(device.type, dtype=torch.bfloat16) if self.precision == "bfloat16" else nullcontext()
         with arithmetic:
             ages, probs, used_balanced = self.routed(images)[: len(ROUTED_OUTPUTS)]
-        return ages.float().cpu(), probs.float().cpu(), used_balanced.cpu()
+        return ages.cpu(), probs.cpu(), used_balanced.cpu()  # float32 under autocast too: the heads cast logits to float32 first
 
 
 class OnnxRoutedPredictor:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, fields
 from typing import get_type_hints
 
 from .config import MAX_BATCH_SIZE, check_device
-from .inference_backends import PRECISIONS
 from .faces.align import DEFAULT_MARGIN, MAX_MARGIN
 from .faces.detector import DETECTORS
 from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE
+from .inference_backends import PRECISIONS
 
 
 # What each field's type accepts from the Python API (NumPy's numbers included), and its name in an error.
