@@ -164,29 +164,54 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     """
     path = Path(path)
     record = read_model_metadata(path)
-    try:
-        networks = [AgeModel(ModelConfig.from_dict({**settings, "pretrained": False})) for settings in record["members"]]
-        for network in networks:
-            network.normalization = record["input"]  # what it was trained with, not what a rebuild without weights would pick
-        model: InferenceModel = networks[0] if len(networks) == 1 else ModelPair(*networks)
-    except (ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: its model settings do not build a network ({error})") from None
+    _check_shapes_match_file(path, _build(path, record, torch.device("meta")))
+    model = _build(path, record, torch.device("cpu"))
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path}: cannot read its weights ({error}); the file is damaged") from None
     reference = model.state_dict()
-    state = {name: tensor.to(reference[name].dtype) if name in reference else tensor for name, tensor in state.items()}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # a tensor of the wrong shape
-        detail = str(error).splitlines()[-1].strip()
-        raise CheckpointError(f"{path}: weights do not match the model its metadata describes ({detail})") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict({name: tensor.to(reference[name].dtype) for name, tensor in state.items()})  # names and shapes checked above
     _check_finite(path, state)
     model.calibration = record["calibration"]
     return model.to(device).eval(), record["info"]
+
+
+def _build(path: Path, record: dict[str, Any], device: torch.device) -> InferenceModel:
+    """The network (or pair) the metadata describes, without weights, its tensors on ``device``."""
+    try:
+        with device:
+            networks = [AgeModel(ModelConfig.from_dict({**settings, "pretrained": False})) for settings in record["members"]]
+        for network in networks:
+            network.normalization = record["input"]  # what it was trained with, not what a rebuild without weights would pick
+        return networks[0] if len(networks) == 1 else ModelPair(*networks)
+    except (ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: its model settings do not build a network ({error})") from None
+
+
+def _check_shapes_match_file(path: Path, skeleton: nn.Module) -> None:
+    """Refuse a file whose tensors are not the network's before any memory is allocated for it.
+
+    The skeleton lives on the meta device (shapes, no storage), and safetensors bounds the
+    header's shapes by the file's size, so metadata describing a huge network next to a
+    few bytes of weights costs nothing here instead of gigabytes of memory.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: cannot read its weights ({error}); the file is damaged") from None
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, shape in expected.items():
+        if stored[name] != shape:
+            raise CheckpointError(
+                f"{path}: weights do not match the model its metadata describes ({name}: the file holds "
+                f"{list(stored[name])}, the model needs {list(shape)})"
+            )
 
 
 def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:

@@ -325,16 +325,24 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_model_out(out: Path, inputs: Sequence[str | Path | None] = ()) -> None:
-    """``--out`` of calibrate and pair may replace a GLAE model file, never anything else."""
+def _check_model_out(out: Path, command: str, inputs: Sequence[str | Path | None] = ()) -> None:
+    """``--out`` of calibrate and pair may replace the command's own earlier output, nothing else.
+
+    Any other model file may be hours of training (a run's ``model.safetensors``), so it is
+    refused as firmly as a file that is no model at all.
+    """
     from .checkpoint import read_model_metadata
 
     _check_output_file(out, "--out", inputs)
-    if out.exists():
-        try:
-            read_model_metadata(out)
-        except CheckpointError as error:
-            raise ValueError(f"--out {out} exists and is not a GLAE model file, so it is not replaced; choose another path or remove it ({error})") from None
+    if not out.exists():
+        return
+    try:
+        info = read_model_metadata(out)["info"]
+    except CheckpointError as error:
+        raise ValueError(f"--out {out} exists and is not a GLAE model file, so it is not replaced; choose another path or remove it ({error})") from None
+    own = "calibrated_on" in info if command == "calibrate" else "pair_of" in info and "calibrated_on" not in info
+    if not own:
+        raise ValueError(f"--out {out} is a GLAE model that glae {command} did not write, so it is not replaced; choose another path")
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -350,7 +358,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     checkpoint = resolve_model_path(args.checkpoint)
     if args.out.resolve() == checkpoint.resolve():
         raise ValueError(f"--out {args.out} is the model itself; write the calibrated model to a new file")
-    _check_model_out(args.out, (args.data, args.split, args.config))
+    _check_model_out(args.out, "calibrate", (args.data, args.split, args.config))
     run = _inference_pass(args)
     model, info = load_model(checkpoint, run.device)
     samples = _faces(args, info, args.part)
@@ -406,7 +414,7 @@ def run_pair(args: argparse.Namespace) -> int:
     for flag, path in (("FIRST", args.first), ("SECOND", args.second)):
         if args.out.resolve() == path.resolve():
             raise ValueError(f"--out {args.out} is {flag} itself; write the pair to a new file")
-    _check_model_out(args.out)
+    _check_model_out(args.out, "pair")
     (first, first_info), (second, second_info) = load_model(args.first), load_model(args.second)
     if not (isinstance(first, AgeModel) and isinstance(second, AgeModel)):
         raise ValueError("FIRST or SECOND is already a pair; pair two single models")

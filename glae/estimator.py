@@ -29,7 +29,7 @@ from .data.images import read_rgb
 from .data.transforms import eval_transform
 from .engine import pick_device
 from .faces.align import ALIGNED_SIZE, align_face
-from .faces.detector import MAX_BATCH_PIXELS, DetectedFace, FaceDetector, build_detector, detect_batch
+from .faces.detector import MAX_BATCH_PIXELS, PHOTO_ERRORS, DetectedFace, FaceDetector, build_detector, detect_batch, photo_failure
 from .faces.filtering import FaceFilter
 from .inference_backends import Precision, RoutedPredictor, load_routed_predictor
 from .predict_options import PredictOptions
@@ -249,14 +249,13 @@ class AgeEstimator:
         """
         try:
             return [self.face_filter(faces) for faces in detect_batch(detector, images)]
-        except (ValueError, OSError, MemoryError, RuntimeError) as error:
-            if isinstance(error, RuntimeError) and not _out_of_memory(error):
+        except PHOTO_ERRORS as error:
+            if len(images) > 1:
+                return [result for image in images for result in self._detect(detector, [image])]
+            reason = photo_failure(error, images[0])
+            if reason is None:
                 raise  # a bug, not a photo's fault
-            if len(images) == 1:
-                width, height = images[0].size
-                memory = f"out of memory detecting faces in this {width}x{height} photo; try a smaller copy"
-                return [str(error) if isinstance(error, (ValueError, OSError)) else memory]
-            return [result for image in images for result in self._detect(detector, [image])]
+            return [reason]
 
     def _crop(self, file: str | None, image: Image.Image, faces: Sequence[DetectedFace | None] | str) -> _Prepared:
         """``image``'s faces aligned (None: the image itself); ``faces`` a string: why none were found."""
@@ -288,11 +287,6 @@ class AgeEstimator:
                 head: HeadName = "balanced" if bool(balanced) else "vanilla"
                 results.append(_Estimate(float(age), (float(interval[0]), float(interval[1])), head, tuple(distribution.tolist())))
         return results
-
-
-def _out_of_memory(error: RuntimeError) -> bool:
-    """Whether torch ran out of memory: CUDA's ``OutOfMemoryError``, or the CPU allocator's plain RuntimeError."""
-    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def _face_age(face: DetectedFace | None, size: tuple[int, int], estimate: _Estimate) -> FaceAge:

@@ -323,3 +323,46 @@ def test_aligning_afad_into_a_folder_inside_it_does_not_realign_its_own_crops(ut
     assert again["problems"] == []
     assert sorted(path.relative_to(target).as_posix() for path in target.rglob("*.jpg")) == sorted(
         f"{age}/111/{crop.name}" for age, crop in zip(("18", "42"), utk_crops))
+
+
+class _FailsOnOne:
+    """A detector that runs out of memory on the first photo it sees, and finds faces in the rest."""
+
+    def __init__(self, detector, error: Exception) -> None:
+        self.detector, self.error, self.calls = detector, error, 0
+
+    def detect(self, image):
+        self.calls += 1
+        if self.calls == 1:
+            raise self.error
+        return self.detector.detect(image)
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [(MemoryError(), r"out of memory detecting faces in this \d+x\d+ photo; try a smaller copy"),
+     (RuntimeError("DefaultCPUAllocator: can't allocate memory"), r"out of memory detecting faces in this 200x200 photo; try a smaller copy"),
+     (ValueError("landmarks fix no similarity transform"), r"landmarks fix no similarity transform")],
+)
+def test_a_photo_that_makes_detection_fail_is_reported_and_the_rest_aligned(
+    utk_crops: list[Path], tmp_path: Path, detector, error: Exception, reason: str
+) -> None:
+    from glae.faces.align_dataset import align_dataset
+
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    report = align_dataset(source, tmp_path / "aligned", "utkface", workers=0, detector=_FailsOnOne(detector, error), show_progress=False)
+    assert report["counts"]["failed"] == 1 and report["counts"]["aligned"] == 1
+    (problem,) = report["problems"]
+    assert re.fullmatch("failed: " + reason, problem["problem"])
+    assert not (tmp_path / "aligned" / problem["file"]).exists()
+    again = align_dataset(source, tmp_path / "aligned", "utkface", workers=0, detector=detector, show_progress=False)
+    assert again["counts"]["aligned"] == 1 and again["counts"]["already_aligned"] == 1  # a rerun finishes it
+
+
+def test_a_bug_in_a_detector_is_not_blamed_on_a_photo(utk_crops: list[Path], tmp_path: Path, detector) -> None:
+    from glae.faces.align_dataset import align_dataset
+
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        align_dataset(source, tmp_path / "aligned", "utkface", workers=0,
+                      detector=_FailsOnOne(detector, RuntimeError("shape mismatch")), show_progress=False)

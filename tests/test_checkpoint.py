@@ -6,6 +6,8 @@ import errno
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,6 +281,32 @@ def test_metadata_that_disagrees_with_the_tensors_is_refused(tmp_path: Path, mod
     with pytest.raises(CheckpointError, match=r"liar\.safetensors: weights do not match the model its metadata describes") as caught:
         load_model(path)
     assert "\n" not in str(caught.value)
+
+
+def test_metadata_of_a_huge_network_beside_tiny_weights_costs_no_memory(tmp_path: Path) -> None:
+    """A file of a few hundred bytes must not make any command allocate gigabytes: the
+    metadata below describes 4.5 G parameters (18 GB). Loading runs under a 6 GiB address-space
+    limit, so building that network before looking at the tensors fails on memory instead."""
+    record = {
+        "model": {"backbone": "resnet18", "head": "glae", "max_age": 200, "input_size": 1024,
+                  "head_options": {"proj_depth": 8, "embed_dim": 8192, "hidden_dim": 8192}},
+        "info": {},
+    }
+    path = tmp_path / "bomb.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"glae": json.dumps(record)})
+    assert path.stat().st_size < 1000
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
+        "from glae.checkpoint import CheckpointError, load_model\n"
+        "try:\n"
+        f"    load_model({str(path)!r})\n"
+        "except CheckpointError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bomb.safetensors: weights do not match the model (missing" in result.stdout, result.stdout
 
 
 def test_nan_weights_are_refused_when_loading(tmp_path: Path, model: AgeModel) -> None:

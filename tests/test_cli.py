@@ -209,6 +209,14 @@ def test_eval_and_calibrate_never_write_over_their_inputs(tmp_path: Path, model_
     assert main(["calibrate", *common, "--split", str(split), "--out", str(notes)]) == 2
     assert f"--out {notes} exists and is not a GLAE model file, so it is not replaced" in _error(capsys)
     assert notes.read_text() == "not a model"
+    trained = tmp_path / "other_run.safetensors"  # another run's model: hours of training
+    trained.write_bytes(model_file.read_bytes())
+    assert main(["calibrate", *common, "--split", str(split), "--out", str(trained)]) == 2
+    assert f"--out {trained} is a GLAE model that glae calibrate did not write, so it is not replaced" in _error(capsys)
+    assert trained.read_bytes() == model_file.read_bytes()
+    calibrated = tmp_path / "calibrated.safetensors"
+    for _ in range(2):  # a rerun replaces the command's own earlier output
+        assert main(["calibrate", *common, "--split", str(split), "--out", str(calibrated)]) == 0
 
 
 def test_eval_replaces_its_own_reports_but_never_a_users_files(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

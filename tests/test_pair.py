@@ -131,6 +131,9 @@ def test_glae_pair_refuses_what_it_cannot_pair_and_writes_nothing(tmp_path: Path
     assert main(["pair", str(a), str(small), "--out", str(a)]) == 2
     assert "is FIRST itself" in capsys.readouterr().err
     assert a.read_bytes() == before
+    assert main(["pair", str(a), str(a), "--out", str(vanilla_only)]) == 2  # another run's trained model
+    assert "is a GLAE model that glae pair did not write, so it is not replaced" in capsys.readouterr().err
+    assert main(["pair", str(a), str(a), "--out", str(pair)]) == 0  # its own earlier output is replaced
 
 
 def test_pair_file_with_other_than_two_members_is_refused(tmp_path: Path) -> None:

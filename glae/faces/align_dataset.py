@@ -36,7 +36,7 @@ from ..fileio import atomic_write, atomic_write_text
 from ..data.datasets import DatasetError, load_dataset
 from ..data.images import DECODE_ERRORS, ImageReadError, read_rgb
 from .align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face, reference_points
-from .detector import FaceDetector, build_detector
+from .detector import PHOTO_ERRORS, FaceDetector, build_detector, photo_failure
 from .filtering import FaceFilter
 
 REPORT_NAME = "align_report.json"
@@ -44,7 +44,8 @@ REPORT_NAME = "align_report.json"
 
 @dataclass(frozen=True)
 class AlignResult:
-    """What happened to one image: status is "aligned", "several_faces" (largest kept), "no_face" or "unreadable"."""
+    """What happened to one image: status is "aligned", "several_faces" (largest kept), "no_face", "unreadable"
+    or "failed" (detection or alignment raised on it: landmarks that fix no alignment, too little memory)."""
 
     source: Path
     status: str
@@ -67,10 +68,17 @@ class Aligner:
             image = read_rgb(source)
         except ImageReadError as error:
             return AlignResult(source, "unreadable", str(error))
-        faces = self.face_filter(self.detector.detect(image))
-        if not faces:
+        try:
+            faces = self.face_filter(self.detector.detect(image))
+            crop = align_face(image, faces[0].landmarks, self.size, self.margin) if faces else None
+        except PHOTO_ERRORS as error:
+            reason = photo_failure(error, image)
+            if reason is None:
+                raise  # a bug, not this photo's fault
+            return AlignResult(source, "failed", reason)
+        if crop is None:
             return AlignResult(source, "no_face")
-        _save_atomically(align_face(image, faces[0].landmarks, self.size, self.margin), target)
+        _save_atomically(crop, target)
         if len(faces) > 1:
             return AlignResult(source, "several_faces", f"{len(faces)} faces; aligned the largest")
         return AlignResult(source, "aligned")
@@ -174,6 +182,7 @@ def align_dataset(
             "several_faces": counts["several_faces"],
             "no_face": counts["no_face"],
             "unreadable": counts["unreadable"],
+            "failed": counts["failed"],
             "not_in_dataset": len(skipped),
         },
         "problems": problems,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import torch
 from PIL import Image
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -61,6 +62,30 @@ def detect_batch(detector: FaceDetector, images: Sequence[Image.Image]) -> list[
     if batched is None:
         return [detector.detect(image) for image in images]
     return batched(images)
+
+
+# What a photo can make a detector or the alignment raise: bad landmarks or pixels
+# (ValueError), a file-level problem (OSError), or too little memory for a large photo.
+PHOTO_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
+
+
+def photo_failure(error: Exception, image: Image.Image) -> str | None:
+    """Why finding or aligning the faces of ``image`` failed, as a line for the user; None for a bug.
+
+    A RuntimeError other than running out of memory is a bug in the code, not the photo's
+    fault, so it is re-raised by the caller instead of being reported against one photo.
+    """
+    if isinstance(error, (ValueError, OSError)):
+        return str(error)
+    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and out_of_memory(error)):
+        width, height = image.size
+        return f"out of memory detecting faces in this {width}x{height} photo; try a smaller copy"
+    return None
+
+
+def out_of_memory(error: RuntimeError) -> bool:
+    """Whether torch ran out of memory: CUDA's ``OutOfMemoryError``, or the CPU allocator's plain RuntimeError."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def largest_first(faces: list[DetectedFace]) -> list[DetectedFace]:

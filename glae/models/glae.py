@@ -64,8 +64,10 @@ class ModelConfig:
     def validate(self) -> None:
         """Refuse sizes that would crash deep inside the network or allocate without bound.
 
-        The caps are far above any face model (the paper: K=100, 224 px, r=k=s=16) and far
-        below what exhausts memory; every message names the ``--set model.*`` key.
+        The caps are far above any face model (the paper: K=100, 224 px, r=k=s=16); every
+        message names the ``--set model.*`` key. They do not bound memory: a model file's
+        metadata can still describe billions of parameters, which ``load_model`` refuses by
+        comparing the shapes with the file's tensors before allocating anything.
         """
         parse_head_options(self.head, self.head_options)  # the head exists, its settings fit it
         if self.normalization != "backbone" and self.normalization not in NORMALIZATIONS:
