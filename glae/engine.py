@@ -225,7 +225,9 @@ def train_one_epoch(
         loss = compute_loss(settings.loss, {k: v.float() for k, v in outputs.items()}, ages, sigma)
         if len(batch) > 3:  # a teacher's distribution of each face (glae.distill)
             teacher = batch[3].to(settings.device, dtype=torch.float32)
-            loss = loss + settings.distill_weight * kl_loss(teacher, outputs["logits"].float())
+            # log-probabilities are logits of the same distribution, whatever scores the head gives
+            student = unwrap(model).log_probabilities(outputs, settings.head)
+            loss = loss + settings.distill_weight * kl_loss(teacher, student)
         if not _finite_everywhere(loss):
             progress.close()
             raise TrainingDiverged(

@@ -19,6 +19,7 @@ from glae.data import AgeSample, DatasetError
 from glae.distill import save_teacher_targets, teacher_targets_for
 from glae.engine import EpochSettings, train_one_epoch
 from glae.losses import compute_loss
+from glae.models.glae import AgeModel, ModelConfig
 
 
 def _samples(root: Path, names: list[str]) -> list[AgeSample]:
@@ -80,6 +81,9 @@ class _Logits(nn.Module):
     def forward(self, images: torch.Tensor, head: str) -> dict[str, torch.Tensor]:
         return {"logits": self.logits.expand(len(images), -1)}
 
+    def log_probabilities(self, outputs: dict[str, torch.Tensor], head: str) -> torch.Tensor:
+        return outputs["logits"].log_softmax(-1)
+
 
 @pytest.mark.parametrize("weight", [1.0, 0.5])
 def test_a_distilling_batch_adds_the_weighted_kl_to_the_teacher(weight: float) -> None:
@@ -103,6 +107,27 @@ def test_a_distilling_batch_adds_the_weighted_kl_to_the_teacher(weight: float) -
     base = compute_loss("base", {"logits": logits.expand(2, classes)}, ages, 1.0).item()
     assert epoch_loss() == pytest.approx(base)
     assert epoch_loss(teacher) == pytest.approx(base + weight * sum(by_hand) / 2)
+
+
+def test_a_head_whose_scores_are_no_softmax_distills_through_its_own_distribution() -> None:
+    """The ordinal head gives K rank scores, not K+1 logits: the KL must use its age distribution."""
+    torch.manual_seed(0)
+    model = AgeModel(ModelConfig(backbone="resnet18", head="ordinal", max_age=4, input_size=32, pretrained=False)).train()
+    images, ages = torch.randn(2, 3, 32, 32), torch.tensor([1.0, 3.0])
+    teacher = torch.tensor([[0.1, 0.6, 0.3, 0.0, 0.0], [0.0, 0.0, 0.2, 0.5, 0.3]])
+    settings = EpochSettings(head="vanilla", loss="corn", sigma=1.0, use_label_std=False, device=torch.device("cpu"),
+                             amp=False, channels_last=False, max_steps=1, description="", show_progress=False,
+                             distill_weight=1.0)
+    with torch.no_grad():  # in training mode, as the epoch runs it: BatchNorm uses the batch's statistics
+        outputs = model(images, head="vanilla")
+        p = model.probabilities(outputs)
+    by_hand = [sum(t * math.log(t / q) for t, q in zip(row.tolist(), probs.tolist()) if t > 0) for row, probs in zip(teacher, p)]
+    corn = compute_loss("corn", outputs, ages, 1.0).item()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    data = TensorDataset(images, ages, torch.full((2,), math.nan), teacher)
+    loss = train_one_epoch(model, DataLoader(data, batch_size=2), optimizer, scheduler, settings)["loss"]
+    assert loss == pytest.approx(corn + sum(by_hand) / 2, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -346,6 +346,7 @@ def test_ordinal_head_turns_rank_scores_into_an_age_distribution() -> None:
     expected = torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.5625, 0.1875]])
     assert torch.allclose(probs, expected, atol=1e-6)
     assert torch.allclose(expected_age(probs), torch.tensor([0.75, 0.9375]))  # = P(>0) + P(>1)
+    assert torch.allclose(head.log_probabilities(outputs), expected.log(), atol=1e-6)  # what distillation compares
 
 
 def test_ordinal_head_probabilities_stay_a_distribution_for_any_scores() -> None:

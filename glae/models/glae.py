@@ -173,6 +173,10 @@ class AgeModel(nn.Module):
         """``[B, K+1]`` age distribution from one head's outputs, as that head defines it."""
         return cast(AgeHead, self.heads[head]).probabilities(outputs)
 
+    def log_probabilities(self, outputs: dict[str, Tensor], head: str = "vanilla") -> Tensor:
+        """``log`` of ``probabilities``: what distillation compares with a teacher's distribution."""
+        return cast(AgeHead, self.heads[head]).log_probabilities(outputs)
+
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -36,6 +36,12 @@ class AgeHead(nn.Module):
         """``[B, K+1]`` probabilities of the ages ``0..K`` (a softmax of ``logits`` by default)."""
         return outputs["logits"].float().softmax(-1)
 
+    def log_probabilities(self, outputs: dict[str, Tensor]) -> Tensor:
+        """``log`` of ``probabilities``, for distillation's KL; a head that overrides
+        ``probabilities`` overrides this too (the default, a log-softmax, stays finite where
+        the softmax underflows)."""
+        return outputs["logits"].float().log_softmax(-1)
+
 
 class FeatureRearrangement(nn.Module):
     """Section III-B: pixel shuffle by ``r`` then a convolution to K+1 age channels.
@@ -203,6 +209,9 @@ class OrdinalHead(AgeHead):
         ones = older.new_ones(older.shape[:-1] + (1,))
         survival = torch.cat([ones, older, torch.zeros_like(ones)], dim=-1)
         return survival[..., :-1] - survival[..., 1:]
+
+    def log_probabilities(self, outputs: dict[str, Tensor]) -> Tensor:
+        return self.probabilities(outputs).clamp_min(1e-12).log()  # an age of probability 0 would give -inf
 
 
 @dataclass(frozen=True)
