@@ -345,17 +345,54 @@ def dump_settings(settings: dict[str, Any]) -> str:
     return yaml.safe_dump(settings, sort_keys=False)
 
 
-EXECUTION_SETTINGS = ("data.num_workers", "data.cache", "data.cache_dir")
-"""Settings that change how fast a run goes, never its numbers: a resume may change them."""
+EXECUTION_SETTINGS = ("data.num_workers", "data.cache", "data.cache_dir", "checkpoint_every", "eval_batch_size")
+"""Settings that change how fast a run goes or how often it saves, not what it learns: a resume may change them."""
+
+FILE_SETTINGS = ("data.path", "data.train_list", "data.val_list", "data.test_list")
+"""Settings naming files, compared as the files they name (``data`` and ``data/`` are one folder)."""
+STAGE_FILE_SETTINGS = ("init_from", "distill_from")
 
 
-def run_identity(config: TrainConfig) -> dict[str, Any]:
-    """What makes two runs the same experiment: every setting but the execution ones."""
+def _run_identity(config: TrainConfig) -> dict[str, Any]:
+    """What makes two runs the same experiment: every setting but the execution ones, files resolved."""
     record = config_to_dict(config)
     for key in EXECUTION_SETTINGS:
-        section, name = key.split(".")
-        record[section].pop(name)
+        *sections, name = key.split(".")
+        _section(record, sections).pop(name)
+    for key in FILE_SETTINGS:
+        *sections, name = key.split(".")
+        _resolve(_section(record, sections), name)
+    for stage in record["stages"]:
+        for name in STAGE_FILE_SETTINGS:
+            _resolve(stage, name)
     return record
+
+
+def _section(record: dict[str, Any], sections: list[str]) -> dict[str, Any]:
+    for section in sections:
+        record = record[section]
+    return record
+
+
+def _resolve(section: dict[str, Any], name: str) -> None:
+    if section.get(name) is not None:
+        section[name] = str(Path(section[name]).expanduser().resolve())
+
+
+def identity_changes(recorded: TrainConfig, asked: TrainConfig) -> list[str]:
+    """Each setting where two runs differ as experiments, as ``key: recorded value, asked value``."""
+    before, after = _flat(_run_identity(recorded)), _flat(_run_identity(asked))
+    keys = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+    return [f"{key}: {before.get(key)!r} recorded, {after.get(key)!r} now" for key in keys]
+
+
+def _flat(record: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [1]}}`` as ``{"a.b.0": 1}``: a changed setting is named by its full key."""
+    if isinstance(record, dict):
+        return {k: v for key, value in record.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    if isinstance(record, list):
+        return {k: v for index, value in enumerate(record) for k, v in _flat(value, f"{prefix}{index}.").items()}
+    return {prefix.rstrip("."): record}
 
 
 __all__ = [
@@ -369,9 +406,9 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "dump_config",
+    "identity_changes",
     "load_config",
     "read_yaml_mapping",
-    "run_identity",
     "run_record_from_dict",
     "trains_balanced_head",
 ]

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import load_config, read_yaml_mapping, run_identity, run_record_from_dict
+from .config import identity_changes, load_config, read_yaml_mapping, run_record_from_dict
 from .fileio import atomic_write_text
 
 SYNC_EVERY_S = 30.0
@@ -139,15 +139,6 @@ def is_recorded(plan: Plan, run: PlannedRun) -> bool:
     return is_finished(plan.run_dir(run)) or (plan.results_dir / run.name / "test_metrics.json").is_file()
 
 
-def _flat(record: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": [1]}}`` as ``{"a.b.0": 1}``: a changed setting is named by its full key."""
-    if isinstance(record, dict):
-        return {k: v for key, value in record.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    if isinstance(record, list):
-        return {k: v for index, value in enumerate(record) for k, v in _flat(value, f"{prefix}{index}.").items()}
-    return {prefix.rstrip("."): record}
-
-
 def settings_change(plan: Plan, run: PlannedRun) -> str | None:
     """How a recorded run's settings differ from what the plan asks now, or None when they agree.
 
@@ -161,12 +152,9 @@ def settings_change(plan: Plan, run: PlannedRun) -> str | None:
     record = (run_dir if is_finished(run_dir) else plan.results_dir / run.name) / "config.yaml"
     if not record.is_file():
         return None
-    recorded = _flat(run_identity(run_record_from_dict(read_yaml_mapping(record, "run config"))))
-    planned = _flat(run_identity(load_config(run.config, [*run.overrides, f"data.path={json.dumps(plan.data)}"])))
-    keys = sorted(key for key in recorded.keys() | planned.keys() if recorded.get(key) != planned.get(key))
-    if not keys:
-        return None
-    return ", ".join(f"{key}: {recorded.get(key)!r} recorded, {planned.get(key)!r} planned" for key in keys)
+    recorded = run_record_from_dict(read_yaml_mapping(record, "run config"))
+    planned = load_config(run.config, [*run.overrides, f"data.path={json.dumps(plan.data)}"])
+    return ", ".join(identity_changes(recorded, planned)) or None
 
 
 def _checked_change(plan: Plan, run: PlannedRun) -> tuple[str | None, str | None]:

@@ -50,8 +50,8 @@ from .config import (
     config_to_dict,
     dump_config,
     dump_settings,
+    identity_changes,
     read_yaml_mapping,
-    run_identity,
     run_record_from_dict,
     trains_balanced_head,
 )
@@ -152,11 +152,11 @@ def prepare_run_folder(config: TrainConfig, out_dir: Path, context: DistributedC
                 f"{out_dir} holds a checkpoint or model file but no config.yaml: it is not a glae train run folder, "
                 "or its record was lost; use a new --out folder"
             )
-        saved = run_record_from_dict(read_yaml_mapping(config_file, "run config"))
-        if run_identity(saved) != run_identity(config):
+        changes = identity_changes(run_record_from_dict(read_yaml_mapping(config_file, "run config")), config)
+        if changes:
             raise RunFolderError(
-                f"{out_dir} holds a run with a different configuration ({config_file}); "
-                "use a new --out folder, or rerun with the same settings to resume"
+                f"{out_dir} holds a run with other settings ({'; '.join(changes[:5])}); "
+                "use a new --out folder, or rerun with the recorded settings to resume"
             )
     else:
         record = dump_config(config)

@@ -164,9 +164,9 @@ def test_an_edited_plan_never_shows_old_results_under_its_new_settings(tmp_path:
     assert execute(plan) == 1
     status = json.loads((recorded.parent / "status.json").read_text())["runs"][0]
     assert status["state"] == "changed" and "test" not in status
-    assert status["change"] == "seed: 0 recorded, 1 planned"
-    assert status["failed"].startswith("recorded with other settings (seed: 0 recorded, 1 planned); rename the run, or delete")
-    assert "settings differ from the recorded run: seed: 0 recorded, 1 planned" in describe(plan)
+    assert status["change"] == "seed: 0 recorded, 1 now"
+    assert status["failed"].startswith("recorded with other settings (seed: 0 recorded, 1 now); rename the run, or delete")
+    assert "settings differ from the recorded run: seed: 0 recorded, 1 now" in describe(plan)
     assert not (plan.out / "x").exists()  # nothing retrained over the old results
 
 

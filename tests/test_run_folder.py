@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,13 @@ def test_a_run_that_failed_at_start_accepts_the_corrected_command(utkface: Path,
     assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *tiny]) == 0
     assert (run / "model.safetensors").exists()
     # Once trained, the folder is protected, but settings that only change speed may differ.
-    assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *tiny, "--set", "data.cache=false"]) == 0
+    assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *tiny, "--set", "data.cache=false",
+                 "--set", "checkpoint_every=7", "--set", "eval_batch_size=16"]) == 0
+    # The same dataset spelled another way (a trailing slash, a relative path) is the same run.
+    relative = os.path.relpath(utkface, Path.cwd())
+    assert main(["train", "--data", relative + "/", "--out", str(run), "--no-progress", *tiny]) == 0
     assert main(["train", "--data", str(utkface), "--out", str(run), "--no-progress", *tiny, "--set", "seed=5"]) == 2
-    assert "different configuration" in capsys.readouterr().err
+    assert "holds a run with other settings (seed: 0 recorded, 5 now)" in capsys.readouterr().err
 
 
 def test_a_model_file_without_a_run_record_is_never_trained_over(utkface: Path, tmp_path: Path, overrides, capsys) -> None:

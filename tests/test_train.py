@@ -179,7 +179,7 @@ def test_rerunning_with_other_settings_is_refused(utkface: Path, tmp_path: Path,
     args = ["train", "--data", str(utkface), "--out", str(run), "--no-progress"]
     assert main([*args, *overrides("stage1.epochs=1", "stage2.epochs=0")]) == 0
     assert main([*args, *overrides("stage1.epochs=2", "stage2.epochs=0")]) == 2
-    assert "different configuration" in capsys.readouterr().err
+    assert "other settings (stages.0.epochs: 1 recorded, 2 now)" in capsys.readouterr().err
     routed = ["eval", "--checkpoint", str(run / "model.safetensors"), "--data", str(utkface), "--mode", "routing"]
     assert main(routed) == 2  # a stage-1 model has no trained balanced head to route to
     assert "needs a balanced head" in capsys.readouterr().err
