@@ -400,3 +400,17 @@ def test_check_ages_names_offenders_and_fix(tmp_path: Path) -> None:
     message = str(error.value)
     assert "1 sample(s)" in message and "b.jpg (age 101.5)" in message
     assert "set model.max_age >= 102" in message
+    check_ages([AgeSample(tmp_path / "oldest.jpg", 116.0)], max_age=116)  # UTKFace's oldest faces fit K = 116 exactly
+
+
+@pytest.mark.parametrize(
+    ("code", "attributes"),
+    [("0_0", {"gender": "male", "race": "white"}), ("1_1", {"gender": "female", "race": "black"}),
+     ("0_2", {"gender": "male", "race": "asian"}), ("1_3", {"gender": "female", "race": "indian"}),
+     ("0_4", {"gender": "male", "race": "other"})],
+)
+def test_utkface_gender_and_race_codes(tmp_path: Path, code: str, attributes: dict[str, str]) -> None:
+    """The dataset's own legend (age_gender_race_datetime): the MORPH-style protocol filters on race."""
+    _jpeg(tmp_path / f"25_{code}_20170116174525125.jpg.chip.jpg")
+    (sample,) = load_dataset(tmp_path, "utkface").samples
+    assert sample.attributes == attributes

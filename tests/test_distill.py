@@ -1,6 +1,6 @@
 """Distillation (glae.distill, ``glae teach``, ``stages.N.distill_from``): the teacher's distribution
 reaches the right face, a wrong file is refused before training, and the loss gains exactly the
-weighted KL divergence towards the teacher."""
+weighted KL divergence towards the teacher; the epoch's per-face σ (``data.use_label_std``) too."""
 
 from __future__ import annotations
 
@@ -107,6 +107,29 @@ def test_a_distilling_batch_adds_the_weighted_kl_to_the_teacher(weight: float) -
     base = compute_loss("base", {"logits": logits.expand(2, classes)}, ages, 1.0).item()
     assert epoch_loss() == pytest.approx(base)
     assert epoch_loss(teacher) == pytest.approx(base + weight * sum(by_hand) / 2)
+
+
+def test_use_label_std_trains_each_face_with_its_own_sigma_and_falls_back_to_sigma() -> None:
+    """stds [2, nan, 0]: face 0 gets sigma 2, faces 1 and 2 (unknown, degenerate) the configured 1."""
+    logits = torch.tensor([0.0, 1.0, 2.0, 1.0, 0.0])
+    ages = torch.tensor([1.0, 2.0, 3.0])
+    stds = torch.tensor([2.0, math.nan, 0.0])
+
+    def epoch_loss(use_label_std: bool) -> float:
+        settings = EpochSettings(head="vanilla", loss="base", sigma=1.0, use_label_std=use_label_std, device=torch.device("cpu"),
+                                 amp=False, channels_last=False, max_steps=1, description="", show_progress=False)
+        model = _Logits(logits.clone())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        data = TensorDataset(torch.zeros(3, 3, 4, 4), ages, stds)
+        return train_one_epoch(model, DataLoader(data, batch_size=3), optimizer, scheduler, settings)["loss"]
+
+    outputs = {"logits": logits.expand(3, -1)}
+    per_face = compute_loss("base", outputs, ages, torch.tensor([2.0, 1.0, 1.0])).item()
+    plain = compute_loss("base", outputs, ages, 1.0).item()
+    assert per_face != pytest.approx(plain)
+    assert epoch_loss(True) == pytest.approx(per_face)
+    assert epoch_loss(False) == pytest.approx(plain)
 
 
 def test_a_head_whose_scores_are_no_softmax_distills_through_its_own_distribution() -> None:

@@ -21,7 +21,8 @@ from glae.estimator import AgeEstimator, FaceAge, ImagePrediction, default_model
 from glae.faces.align import ALIGNED_SIZE, align_face
 from glae.faces.detector import DetectedFace
 from glae.inference_backends import load_routed_predictor
-from glae.models.glae import PAPER_INPUT
+from glae.models.backbones import IMAGENET_INPUT
+from glae.models.glae import PAPER_INPUT, ModelConfig
 from glae.predict_options import PredictOptions
 
 MAX_AGE = 116
@@ -303,3 +304,67 @@ def test_a_detector_bug_is_not_blamed_on_a_photo(model_file: Path, utk_crops: li
     estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         estimator.predict([read_rgb(utk_crops[0])])
+
+
+class _ScriptedPredictor:
+    """Three ages 0..2. Age of a crop = 2 * (mean of its first channel, mapped from the
+    normalized range to [0, 1]); routed to the balanced head when that mean is above 1/2."""
+
+    def __init__(self, normalization=IMAGENET_INPUT) -> None:
+        self.config = ModelConfig(max_age=2, input_size=32)
+        self.normalization = normalization
+        self.calibration = None
+        self.precision = "float32"
+        self.batches: list[torch.Tensor] = []
+
+    def predict_routed(self, images: torch.Tensor):
+        self.batches.append(images)
+        mean, std = self.normalization.mean[0], self.normalization.std[0]
+        brightness = (images[:, 0] * std + mean).mean(dim=(1, 2)).clamp(0, 1)  # back to [0, 1] pixels
+        probs = torch.stack([1 - brightness, torch.zeros_like(brightness), brightness], dim=1)  # age = 2 * brightness
+        return 2 * brightness, probs, brightness > 0.5
+
+
+class _TwoFaces:
+    """One face on the black left half of a 400x200 photo, one on its white right half."""
+
+    LEFT = np.array([[70, 80], [130, 80], [100, 110], [78, 140], [122, 140]], dtype=np.float32)
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        right = self.LEFT + np.array([200, 0], dtype=np.float32)
+        return [DetectedFace((50.0, 40.0, 150.0, 170.0), self.LEFT, 0.99),
+                DetectedFace((250.0, 40.0, 350.0, 170.0), right, 0.98)]
+
+
+def _half_black_half_white() -> Image.Image:
+    pixels = np.zeros((200, 400, 3), dtype=np.uint8)
+    pixels[:, 200:] = 255
+    return Image.fromarray(pixels)
+
+
+def test_each_face_of_a_photo_gets_the_age_and_head_of_its_own_crop() -> None:
+    estimator = AgeEstimator(_ScriptedPredictor(), PredictOptions(device="cpu", margin=0.0), _TwoFaces())
+    (photo,) = estimator.predict(_half_black_half_white())
+    left, right = sorted(photo.faces, key=lambda face: face.box[0])
+    assert left.box == (50.0, 40.0, 150.0, 170.0) and right.box == (250.0, 40.0, 350.0, 170.0)
+    assert left.age < 0.2 and right.age > 1.8  # black crop -> ~0, white crop -> ~2
+    assert (left.head, right.head) == ("vanilla", "balanced")
+
+
+def test_aligned_input_head_distribution_and_box_of_a_non_square_image() -> None:
+    estimator = AgeEstimator(_ScriptedPredictor(), PredictOptions(device="cpu"))
+    white = Image.new("RGB", (120, 80), (255, 255, 255))
+    black = Image.new("RGB", (120, 80), (0, 0, 0))
+    first, second = estimator.predict([white, black], aligned=True)
+    (w,), (b,) = first.faces, second.faces
+    assert w.box == (0.0, 0.0, 120.0, 80.0)  # (width, height), not (height, width)
+    assert (w.head, b.head) == ("balanced", "vanilla")
+    assert w.age == pytest.approx(2.0) and b.age == pytest.approx(0.0)
+    assert w.distribution == pytest.approx((0.0, 0.0, 1.0))
+
+
+def test_the_estimator_normalizes_pixels_as_the_model_was_trained() -> None:
+    predictor = _ScriptedPredictor(IMAGENET_INPUT)
+    photo = Image.new("RGB", (32, 32), (200, 100, 50))
+    AgeEstimator(predictor, PredictOptions(device="cpu")).predict(photo, aligned=True)
+    torch.testing.assert_close(predictor.batches[0][0], eval_transform(32, IMAGENET_INPUT)(photo))

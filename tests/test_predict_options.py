@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from glae.cli import build_parser, main
+from glae.config import MAX_BATCH_SIZE
 from glae.estimator import AgeEstimator
+from glae.faces.align import MAX_MARGIN
 from glae.faces.filtering import FaceFilter
 from glae.inference_backends import load_routed_predictor
 from glae.predict_options import PredictOptions
@@ -110,3 +112,8 @@ def test_a_value_out_of_range_is_one_error_naming_its_flag(
     for command in COMMANDS:  # refused before the (absent) model is looked for
         assert main([*command, "--model", str(tmp_path / "absent.safetensors"), *_flags(values)]) == 2
         assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_the_documented_bounds_of_the_options_are_accepted() -> None:
+    options = PredictOptions(min_face_score=0.0, margin=MAX_MARGIN, batch_size=MAX_BATCH_SIZE)
+    assert (options.min_face_score, options.margin, options.batch_size) == (0.0, MAX_MARGIN, MAX_BATCH_SIZE)

@@ -254,3 +254,10 @@ def test_the_interval_is_calibrated_only_in_the_mode_its_temperature_was_fitted_
     model.calibration = None
     raw = evaluate_samples(model, samples, "vanilla", run, "routing")
     assert vanilla["interval_90"]["mean_width"] == pytest.approx(raw["interval_90"]["mean_width"])
+
+
+def test_bigger_breaks_a_tie_towards_the_balanced_head() -> None:
+    """Table IX's control: vanilla only if Y1 > Y2 strictly; equal divergences -> balanced."""
+    same = torch.tensor([[[0.5, 0.5, 0.0]], [[0.5, 0.5, 0.0]]])
+    views = {"vanilla": same, "balanced": same.flip(-1)}
+    assert route(views, "bigger").used_balanced.tolist() == [True]
