@@ -1,8 +1,8 @@
 """Age intervals: the quantiles of a predicted distribution, and how they are calibrated.
 
 A model's raw "90% interval" (the 5% and 95% quantiles of its routed distribution) is
-only as honest as the distribution is calibrated; the shipped model's covered 81.5% of
-held-out faces. The calibration GLAE uses is a temperature (``IntervalCalibration``,
+only as honest as the distribution is calibrated; the first shipped model's covered about
+82% of held-out faces (docs/calibration.md). The calibration GLAE uses is a temperature (``IntervalCalibration``,
 ``fit_temperature``), fitted on faces the model never trained on (the validation part):
 the distribution is spread until its interval covers 90% of them. Split-conformal
 widening (``conformal_quantile``) was the alternative measured against it

@@ -227,6 +227,9 @@ def _check_eval_arguments(args: argparse.Namespace, checkpoint: Path) -> None:
         if args.json.exists() and not _is_eval_report(args.json):
             raise ValueError(f"--json {args.json} exists and is not a glae eval report, so it is not replaced; choose another path")
     if args.report is not None:
+        from .reports import require_figures
+
+        require_figures()
         _check_output_folder(args.report, "--report")
         report_files = [args.report / name for name in ("report.md", "report.json", "per_age.png", "routing.png")]
         if any(path.exists() for path in report_files) and not _is_eval_report(args.report / "report.json"):

@@ -164,7 +164,7 @@ class AgeEstimator:
         predictor: the model behind ``glae.inference_backends.RoutedPredictor`` (a PyTorch
             model file or an ONNX export); it routes between the two heads when the
             balanced head was trained, otherwise it uses the vanilla head alone.
-        options: batch size, alignment margin, face filter, detector and device
+        options: batch size, alignment margin, face filter, detector, device and precision
             (``glae.predict_options``); the device is where the detector runs when it is built here.
         detector: any ``FaceDetector``; when None, the one ``options.detector`` names is
             built on first use, so a caller with aligned crops needs no detector weights.

