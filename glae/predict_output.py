@@ -82,8 +82,8 @@ class CsvOutput:
         writer = csv.writer(buffer, lineterminator="\n")
         file = None if prediction.file is None else utf8_name(prediction.file)
         if not prediction.faces:
-            face, error = ("", utf8_name(prediction.error)) if prediction.error else (0, "")  # errors quote names
-            writer.writerow([file, face, "", "", "", "", "", "", "", "", "", error])
+            faces, error = ("", utf8_name(prediction.error)) if prediction.error else ("0", "")  # errors quote names
+            writer.writerow([file, faces, "", "", "", "", "", "", "", "", "", error])
         for number, face in enumerate(prediction.faces, 1):
             box = [f"{v:.1f}" for v in face.box]
             low, high = (f"{v:.2f}" for v in face.interval_90)
