@@ -29,8 +29,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from . import __version__
-from .engine import unwrap
 from .calibration import IntervalCalibration
+from .devices import unwrap
 from .fileio import atomic_write, atomic_write_bytes
 from .models.backbones import InputNormalization
 from .models.glae import PAPER_INPUT, AgeModel, ModelConfig
@@ -64,6 +64,12 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: dict[str, Any] |
     # Serialized in memory, then written by Python: a full disk is then an OSError (ENOSPC),
     # where safetensors' own file writer can report success on a short write.
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+
+
+def stores_half(path: str | os.PathLike) -> bool:
+    """Whether a model file stores float16 weights (the shipped one does), so a rewrite keeps its size."""
+    with safe_open(str(path), framework="pt") as handle:
+        return any(handle.get_slice(name).get_dtype() == "F16" for name in handle.keys())
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:

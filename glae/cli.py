@@ -350,7 +350,7 @@ def _check_model_out(out: Path, command: str, inputs: Sequence[str | Path | None
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from .calibration import IntervalCalibration
-    from .checkpoint import load_model, save_model
+    from .checkpoint import load_model, save_model, stores_half
     from .estimator import resolve_model_path
     from .evaluate import calibrate_samples
     from .routing import routing_mode
@@ -370,7 +370,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     _warn_beyond_model_range(samples, model.config.max_age)
     calibration: IntervalCalibration = calibrate_samples(model, samples, routing_mode(info), run)
     model.calibration = calibration
-    save_model(args.out, model, {**info, "calibrated_on": f"{args.part} part, {calibration.faces} faces"}, half=_is_half(checkpoint))
+    save_model(args.out, model, {**info, "calibrated_on": f"{args.part} part, {calibration.faces} faces"}, half=stores_half(checkpoint))
     print(f"90% interval: temperature {calibration.temperature:.3f} covers {calibration.coverage:.1%} of "
           f"{calibration.faces} {args.part} faces; wrote {args.out}")
     return 0
@@ -402,7 +402,7 @@ def run_teach(args: argparse.Namespace) -> int:
 
 def _inference_pass(args: argparse.Namespace) -> InferencePass:
     """How eval, calibrate and teach run a model over faces: --device, --batch-size, --workers."""
-    from .engine import pick_device
+    from .devices import pick_device
     from .evaluate import InferencePass
 
     device = pick_device(args.device)
@@ -432,14 +432,6 @@ def run_pair(args: argparse.Namespace) -> int:
     save_model(args.out, pair, info, half=args.half)
     print(f"model pair ({routing_mode(info)} mode, uncalibrated interval): {args.out}")
     return 0
-
-
-def _is_half(path: Path) -> bool:
-    """Whether a model file stores float16 weights (the shipped one does), so a rewrite keeps its size."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return any(handle.get_slice(name).get_dtype() == "F16" for name in handle.keys())
 
 
 def run_align(args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .devices import pick_device, unwrap
 from .losses import compute_loss, kl_loss
 from .models.glae import HEAD_NAMES, AgeModel
 from .models.pair import InferenceModel
@@ -44,12 +44,6 @@ class DistributedContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(preference: str = "auto") -> torch.device:
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
 
 
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
@@ -80,12 +74,6 @@ def init_distributed(preference: str = "auto") -> DistributedContext:
 def barrier(context: DistributedContext) -> None:
     if context.distributed:
         dist.barrier()
-
-
-def unwrap(model: nn.Module) -> AgeModel:
-    """The model inside ``torch.compile`` and DDP wrappers; saving and inference always go through it."""
-    inner: nn.Module = getattr(model, "_orig_mod", model)
-    return cast(AgeModel, getattr(inner, "module", inner))
 
 
 def freeze(model: AgeModel, names: Iterable[str], backbone_layers: int = 0) -> None:
@@ -308,11 +296,9 @@ __all__ = [
     "barrier",
     "freeze",
     "init_distributed",
-    "pick_device",
     "predict_views_dataset",
     "set_train_mode",
     "steps_per_epoch",
     "train_one_epoch",
-    "unwrap",
 ]
 

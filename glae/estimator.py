@@ -27,7 +27,7 @@ from .calibration import age_interval
 from .checkpoint import CheckpointError
 from .data.images import read_rgb
 from .data.transforms import eval_transform
-from .engine import pick_device
+from .devices import pick_device
 from .faces.align import ALIGNED_SIZE, align_face
 from .faces.detector import MAX_BATCH_PIXELS, PHOTO_ERRORS, DetectedFace, FaceDetector, build_detector, detect_batch, photo_failure
 from .faces.filtering import FaceFilter

@@ -21,6 +21,7 @@ from glae.checkpoint import (
     read_model_metadata,
     save_model,
     save_training_state,
+    stores_half,
 )
 from glae.fileio import atomic_write, atomic_write_text
 from glae.models.backbones import IMAGENET_INPUT, TF_INPUT
@@ -77,6 +78,7 @@ def test_half_precision_file(tmp_path: Path, model: AgeModel) -> None:
         assert weight.dtype == torch.float16
         assert handle.get_tensor(counter).dtype == torch.int64  # integers stay integers
     assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert stores_half(half) and not stores_half(full)  # what glae calibrate keeps when it rewrites a file
     loaded, info = load_model(half)
     assert info == {}
     for name, tensor in loaded.state_dict().items():

@@ -174,6 +174,13 @@ def test_import_glae_stays_light() -> None:
     assert result.returncode == 0 and result.stdout.strip() == "AgeEstimator PredictOptions", result.stderr
 
 
+def test_the_inference_path_needs_no_training_code() -> None:
+    """A photo goes to an age through estimator, checkpoint and routing alone: no training loop, run or plan."""
+    code = "import glae.estimator, sys; print(sorted(m for m in ('glae.engine', 'glae.train', 'glae.plan', 'glae.ema') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_missing_detector_weights_stop_the_run_once(
     model_file: Path, utk_crops: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
