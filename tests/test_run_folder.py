@@ -16,7 +16,7 @@ from glae.checkpoint import load_training_state, save_training_state
 from glae.cli import main
 from glae.data.transforms import train_transform
 from glae.models.glae import PAPER_INPUT
-from glae.train import run_lock
+from glae.run_folder import run_lock
 
 
 @pytest.mark.slow
