@@ -123,11 +123,13 @@ def fit_temperature(probs: Tensor, truth: Tensor, level: float = INTERVAL_LEVEL)
 
     ``probs`` are the routed distributions of faces the model never trained on (a
     validation part), ``truth`` their ages. Coverage grows with the temperature, so the
-    interval is as narrow as the coverage allows.
+    interval is as narrow as the coverage allows. An age above the last class K counts as K:
+    no interval within 0..K covers it, and chasing it would widen every face's interval.
     """
     if len(probs) == 0:
         raise ValueError("no faces to fit the interval on (the validation part is empty)")
     probs = probs.double()
+    truth = truth.clamp(max=probs.shape[-1] - 1)
 
     def coverage(temperature: float) -> float:
         return float(covered(quantile_interval(temper(probs, temperature), (1 - level) / 2, (1 + level) / 2), truth).double().mean())

@@ -79,13 +79,6 @@ def load_samples(config: TrainConfig) -> DatasetIndex:
     return index
 
 
-def calibration_faces(val: list[AgeSample], config: TrainConfig) -> list[AgeSample]:
-    """The validation faces the 90% interval is fitted on. With ``data.clip_ages`` their ages
-    are clipped too: no interval within 0..K covers an age above K, and chasing them would
-    widen every face's interval."""
-    return _clipped(val, config.model.max_age) if config.data.clip_ages else val
-
-
 def _clipped(samples: list[AgeSample], max_age: int) -> list[AgeSample]:
     return [dataclasses.replace(s, age=float(max_age)) if s.age > max_age else s for s in samples]
 
@@ -522,7 +515,7 @@ def finish(
         }
         if split.val:
             try:
-                model.calibration = calibrate_samples(model, calibration_faces(split.val, config), mode, inference_pass(config, context.device))
+                model.calibration = calibrate_samples(model, split.val, mode, inference_pass(config, context.device))
                 log.info("90%% interval: temperature %.3f covers %.1f%% of %d validation faces",
                          model.calibration.temperature, 100 * model.calibration.coverage, model.calibration.faces)
             except CalibrationError as error:  # the trained model is still worth keeping

@@ -179,6 +179,23 @@ def test_calibration_is_fitted_on_the_routed_distribution(monkeypatch: pytest.Mo
     assert (fitted.coverage, fitted.faces) == (1.0, 1)
 
 
+def test_ages_above_the_last_class_are_fitted_as_the_last_class() -> None:
+    """A face aged 105 before a K = 100 model sure of about 100: no interval within 0..K reaches 105,
+    so it is fitted as a face of 100, which the model covers; unclipped it would count as missed and
+    push the temperature up for the nine others (ages 50-58 predicted as 50)."""
+    ages = torch.arange(101, dtype=torch.double)
+
+    def gaussian(centre: float) -> torch.Tensor:
+        p = torch.exp(-0.5 * ((ages - centre) / 2) ** 2)
+        return p / p.sum()
+
+    probs = torch.stack([gaussian(50.0)] * 9 + [gaussian(100.0)])
+    truth = torch.tensor([50.0 + error for error in range(9)] + [105.0], dtype=torch.double)
+    fitted = fit_temperature(probs, truth)
+    assert fitted == fit_temperature(probs, torch.cat([truth[:9], torch.tensor([100.0], dtype=torch.double)]))
+    assert covered(age_interval(probs, fitted), truth.clamp(max=100))[9]
+
+
 def test_the_fitted_temperature_is_rounded_up_never_below_the_covering_one() -> None:
     """At T = 2 the balanced head of ``_two_heads`` reaches 6.35; a face at 6.35000001 needs T = 2.0000003, which
     6-digit rounding to the nearest would store as 2.0, an interval that misses it."""
