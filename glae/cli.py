@@ -19,10 +19,9 @@ from .data import DATASET_FORMATS, AgeSample, CsvColumns, DatasetError, read_spl
 from .engine import TrainingDiverged
 from .errors import MissingExtraError
 from .export import DEFAULT_OPSET
-from .faces.detector import DETECTORS
 from .fileio import atomic_write_text
 from .models import BackboneError
-from .predict_options import PredictOptions
+from .predict_options import FACE_FINDING, PredictOptions
 from .routing import ROUTING_MODES
 from .serve import ServeSettings
 from .typed import parse_json
@@ -107,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--format", choices=sorted(DATASET_FORMATS), default="utkface", help="dataset layout (default: utkface)")
     align.add_argument("--workers", type=int, default=2, help="detection processes (0: this process)")
     align.add_argument("--size", type=int, default=224, help="aligned crop side in pixels")
-    align.add_argument("--margin", type=float, default=0.0, help="context added around UTKFace's framing, as a fraction of it")
-    align.add_argument("--detector", choices=sorted(DETECTORS), default="mtcnn", help="face detector, as glae predict's (default: mtcnn)")
+    PredictOptions.add_arguments(align, FACE_FINDING)
     align.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     predict = commands.add_parser("predict", help="ages of the faces in photos")
@@ -436,16 +434,18 @@ def run_pair(args: argparse.Namespace) -> int:
 
 def run_align(args: argparse.Namespace) -> int:
     from .faces.align_dataset import REPORT_NAME, align_dataset
+    from .faces.filtering import FaceFilter
 
+    options = PredictOptions.from_arguments(args)
     report = align_dataset(
-        args.source, args.destination, args.format, args.workers, args.size, args.margin, args.detector,
-        show_progress=not args.no_progress
+        args.source, args.destination, args.format, args.workers, args.size, options.margin, options.detector,
+        show_progress=not args.no_progress, face_filter=FaceFilter(options.min_face_score, options.min_face_size),
     )
     counts = report["counts"]
     print(
         f"aligned {counts['aligned']} ({counts['several_faces']} with several faces, largest kept), "
         f"{counts['already_aligned']} already aligned, {counts['no_face']} without a face, "
-        f"{counts['unreadable']} unreadable, {counts['not_in_dataset']} not in the dataset; "
+        f"{counts['unreadable']} unreadable, {counts['failed']} failed, {counts['not_in_dataset']} not in the dataset; "
         f"report: {Path(args.destination) / REPORT_NAME}"
     )
     return 0

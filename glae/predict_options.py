@@ -75,10 +75,12 @@ class PredictOptions:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """A flag per field, typed and defaulted like the field."""
+    def add_arguments(cls, parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+        """A flag per field (or per field in ``names``), typed and defaulted like the field."""
         types = get_type_hints(cls)
         for option in fields(cls):
+            if names is not None and option.name not in names:
+                continue
             parser.add_argument(
                 "--" + option.name.replace("_", "-"),
                 type=types[option.name],
@@ -88,5 +90,11 @@ class PredictOptions:
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> "PredictOptions":
-        """The options parsed from the flags ``add_arguments`` made; raises on values out of range."""
-        return cls(**{option.name: getattr(args, option.name) for option in fields(cls)})
+        """The options parsed from the flags ``add_arguments`` made (defaults for the fields it left
+        out); raises on values out of range."""
+        return cls(**{option.name: getattr(args, option.name) for option in fields(cls) if hasattr(args, option.name)})
+
+
+FACE_FINDING = ("margin", "min_face_score", "min_face_size", "detector")
+"""The options that decide which faces are found and how they are framed: ``glae align``
+takes these, so a dataset is aligned as ``glae predict`` would find its faces."""

@@ -13,7 +13,7 @@ from glae.estimator import AgeEstimator
 from glae.faces.align import MAX_MARGIN
 from glae.faces.filtering import FaceFilter
 from glae.inference_backends import load_routed_predictor
-from glae.predict_options import PredictOptions
+from glae.predict_options import FACE_FINDING, PredictOptions
 
 # A value other than the default for every option: a new option must be added here.
 NOT_DEFAULT = {"batch_size": 7, "margin": 0.25, "min_face_score": 0.5, "min_face_size": 20.0, "detector": "blazeface", "device": "cpu",
@@ -53,6 +53,30 @@ def test_glae_predict_options_reach_its_estimator(
     (estimator,) = loaded
     assert estimator.options == PredictOptions(**NOT_DEFAULT)
     assert estimator.face_filter == FaceFilter(NOT_DEFAULT["min_face_score"], NOT_DEFAULT["min_face_size"])
+
+
+def test_glae_align_takes_the_face_finding_options_and_they_reach_its_aligner(
+    utk_crops: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dataset is aligned as glae predict finds faces: the same flags, defaults and filter."""
+    from glae.faces import align_dataset as module
+
+    finding = {name: NOT_DEFAULT[name] for name in FACE_FINDING}
+    parser = build_parser()
+    assert PredictOptions.from_arguments(parser.parse_args(["align", "SRC", "DST"])) == PredictOptions()
+    assert PredictOptions.from_arguments(parser.parse_args(["align", "SRC", "DST", *_flags(finding)])) == PredictOptions(**finding)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["align", "SRC", "DST", "--batch-size", "7"])  # not a face-finding option
+    used: list = []
+    run = module._run
+    monkeypatch.setattr(module, "_run", lambda tasks, workers, aligner, progress: used.append(aligner) or run(tasks, workers, aligner, progress))
+    source = tmp_path / "faces"
+    source.mkdir()
+    (source / utk_crops[0].name).write_bytes(utk_crops[0].read_bytes())
+    assert main(["align", str(source), str(tmp_path / "aligned"), "--workers", "0", "--no-progress", *_flags(finding)]) == 0
+    (aligner,) = used
+    assert (aligner.detector, aligner.margin) == (finding["detector"], finding["margin"])
+    assert aligner.face_filter == FaceFilter(finding["min_face_score"], finding["min_face_size"])
 
 
 def test_glae_serve_options_reach_the_apps_estimator(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

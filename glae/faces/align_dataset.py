@@ -19,6 +19,7 @@ the run; each is listed in the report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -26,7 +27,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -52,15 +53,15 @@ class AlignResult:
     detail: str | None = None
 
 
+@dataclass(frozen=True)
 class Aligner:
-    """Detect, align and write one image; a picklable job for worker processes."""
+    """Detect, align and write one image. With the detector's name instead of a detector it is
+    the picklable recipe a worker process builds its own from."""
 
-    def __init__(self, detector: FaceDetector, size: int = ALIGNED_SIZE, margin: float = DEFAULT_MARGIN,
-                 face_filter: FaceFilter = FaceFilter()) -> None:
-        self.detector = detector
-        self.size = size
-        self.margin = margin
-        self.face_filter = face_filter
+    detector: FaceDetector | str
+    size: int = ALIGNED_SIZE
+    margin: float = DEFAULT_MARGIN
+    face_filter: FaceFilter = FaceFilter()
 
     def __call__(self, task: tuple[Path, Path]) -> AlignResult:
         source, target = task
@@ -68,6 +69,7 @@ class Aligner:
             image = read_rgb(source)
         except ImageReadError as error:
             return AlignResult(source, "unreadable", str(error))
+        assert not isinstance(self.detector, str), "build the detector first (_run does)"
         try:
             faces = self.face_filter(self.detector.detect(image))
             crop = align_face(image, faces[0].landmarks, self.size, self.margin) if faces else None
@@ -100,11 +102,11 @@ def _save_atomically(image: Image.Image, target: Path) -> None:
 _WORKER_ALIGNER: Aligner | None = None
 
 
-def _start_worker(detector: str, size: int, margin: float) -> None:
+def _start_worker(aligner: Aligner) -> None:
     """Each worker builds its own detector once; one thread each, the processes give the parallelism."""
     global _WORKER_ALIGNER
     torch.set_num_threads(1)
-    _WORKER_ALIGNER = Aligner(build_detector(detector, "cpu"), size, margin)
+    _WORKER_ALIGNER = dataclasses.replace(aligner, detector=build_detector(cast(str, aligner.detector), "cpu"))
 
 
 def _align_in_worker(task: tuple[Path, Path]) -> AlignResult:
@@ -121,6 +123,7 @@ def align_dataset(
     margin: float = DEFAULT_MARGIN,
     detector: FaceDetector | str = "mtcnn",
     show_progress: bool = True,
+    face_filter: FaceFilter = FaceFilter(),
 ) -> dict[str, Any]:
     """Align a dataset into ``destination``; returns (and writes) the report.
 
@@ -163,7 +166,7 @@ def align_dataset(
             done += 1
         else:
             tasks.append((path, target))
-    results = _run(tasks, workers, size, margin, detector, show_progress)
+    results = _run(tasks, workers, Aligner(detector, size, margin, face_filter), show_progress)
     counts = Counter(result.status for result in results)
     problems += [
         {"file": _relative(r.source, base), "problem": r.status.replace("_", " ") + (f": {r.detail}" if r.detail else "")}
@@ -239,23 +242,18 @@ def _is_complete_crop(target: Path, size: int) -> bool:
     return True
 
 
-def _run(
-    tasks: list[tuple[Path, Path]],
-    workers: int,
-    size: int,
-    margin: float,
-    detector: FaceDetector | str,
-    show_progress: bool,
-) -> list[AlignResult]:
+def _run(tasks: list[tuple[Path, Path]], workers: int, aligner: Aligner, show_progress: bool) -> list[AlignResult]:
+    """``aligner``'s detector is a name here: each process builds its own detector from it."""
     progress: dict[str, Any] = {"total": len(tasks), "desc": "align", "unit": "img", "disable": not show_progress}
     if workers == 0 or not tasks:
-        aligner = Aligner(build_detector(detector, "cpu") if isinstance(detector, str) else detector, size, margin)
+        if isinstance(aligner.detector, str):
+            aligner = dataclasses.replace(aligner, detector=build_detector(aligner.detector, "cpu"))
         return [aligner(task) for task in tqdm(tasks, **progress)]
-    if not isinstance(detector, str):
+    if not isinstance(aligner.detector, str):
         raise ValueError("worker processes build their own detector: pass its name, or workers=0 with a detector object")
     # spawn: a forked copy of a process that already ran torch threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_start_worker, initargs=(detector, size, margin)) as pool:
+    with context.Pool(workers, initializer=_start_worker, initargs=(aligner,)) as pool:
         return list(tqdm(pool.imap_unordered(_align_in_worker, tasks, chunksize=4), **progress))
 
 
