@@ -38,7 +38,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None
 
 
 def _add_model_pass_arguments(parser: argparse.ArgumentParser) -> None:
-    """What eval and calibrate share: columns of a csv manifest, and how the model goes over the faces."""
+    """What eval, calibrate and teach share: columns of a csv manifest, and how the model goes over the faces."""
     parser.add_argument("--csv-column", dest="csv_columns", action="append", default=[], metavar="FIELD=NAME", help="format csv: read FIELD (path, age, std, subject, split) from column NAME, e.g. age=real_age")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
@@ -203,7 +203,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _check_model_pass_arguments(args: argparse.Namespace) -> None:
-    """Everything eval and calibrate can refuse without reading a model or a dataset."""
+    """Everything eval, calibrate and teach can refuse without reading a model or a dataset."""
     if args.split is not None and not args.split.is_file():
         raise ValueError(f"--split {args.split} does not exist; pass the split.json of the run that trained the model")
     check_device(args.device)
@@ -257,7 +257,7 @@ def _csv_columns(pairs: list[str]) -> CsvColumns:
 
 
 def _faces(args: argparse.Namespace, info: dict[str, Any], part: str | None) -> list[AgeSample]:
-    """The faces eval or calibrate go over: the dataset at --data, or one part of its split.
+    """The faces eval, calibrate or teach go over: the dataset at --data, or one part of its split.
 
     The split is the run's split.json (--split) or, for calibrate, the seeded split a config
     gives (--config); without either, every face (eval only).
