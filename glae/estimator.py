@@ -250,11 +250,11 @@ class AgeEstimator:
         try:
             return [self.face_filter(faces) for faces in detect_batch(detector, images)]
         except PHOTO_ERRORS as error:
-            if len(images) > 1:
-                return [result for image in images for result in self._detect(detector, [image])]
             reason = photo_failure(error, images[0])
             if reason is None:
                 raise  # a bug, not a photo's fault
+            if len(images) > 1:
+                return [result for image in images for result in self._detect(detector, [image])]
             return [reason]
 
     def _crop(self, file: str | None, image: Image.Image, faces: Sequence[DetectedFace | None] | str) -> _Prepared:

@@ -313,6 +313,24 @@ def test_a_detector_bug_is_not_blamed_on_a_photo(model_file: Path, utk_crops: li
         estimator.predict([read_rgb(utk_crops[0])])
 
 
+class _FailsOnBatches:
+    """A detector whose batched pass has a bug (photos of different sizes cannot be stacked), one photo at a time works."""
+
+    def detect(self, image: Image.Image) -> list[DetectedFace]:
+        return []
+
+    def detect_batch(self, images: list[Image.Image]) -> list[list[DetectedFace]]:
+        if len(images) > 1:
+            raise RuntimeError("stack expects each tensor to be equal size")
+        return [[]]
+
+
+def test_a_detector_bug_on_batches_is_raised_not_hidden_by_photo_by_photo_retries(model_file: Path, utk_crops: list[Path]) -> None:
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), _FailsOnBatches())
+    with pytest.raises(RuntimeError, match="stack expects"):
+        estimator.predict([read_rgb(utk_crops[0]), read_rgb(utk_crops[1])])
+
+
 class _ScriptedPredictor:
     """Three ages 0..2. Age of a crop = 2 * (mean of its first channel, mapped from the
     normalized range to [0, 1]); routed to the balanced head when that mean is above 1/2."""

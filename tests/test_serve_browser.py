@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -105,19 +106,22 @@ def test_several_photos_and_their_downloads(browser: webdriver.Chrome, server: L
     photos = [tmp_path / path.name for path in utk_crops[:2]]
     for source, photo in zip(utk_crops, photos):
         photo.write_bytes(source.read_bytes())
+    wall = tmp_path / "wall.png"  # no face in it
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(wall)
     expected = [post_image(server.url + "/api/predict", photo.read_bytes(), photo.name)[1] for photo in photos]
     browser.get(server.url + "/")
-    assert _upload(browser, *photos) == "done", browser.find_element(By.ID, "status").text
-    assert [element.text for element in browser.find_elements(By.CSS_SELECTOR, ".result h2")] == [photo.name for photo in photos]
+    assert _upload(browser, *photos, wall) == "done", browser.find_element(By.ID, "status").text
+    assert [element.text for element in browser.find_elements(By.CSS_SELECTOR, ".result h2")] == [photo.name for photo in [*photos, wall]]
     assert browser.find_element(By.ID, "downloads").is_displayed()
     fetch = "return fetch(document.getElementById(arguments[0]).href).then(response => response.text())"
     downloaded = json.loads(browser.execute_script(fetch, "download-json"))
-    assert [entry["file"] for entry in downloaded] == [photo.name for photo in photos]
+    assert [entry["file"] for entry in downloaded] == [photo.name for photo in [*photos, wall]]
     for entry, answer in zip(downloaded, expected):
         assert [face["age"] for face in entry["faces"]] == [face["age"] for face in answer["faces"]]
     rows = list(csv.DictReader(io.StringIO(browser.execute_script(fetch, "download-csv"))))
-    assert [row["file"] for row in rows] == [photo.name for photo in photos]
-    assert [float(row["age"]) for row in rows] == [round(answer["faces"][0]["age"], 2) for answer in expected]
+    assert [row["file"] for row in rows] == [photo.name for photo in [*photos, wall]]
+    assert [float(row["age"]) for row in rows[:2]] == [round(answer["faces"][0]["age"], 2) for answer in expected]
+    assert (rows[2]["face"], rows[2]["error"]) == ("0", "")  # as glae predict --csv writes a photo without a face
 
 
 def test_a_new_selection_during_estimation_replaces_the_earlier_one(

@@ -176,11 +176,12 @@ function csvCell(value) {
   return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
-// The same columns as `glae predict --csv`: one row per face, one for a photo without any.
+// The same columns as `glae predict --csv`: one row per face; a photo without any gets one row,
+// with face 0 and no error, or with its error when it failed.
 function toCsv(entries) {
   const rows = [CSV_COLUMNS];
   for (const entry of entries) {
-    if (!entry.faces.length) rows.push([entry.file, "", "", "", "", "", "", "", "", "", "", entry.error || "no face"]);
+    if (!entry.faces.length) rows.push([entry.file, entry.error ? "" : 0, "", "", "", "", "", "", "", "", "", entry.error || ""]);
     entry.faces.forEach((face, index) => rows.push([
       entry.file, index + 1, ...face.box.map((v) => v.toFixed(1)), face.age.toFixed(2),
       ...face.interval_90.map((v) => v.toFixed(2)), face.head, face.score === null ? "" : face.score.toFixed(4), "",
