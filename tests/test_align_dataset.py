@@ -140,6 +140,23 @@ def test_another_size_into_an_aligned_folder_is_refused(utk_crops: list[Path], t
     assert {path.name: path.read_bytes() for path in target.iterdir()} == {k: v for k, v in before.items() if k != "align_report.json"}
 
 
+def test_another_face_filter_into_an_aligned_folder_is_refused(utk_crops: list[Path], tmp_path: Path, capsys) -> None:
+    """The filter decides which photos get a crop: a rerun with another one would mix two selections."""
+    source = _two_crops(utk_crops, tmp_path / "utk")
+    target = tmp_path / "aligned"
+    report = _align(str(source), str(target), "--workers", "0", "--min-face-size", "20")
+    assert (report["detector"], report["min_face_score"], report["min_face_size"]) == ("mtcnn", 0.9, 20.0)
+    before = {path.name: path.read_bytes() for path in target.iterdir()}
+    for flags in (["--min-face-size", "16"], ["--min-face-size", "20", "--detector", "blazeface"]):
+        assert main(["align", str(source), str(target), "--workers", "0", "--no-progress", *flags]) == 2
+        err = capsys.readouterr().err
+        assert "holds crops found with --detector mtcnn --min-face-score 0.9 --min-face-size 20.0; rerun with those" in err
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == before
+    older = {key: value for key, value in report.items() if key not in ("detector", "min_face_score", "min_face_size")}
+    (target / "align_report.json").write_text(json.dumps(older))  # written before the filter was recorded: the defaults
+    assert main(["align", str(source), str(target), "--workers", "0", "--no-progress"]) == 0
+
+
 class _Interrupting:
     """A detector that stops the run (as Ctrl-C does) at its second image."""
 

@@ -7,14 +7,14 @@ This holds for CSVs whose image paths are relative; an image outside the dataset
 is reported instead of aligned.
 
 Faces are found as ``glae predict`` finds them: the same detectors (``--detector``) and the
-same filter (``FaceFilter``'s default score and size), so a photo whose only detection is a
-doubtful one is reported as having no face instead of aligned around it.
+same filter (``--min-face-score``, ``--min-face-size``, with predict's defaults), so a photo
+whose only detection is a doubtful one is reported as having no face instead of aligned around it.
 
 Resumable: a crop is written to a temporary file and renamed, so it is either complete
 or absent, and a crop that exists is never redone. The settings (source, format, size,
-margin) are written to ``DST/align_report.json`` before the first crop, so a rerun with
-other settings, or another dataset, is refused instead of mixed in. Problems never stop
-the run; each is listed in the report.
+margin, detector and filter) are written to ``DST/align_report.json`` before the first crop,
+so a rerun with other settings, or another dataset, is refused instead of mixed in. Problems
+never stop the run; each is listed in the report.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..data.datasets import DatasetError, load_dataset
 from ..data.images import DECODE_ERRORS, ImageReadError, read_rgb
 from .align import ALIGNED_SIZE, DEFAULT_MARGIN, align_face, reference_points
 from .detector import PHOTO_ERRORS, FaceDetector, build_detector, photo_failure
-from .filtering import FaceFilter
+from .filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE, FaceFilter
 
 REPORT_NAME = "align_report.json"
 
@@ -146,7 +146,9 @@ def align_dataset(
     base = index.root if index.root.is_dir() else index.root.parent
     if destination.resolve() == base.resolve():
         raise ValueError(f"destination {destination} is the dataset folder itself: crops would replace the originals; choose another folder")
-    settings = {"source": str(index.root), "format": format, "size": size, "margin": margin}
+    settings = {"source": str(index.root), "format": format, "size": size, "margin": margin,
+                "detector": detector if isinstance(detector, str) else None,  # None: an object a caller passed
+                "min_face_score": face_filter.min_score, "min_face_size": face_filter.min_size}
     _check_earlier_run(destination, settings)
     destination.mkdir(parents=True, exist_ok=True)
     atomic_write_text(destination / REPORT_NAME, json.dumps(settings, indent=2))
@@ -207,9 +209,12 @@ def _check_earlier_run(destination: Path, settings: dict[str, Any]) -> None:
         return
     try:
         earlier = json.loads(report.read_text())
-        found = {key: earlier[key] for key in settings}
+        found = {key: earlier[key] for key in ("source", "format", "size", "margin")}
         same_source = Path(found["source"]).resolve() == Path(settings["source"]).resolve()
-    except (ValueError, KeyError, TypeError):
+        # Reports from before the filter was recorded were written with its defaults, by an unrecorded detector.
+        found |= {"min_face_score": earlier.get("min_face_score", DEFAULT_MIN_FACE_SCORE),
+                  "min_face_size": earlier.get("min_face_size", DEFAULT_MIN_FACE_SIZE), "detector": earlier.get("detector")}
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ValueError(f"{report} is not a GLAE align report; align into an empty folder") from None
     if not same_source or found["format"] != settings["format"]:
         raise ValueError(
@@ -220,6 +225,12 @@ def _check_earlier_run(destination: Path, settings: dict[str, Any]) -> None:
         raise ValueError(
             f"{destination} holds crops aligned with --size {found['size']} --margin {found['margin']}; "
             "rerun with those, or align into another folder"
+        )
+    same_detector = None in (found["detector"], settings["detector"]) or found["detector"] == settings["detector"]
+    if not same_detector or (found["min_face_score"], found["min_face_size"]) != (settings["min_face_score"], settings["min_face_size"]):
+        raise ValueError(
+            f"{destination} holds crops found with --detector {found['detector'] or '(not recorded)'} --min-face-score "
+            f"{found['min_face_score']} --min-face-size {found['min_face_size']}; rerun with those, or align into another folder"
         )
 
 
