@@ -219,7 +219,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "return float(np.mean(1.0 - np.exp(-((pred - true) ** 2) / (2.0 * sigmas**2))))",
       "return float(1.0 - np.sum(np.exp(-((pred - true) ** 2) / (2.0 * sigmas**2))))", METRICS),
     M("metrics/aar-group-floor", "glae/metrics.py",
-      "np.clip(np.ceil(true / 10.0).astype(np.int64) - 1", "np.clip(np.floor(true / 10.0).astype(np.int64)", METRICS),
+      "np.clip(np.ceil(age_class(true) / 10.0).astype(np.int64) - 1", "np.clip(np.floor(age_class(true) / 10.0).astype(np.int64)", METRICS),
     M("metrics/aar-empty-groups-count-as-zero", "glae/metrics.py",
       "present = np.array([value for value in group_mae.values() if value is not None])",
       "present = np.array([0.0 if value is None else value for value in group_mae.values()])", METRICS),
@@ -332,7 +332,7 @@ MUTANTS: tuple[Mutant, ...] = (
       'self.calibration: IntervalCalibration | None = metadata["calibration"]',
       "self.calibration: IntervalCalibration | None = None", BACKENDS),
     M("backends/torch-always-routes", "glae/inference_backends.py",
-      "return cls(model, routing_mode(info))", 'return cls(model, "routing")', BACKENDS),
+      "return cls(model, routing_mode(info), precision)", 'return cls(model, "routing", precision)', BACKENDS),
     M("backends/export-without-calibration-refused", "glae/inference_backends.py",
       'stored.get(METADATA_PREFIX + "calibration", "null")', 'stored[METADATA_PREFIX + "calibration"]', BACKENDS),
     # --- glae/data/cache.py: never a stale or wrong image for a path --------------------

@@ -333,10 +333,13 @@ def _check_model_out(out: Path, command: str, inputs: Sequence[str | Path | None
     refused as firmly as a file that is no model at all.
     """
     from .checkpoint import read_model_metadata
+    from .estimator import default_model_path
 
     _check_output_file(out, "--out", inputs)
     if not out.exists():
         return
+    if out.resolve() == default_model_path().resolve():
+        raise ValueError(f"--out {out} is the model shipped with GLAE, so it is not replaced; write to a new file")
     try:
         info = read_model_metadata(out)["info"]
     except CheckpointError as error:
@@ -436,7 +439,7 @@ def run_align(args: argparse.Namespace) -> int:
     from .faces.align_dataset import REPORT_NAME, align_dataset
     from .faces.filtering import FaceFilter
 
-    options = PredictOptions.from_arguments(args)
+    options = PredictOptions.from_arguments(args, FACE_FINDING)
     report = align_dataset(
         args.source, args.destination, args.format, args.workers, args.size, options.margin, options.detector,
         show_progress=not args.no_progress, face_filter=FaceFilter(options.min_face_score, options.min_face_size),

@@ -365,6 +365,8 @@ def _run_identity(config: TrainConfig) -> dict[str, Any]:
     for stage in record["stages"]:
         for name in STAGE_FILE_SETTINGS:
             _resolve(stage, name)
+    if isinstance(record["model"]["pretrained"], str):  # a weights file, not True/False
+        _resolve(record["model"], "pretrained")
     return record
 
 

@@ -89,10 +89,10 @@ class PredictOptions:
             )
 
     @classmethod
-    def from_arguments(cls, args: argparse.Namespace) -> "PredictOptions":
-        """The options parsed from the flags ``add_arguments`` made (defaults for the fields it left
-        out); raises on values out of range."""
-        return cls(**{option.name: getattr(args, option.name) for option in fields(cls) if hasattr(args, option.name)})
+    def from_arguments(cls, args: argparse.Namespace, names: tuple[str, ...] | None = None) -> "PredictOptions":
+        """The options parsed from the flags ``add_arguments`` made (for ``names`` only: the
+        others keep their defaults); raises on values out of range."""
+        return cls(**{option.name: getattr(args, option.name) for option in fields(cls) if names is None or option.name in names})
 
 
 FACE_FINDING = ("margin", "min_face_score", "min_face_size", "detector")

@@ -190,7 +190,8 @@ def _manifest(folder: Path, ages: tuple[int, ...] = (30, 40)) -> Path:
     return manifest
 
 
-def test_eval_and_calibrate_never_write_over_their_inputs(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_and_calibrate_never_write_over_their_inputs(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     model = tmp_path / "model.safetensors"
     model.write_bytes(model_file.read_bytes())
     manifest = _manifest(tmp_path / "faces")
@@ -218,6 +219,12 @@ def test_eval_and_calibrate_never_write_over_their_inputs(tmp_path: Path, model_
     calibrated = tmp_path / "calibrated.safetensors"
     for _ in range(2):  # a rerun replaces the command's own earlier output
         assert main(["calibrate", *common, "--split", str(split), "--out", str(calibrated)]) == 0
+    capsys.readouterr()  # the progress bars of the two calibrations
+    shipped = calibrated.read_bytes()  # the shipped model is calibrated too, but it is not this command's to replace
+    monkeypatch.setattr("glae.estimator.default_model_path", lambda: calibrated)
+    assert main(["calibrate", *common, "--split", str(split), "--out", str(calibrated)]) == 2
+    assert f"--out {calibrated} is the model shipped with GLAE, so it is not replaced" in _error(capsys)
+    assert calibrated.read_bytes() == shipped
 
 
 def test_eval_report_without_matplotlib_fails_before_the_evaluation(

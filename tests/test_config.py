@@ -14,6 +14,7 @@ from glae.config import (
     config_from_dict,
     config_to_dict,
     dump_config,
+    identity_changes,
     load_config,
     run_record_from_dict,
 )
@@ -307,3 +308,26 @@ def test_a_stage_list_in_yaml_and_its_short_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("head", "loss"), [("glae", "sum"), ("fr", "base"), ("gap", "base"), ("ordinal", "corn")])
 def test_each_head_brings_its_default_loss(head: str, loss: str) -> None:
     assert load_config(None, [f"model.head={head}"]).training_loss == loss
+
+
+def test_two_runs_are_the_same_experiment_whatever_the_spelling_of_their_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resume compares experiments: a file named two ways is one file, and the speed-only settings may change."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    recorded = load_config(None, ["data.path=data", "stages.0.distill_from=teach.safetensors", "stages.1.init_from=./stage1.safetensors",
+                                  "model.pretrained=w.pth", "data.protocol=lists", "data.train_list=lists/train.txt",
+                                  "data.val_list=lists/val.txt", "data.test_list=lists/test.txt"])
+    respelled = load_config(None, [f"data.path={tmp_path}/data/", f"stages.0.distill_from={tmp_path}/teach.safetensors",
+                                   "stages.1.init_from=stage1.safetensors", "model.pretrained=./w.pth", "data.protocol=lists",
+                                   "data.train_list=./lists/train.txt", "data.val_list=lists//val.txt", "data.test_list=lists/test.txt",
+                                   "checkpoint_every=7", "eval_batch_size=16", "data.num_workers=0"])
+    assert identity_changes(recorded, respelled) == []
+    other = load_config(None, ["data.path=data", "stages.0.distill_from=teach.safetensors", "stages.1.init_from=./stage1.safetensors",
+                               "model.pretrained=w.pth", "data.protocol=lists", "data.train_list=lists/train.txt",
+                               "data.val_list=lists/val.txt", "data.test_list=lists/other.txt", "seed=3"])
+    assert identity_changes(recorded, other) == [
+        f"data.test_list: '{tmp_path}/lists/test.txt' recorded, '{tmp_path}/lists/other.txt' now",
+        "seed: 0 recorded, 3 now",
+    ]
+    assert identity_changes(load_config(None, ["model.pretrained=true"]), load_config(None, ["model.pretrained=false"])) == [
+        "model.pretrained: True recorded, False now"]

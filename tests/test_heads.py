@@ -396,3 +396,15 @@ def test_head_registry_lists_each_head_with_its_losses() -> None:
         create_head("glae", 512, 11, (1, 1), proj_depth="deep")
     with pytest.raises(ValueError, match=r"unknown setting\(s\) model\.head_options\.upscale"):
         create_head("gap", 512, 11, (1, 1), upscale=4)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_every_heads_log_probabilities_are_the_log_of_its_probabilities(name: str) -> None:
+    """Distillation compares a teacher with ``log_probabilities``: a head that defines its own
+    distribution must define its log too, or it would distill against the wrong one."""
+    torch.manual_seed(0)
+    model = AgeModel(ModelConfig(backbone="resnet18", head=name, max_age=10, input_size=32, pretrained=False)).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(3, 3, 32, 32), head="vanilla")
+        probabilities, log_probabilities = model.probabilities(outputs), model.log_probabilities(outputs)
+    torch.testing.assert_close(log_probabilities.exp(), probabilities, atol=1e-6, rtol=1e-5)

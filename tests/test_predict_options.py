@@ -63,8 +63,8 @@ def test_glae_align_takes_the_face_finding_options_and_they_reach_its_aligner(
 
     finding = {name: NOT_DEFAULT[name] for name in FACE_FINDING}
     parser = build_parser()
-    assert PredictOptions.from_arguments(parser.parse_args(["align", "SRC", "DST"])) == PredictOptions()
-    assert PredictOptions.from_arguments(parser.parse_args(["align", "SRC", "DST", *_flags(finding)])) == PredictOptions(**finding)
+    assert PredictOptions.from_arguments(parser.parse_args(["align", "SRC", "DST"]), FACE_FINDING) == PredictOptions()
+    assert PredictOptions.from_arguments(parser.parse_args(["align", "SRC", "DST", *_flags(finding)]), FACE_FINDING) == PredictOptions(**finding)
     with pytest.raises(SystemExit):
         parser.parse_args(["align", "SRC", "DST", "--batch-size", "7"])  # not a face-finding option
     used: list = []
