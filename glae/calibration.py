@@ -2,8 +2,8 @@
 
 A model's raw "90% interval" (the 5% and 95% quantiles of its routed distribution) is
 only as honest as the distribution is calibrated; the first shipped model's covered about
-82% of held-out faces (docs/calibration.md). The calibration GLAE uses is a temperature (``IntervalCalibration``,
-``fit_temperature``), fitted on faces the model never trained on (the validation part):
+82% of held-out faces (docs/calibration.md). The calibration GLAE uses is a temperature
+(``IntervalCalibration``, ``fit_temperature``), fitted on faces the model never trained on (the validation part):
 the distribution is spread until its interval covers 90% of them. Split-conformal
 widening (``conformal_quantile``) was the alternative measured against it
 (``benchmarks/calibration.py``, docs/calibration.md).

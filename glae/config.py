@@ -348,8 +348,9 @@ def dump_settings(settings: dict[str, Any]) -> str:
 EXECUTION_SETTINGS = ("data.num_workers", "data.cache", "data.cache_dir", "checkpoint_every", "eval_batch_size")
 """Settings that change how fast a run goes or how often it saves, not what it learns: a resume may change them."""
 
-FILE_SETTINGS = ("data.path", "data.train_list", "data.val_list", "data.test_list")
-"""Settings naming files, compared as the files they name (``data`` and ``data/`` are one folder)."""
+FILE_SETTINGS = ("data.path", "data.train_list", "data.val_list", "data.test_list", "model.pretrained")
+"""Settings naming files, compared as the files they name (``data`` and ``data/`` are one folder);
+``model.pretrained`` names one only when it is not True or False."""
 STAGE_FILE_SETTINGS = ("init_from", "distill_from")
 
 
@@ -365,8 +366,6 @@ def _run_identity(config: TrainConfig) -> dict[str, Any]:
     for stage in record["stages"]:
         for name in STAGE_FILE_SETTINGS:
             _resolve(stage, name)
-    if isinstance(record["model"]["pretrained"], str):  # a weights file, not True/False
-        _resolve(record["model"], "pretrained")
     return record
 
 
@@ -377,7 +376,7 @@ def _section(record: dict[str, Any], sections: list[str]) -> dict[str, Any]:
 
 
 def _resolve(section: dict[str, Any], name: str) -> None:
-    if section.get(name) is not None:
+    if isinstance(section.get(name), str):
         section[name] = str(Path(section[name]).expanduser().resolve())
 
 
