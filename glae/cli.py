@@ -437,12 +437,11 @@ def run_pair(args: argparse.Namespace) -> int:
 
 def run_align(args: argparse.Namespace) -> int:
     from .faces.align_dataset import REPORT_NAME, align_dataset
-    from .faces.filtering import FaceFilter
 
     options = PredictOptions.from_arguments(args, FACE_FINDING)
     report = align_dataset(
         args.source, args.destination, args.format, args.workers, args.size, options.margin, options.detector,
-        show_progress=not args.no_progress, face_filter=FaceFilter(options.min_face_score, options.min_face_size),
+        show_progress=not args.no_progress, face_filter=options.face_filter,
     )
     counts = report["counts"]
     print(

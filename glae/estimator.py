@@ -30,7 +30,6 @@ from .data.transforms import eval_transform
 from .devices import pick_device
 from .faces.align import ALIGNED_SIZE, align_face
 from .faces.detector import MAX_BATCH_PIXELS, PHOTO_ERRORS, DetectedFace, FaceDetector, build_detector, detect_batch, photo_failure
-from .faces.filtering import FaceFilter
 from .inference_backends import Precision, RoutedPredictor, load_routed_predictor
 from .predict_options import PredictOptions
 
@@ -177,7 +176,7 @@ class AgeEstimator:
         self.predictor = predictor
         self.options = options
         self.transform = eval_transform(predictor.config.input_size, predictor.normalization)
-        self.face_filter = FaceFilter(options.min_face_score, options.min_face_size)
+        self.face_filter = options.face_filter
         self._detector = detector
 
     @classmethod

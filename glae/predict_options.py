@@ -16,7 +16,7 @@ from typing import get_type_hints
 from .config import MAX_BATCH_SIZE, check_device
 from .faces.align import DEFAULT_MARGIN, MAX_MARGIN
 from .faces.detector import DETECTORS
-from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE
+from .faces.filtering import DEFAULT_MIN_FACE_SCORE, DEFAULT_MIN_FACE_SIZE, FaceFilter
 from .inference_backends import PRECISIONS
 
 
@@ -73,6 +73,11 @@ class PredictOptions:
         check_device(self.device)
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def face_filter(self) -> FaceFilter:
+        """Which detections count as faces: ``min_face_score`` and ``min_face_size``."""
+        return FaceFilter(self.min_face_score, self.min_face_size)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
