@@ -1,34 +1,61 @@
 #!/usr/bin/env bash
-# An out-of-fold student to the end (docs/better_model.md, "Session 27" and "Session 30"): wait for
-# the better_model plan to finish the fold runs, label each training face with the fold models that
-# never saw it (glae teach --held-out), train the student through the same plan (its entry reads
+# An out-of-fold student to the end (docs/better_model.md, "Session 27", "Session 30" and "Session 32"):
+# while the better_model plan trains the fold runs, label each finished fold's held-out training faces
+# (glae teach --held-out --partial) into benchmarks/results/better_model/RUN/held_out.safetensors, a
+# small file to commit, so that a lost machine loses no finished fold; then merge the folds' files
+# into the student's targets (glae teach), train the student through the same plan (its entry reads
 # TEACHER), and choose its pair on validation only (benchmarks/pair_select.sh). Resumable: rerun it
 # after a stop. Run it in the background:
-#   nohup bash benchmarks/oof_student.sh lite2_oof runs/better_model/teacher_oof.safetensors oof_fold{0..4} \
-#       > runs/better_model/oof_student.log 2>&1 &
 #   nohup bash benchmarks/oof_student.sh lite2_oof3 runs/better_model/teacher_oof3.safetensors \
 #       oof_fold{0..4} oof_r1_fold{0..4} oof_r2_fold{0..4} > runs/better_model/oof3_student.log 2>&1 &
+# The pair step needs the two partners in runs/better_model (docs/better_model.md, "Setup").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export OMP_WAIT_POLICY=PASSIVE
 student=$1 teacher=$2
 shift 2
-R=runs/better_model
+R=runs/better_model results=benchmarks/results/better_model data=../shared/data/utkface
+split=$R/student_split.json  # the split of every split_seed-0 run of configs/utkface_better.yaml
+if [ ! -f $split ]; then
+    python - "$split" "$data" <<'PY'
+import json, sys
+from glae.config import load_config
+from glae.data import load_dataset
+from glae.train import make_split
+config = load_config("configs/utkface_better.yaml", [])
+index = load_dataset(sys.argv[2], config.data.format, config.data.csv_columns)
+open(sys.argv[1], "w").write(json.dumps(make_split(config, index).to_json(index.root), indent=1))
+PY
+fi
+
+label_finished_folds() {
+    for run in "$@"; do
+        labels=$results/$run/held_out.safetensors
+        if [ ! -f "$labels" ] && [ -f $R/$run/model.safetensors ] && [ -f $R/$run/test_metrics.json ]; then
+            glae teach $R/$run/model.safetensors --held-out --partial --data $data --split $split \
+                --out "$labels" --workers 1
+        fi
+    done
+}
+
 glae plan benchmarks/plans/better_model.yaml  # starts the plan in the background unless it runs already
 sleep 5
-while ! flock -n $R/.plan.lock true; do sleep 60; done  # the plan stops at the student while its teacher file is missing
-models=()
+while ! flock -n $R/.plan.lock true; do  # the plan stops at the student while its teacher file is missing
+    label_finished_folds "$@"
+    sleep 60
+done
+label_finished_folds "$@"
+folds=()
 for run in "$@"; do
-    [ -f $R/$run/model.safetensors ] || { echo "$run did not finish: see $R/plan.log"; exit 1; }
-    models+=("$R/$run/model.safetensors")
+    [ -f $results/$run/held_out.safetensors ] || { echo "$run did not finish: see $R/plan.log"; exit 1; }
+    folds+=("$results/$run/held_out.safetensors")
 done
 if [ ! -f "$teacher" ]; then
-    glae teach "${models[@]}" --held-out --data ../shared/data/utkface \
-        --split $R/lite2_flip12/split.json --out "$teacher" --workers 1
+    glae teach "${folds[@]}" --data $data --split $split --out "$teacher"
 fi
 glae plan benchmarks/plans/better_model.yaml --foreground || true  # its exit status counts failed runs; the check below decides
 [ -f $R/$student/test_metrics.json ] || { echo "$student did not finish: see $R/plan.log"; exit 1; }
 bash benchmarks/pair_select.sh $R/$student/split.json $R/$student/model.safetensors \
     l0=$R/lite0_shipped_before_pair.safetensors l2f=$R/lite2_flip/model.safetensors
-cp benchmarks/results/better_model/pair_select.json benchmarks/results/better_model/pair_select_$student.json
+cp $results/pair_select.json $results/pair_select_$student.json

@@ -92,13 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     teach = commands.add_parser("teach", help="distillation targets: several models' mean distribution of each training face (stages.N.distill_from)")
     teach.add_argument("models", nargs="+", type=Path, metavar="MODEL", help="model files (.safetensors), each trained on the train part of --split only "
-                       "(with --held-out: RUN/model.safetensors of runs with data.train_folds)")
+                       "(with --held-out: RUN/model.safetensors of runs with data.train_folds); an earlier glae teach file counts as one teacher of the faces it holds")
     _add_data_arguments(teach, required=True)
     _add_model_pass_arguments(teach)
     teach.add_argument("--split", type=Path, required=True, help="the split.json whose train part the student will train on")
     teach.add_argument("--out", type=Path, required=True, help="the targets file to write (.safetensors: tensors and image names, no code)")
     teach.add_argument("--held-out", action="store_true", help="each face's target averages only the models that never trained on it "
                        "(their run folder's split.json says which they did); every face needs one")
+    teach.add_argument("--partial", action="store_true", help="write only the faces that have a teacher, e.g. one fold's held-out labels, "
+                       "to merge with the other folds' files by a later glae teach")
 
     align = commands.add_parser("align", help="detect and align every face of a dataset into a folder of the same format")
     align.add_argument("source", metavar="SRC", help="dataset folder or manifest file")
@@ -380,7 +382,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def run_teach(args: argparse.Namespace) -> int:
     from .checkpoint import read_model_metadata
     from .data import Split
-    from .distill import read_teacher_names, save_teacher_targets, teacher_distributions
+    from .distill import eval_faces_digest, is_teacher_file, read_teacher_names, save_teacher_targets, teacher_distributions
 
     _check_model_pass_arguments(args)
     _check_output_file(args.out, "--out", (args.data, args.split, *args.models))
@@ -390,14 +392,17 @@ def run_teach(args: argparse.Namespace) -> int:
         except DatasetError as error:
             raise ValueError(f"--out {args.out} exists and is not a glae teach file, so it is not replaced ({error})") from None
     # The dataset is read once, in the format the first model records: every teacher labels the same faces.
-    samples = _faces(args, read_model_metadata(args.models[0])["info"], "train")
+    models = [path for path in args.models if not is_teacher_file(path)]
+    samples = _faces(args, read_model_metadata(models[0])["info"] if models else {}, "train")
     names = Split(samples).to_json(Path(args.data).expanduser())["train"]
     student = read_split_file(args.split, "--split")
-    probabilities = teacher_distributions(args.models, samples, names, _inference_pass(args), args.held_out,
-                                          {*student.get("val", []), *student.get("test", [])})
-    save_teacher_targets(args.out, names, probabilities, [str(path) for path in args.models])
-    teachers = f"the {len(args.models)} models" + (", each face by those that never trained on it," if args.held_out else "")
-    print(f"wrote the mean distribution of {teachers} for {len(names)} training faces to {args.out}")
+    eval_faces = {*student.get("val", []), *student.get("test", [])}
+    rows, probabilities = teacher_distributions(args.models, samples, names, _inference_pass(args), args.held_out,
+                                                eval_faces, args.partial)
+    save_teacher_targets(args.out, [names[row] for row in rows], probabilities, [str(path) for path in args.models],
+                         eval_faces_digest(eval_faces))
+    teachers = f"the {len(args.models)} teachers" + (", each face by the models that never trained on it," if args.held_out else "")
+    print(f"wrote the mean distribution of {teachers} for {len(rows)} of {len(names)} training faces to {args.out}")
     return 0
 
 

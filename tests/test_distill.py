@@ -203,20 +203,21 @@ def test_held_out_teach_labels_each_face_only_with_models_that_never_trained_on_
             save_model(tmp_path / name / "model.safetensors", AgeModel(first.config), {"balanced_trained": True})
         (tmp_path / name / "split.json").write_text(json.dumps({"train": trained_on, "val": [], "test": []}))
 
-    def teach(models: list[str], student_train: list[str], *extra: str) -> dict[str, torch.Tensor] | int:
+    def teach(models: list[str], student_train: list[str], *extra: str, test: list[str] | None = None) -> dict[str, torch.Tensor] | int:
+        """Run glae teach; a member is a run's name or the path of an earlier teach file."""
         split = tmp_path / "student.json"
-        split.write_text(json.dumps({"train": student_train, "val": [], "test": []}))
+        split.write_text(json.dumps({"train": student_train, "val": [], "test": test or []}))
         out = tmp_path / f"targets_{len(list(tmp_path.glob('targets_*')))}.safetensors"
-        command = ["teach", *(str(tmp_path / m / "model.safetensors") for m in models),
+        command = ["teach", *(m if m.endswith(".safetensors") else str(tmp_path / m / "model.safetensors") for m in models),
                    "--data", str(utkface), "--split", str(split), "--workers", "0", "--out", str(out), *extra]
         code = main(command)
-        return load_file(str(out)) if code == 0 else code
+        return {**load_file(str(out)), "file": out} if code == 0 else code  # type: ignore[dict-item]
 
     student = [faces[0], faces[2], faces[3]]  # 0: unseen by a only; 2 and 3: unseen by both
     alone = {m: teach([m], student) for m in runs}
     capsys.readouterr()
     held_out = teach(["a", "b"], student, "--held-out")
-    assert "the 2 models, each face by those that never trained on it, for 3 training faces" in capsys.readouterr().out
+    assert "the 2 teachers, each face by the models that never trained on it, for 3 of 3 training faces" in capsys.readouterr().out
     assert isinstance(held_out, dict) and all(isinstance(t, dict) for t in alone.values())
     a, b = (alone[m]["probabilities"] for m in ("a", "b"))  # type: ignore[index]
     got = held_out["probabilities"]
@@ -233,6 +234,20 @@ def test_held_out_teach_labels_each_face_only_with_models_that_never_trained_on_
                    "--workers", "0", "--out", str(out), *extra]
         assert main(command) == 2 and not out.exists()
         assert f"trained on 1 of the student's val/test faces, e.g. {faces[0]}" in capsys.readouterr().err
+
+    # Each fold's held-out labels on their own (--partial), merged later without the models, give the same targets.
+    assert teach(["b"], student, "--held-out") == 2  # faces[0]: b trained on it, and no other teacher
+    folds = [teach([m], student, "--held-out", "--partial") for m in ("a", "b")]
+    assert isinstance(folds[0], dict) and isinstance(folds[1], dict)
+    assert len(folds[0]["probabilities"]) == 3 and len(folds[1]["probabilities"]) == 2  # b labels faces 2 and 3 only
+    merged = teach([str(fold["file"]) for fold in folds], student)
+    assert isinstance(merged, dict)
+    torch.testing.assert_close(merged["probabilities"], got)
+    # A fold file checked against other val/test faces may come from a model that trained on this student's.
+    other = teach(["a"], student[1:], "--held-out", "--partial", test=[faces[0]])
+    assert isinstance(other, dict) and teach([str(other["file"])], student[1:]) == 2
+    assert "made for a split with other val/test faces" in capsys.readouterr().err
+
     (tmp_path / "a" / "split.json").unlink()
     assert teach(["a", "b"], student, "--held-out") == 2  # no run folder: which faces it saw is unknown
 
