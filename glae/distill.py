@@ -10,7 +10,7 @@ list of image names relative to the dataset folder, never code.
 
 A teach file may itself be a teacher of a later ``glae teach``: it counts as one member for
 the faces it holds. That is how k-fold targets survive a lost machine: each fold's held-out
-labels (``--held-out --partial``, a few hundred KB) are written as soon as the fold finishes,
+labels (``--held-out --partial``, about a megabyte) are written as soon as the fold finishes,
 and the folds' files are merged at the end without their models.
 """
 
