@@ -275,7 +275,6 @@ MUTANTS: tuple[Mutant, ...] = (
     M("protocols/lt-first-n-not-random", "glae/data/protocols.py",
       'subset += _by_path(random.Random(f"{seed}/{age}").sample(group, per_age))', "subset += group[:per_age]",
       PROTOCOLS),
-    M("protocols/lt-short-ages-always-kept", "glae/data/protocols.py", "elif keep_short_ages:", "else:", PROTOCOLS),
     M("protocols/morph-partial-keeps-everyone", "glae/data/protocols.py",
       'return sample.attributes.get("race", "").strip().lower() in {"w", "white"}', "return True", PROTOCOLS),
     M("protocols/loso-test-leaks-into-train", "glae/data/protocols.py",

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train both stages, then evaluate on the test split")
+    train = commands.add_parser("train", help="train every stage of a config, then evaluate on the test split")
     train.add_argument("--config", help="experiment YAML (configs/); defaults apply when omitted")
     _add_data_arguments(train, required=False)
     train.add_argument("--out", required=True, help="run folder; rerunning the same command resumes it")
@@ -314,7 +314,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("nothing to evaluate: the selected part (or its -LT subset) is empty")
     mode = args.mode or routing_mode(info)
     if mode != "vanilla" and routing_mode(info) == "vanilla":
-        raise ValueError(f"--mode {mode} needs a balanced head trained in stage 2; {checkpoint} has only the vanilla head")
+        raise ValueError(f"--mode {mode} needs a balanced head (trained by a balanced stage); {checkpoint} has only the vanilla head")
     report = evaluate_samples(model, samples, mode, run, routing_mode(info))
     report["checkpoint"] = str(checkpoint)
     report["data"] = str(args.data)

@@ -1,6 +1,6 @@
 """Experiment configuration: typed dataclasses, YAML files, ``key=value`` overrides.
 
-One YAML file describes one experiment (both stages); any field can be changed from the
+One YAML file describes one experiment (all its stages); any field can be changed from the
 command line with ``--set stages.0.epochs=3`` (or its short form ``stage1.epochs=3``). The resolved configuration is saved in the
 run folder, so a run can always be repeated or resumed from its own record.
 """
@@ -111,7 +111,7 @@ class TrainConfig:
             raise ValueError(f"loss {self.loss!r} is not one of {losses}, the losses model.head={self.model.head} trains with")
         if not self.stages:
             raise ValueError("stages is empty: a run needs at least one stage")
-        for index, stage in enumerate(self.stages):
+        for index in range(len(self.stages)):
             _validate_stage(self.stages, index)
         if not 1 <= self.eval_batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"eval_batch_size must be >= 1 and <= {MAX_BATCH_SIZE}, got {self.eval_batch_size}")

@@ -47,7 +47,7 @@ def eval_faces_digest(faces: Collection[str]) -> str:
 
 
 def save_teacher_targets(path: str | Path, names: Sequence[str], probabilities: Tensor, members: Sequence[str],
-                         checked_eval_faces: str = "") -> None:
+                         checked_eval_faces: str) -> None:
     """Write ``probabilities [N, K+1]`` (row ``i`` for the image ``names[i]``) and the member models' names.
 
     ``checked_eval_faces`` is the ``eval_faces_digest`` of the val and test faces no member

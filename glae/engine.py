@@ -1,6 +1,6 @@
 """One epoch of training, one pass of inference, freezing, and distributed helpers.
 
-``glae.train`` strings these together into the two stages; nothing here knows about
+``glae.train`` strings these together into a run's stages; nothing here knows about
 run folders or configs.
 """
 

@@ -13,7 +13,7 @@ A plan is a small YAML file::
 
 ``glae plan PLAN`` starts one background process that trains the runs one after the other
 (``glae train``, which resumes a run from its last checkpoint), copies each run's
-``metrics.jsonl`` into the results folder after every epoch and its ``test_metrics.json``
+``config.yaml`` and ``metrics.jsonl`` into the results folder every 30 s and its ``test_metrics.json``
 when it ends, and keeps ``status.json`` there. Rerunning the command at any time is
 harmless: a lock makes a second runner exit at once, finished runs are skipped, and an
 interrupted one resumes where it stopped, with the numbers an uninterrupted run gives.

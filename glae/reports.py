@@ -64,11 +64,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _modes(report: dict) -> dict[str, dict]:
-    """Every mode's metrics; falls back to the top-level numbers when ``modes`` is missing.
-
-    The fallback lets a report of a model without a balanced head (a single mode)
-    be rendered by the same code path.
-    """
+    """Every mode's metrics; a report without ``modes`` (one built by hand) counts as its top-level mode."""
     return report.get("modes") or {report["mode"]: report}
 
 

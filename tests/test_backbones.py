@@ -52,7 +52,6 @@ def test_feature_map_shape(name: str, size: int, shape: tuple[int, ...]) -> None
     assert isinstance(backbone, Backbone)
     assert tuple(features.shape) == shape
     assert backbone.out_channels == shape[1]
-    assert backbone.reduction == 32
 
 
 def test_channels_last_input_gives_same_features() -> None:

@@ -97,11 +97,13 @@ def test_files_that_are_not_tflite_graphs_are_refused(tmp_path: Path) -> None:
             TFLiteGraph(fake)
 
 
-def test_proposals_find_the_face_mtcnn_finds(detector: MTCNNDetector, astronaut: Image.Image) -> None:
+@pytest.mark.parametrize("model, input_size", [("full_range", 192), ("short_range", 128)])
+def test_proposals_find_the_face_mtcnn_finds(detector: MTCNNDetector, astronaut: Image.Image, model: str, input_size: int) -> None:
+    """Each graph's anchors (strides, anchors per cell) decode to the face: wrong ones put the box elsewhere."""
     (face,) = detector.detect(astronaut)
     wide = Image.new("RGB", (900, 600), (128, 128, 128))
     wide.paste(astronaut, (300, 40))
-    boxes, scores, owners = BlazeFace()([astronaut, wide])
+    boxes, scores, owners = BlazeFace(model, input_size)([astronaut, wide])
     for photo, shift in ((0, 0), (1, 300)):
         best = boxes[owners == photo][scores[owners == photo].argmax()].tolist()
         expected = (face.box[0] + shift, face.box[1] + 40 * photo, face.box[2] + shift, face.box[3] + 40 * photo)

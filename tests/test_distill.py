@@ -28,14 +28,14 @@ def _samples(root: Path, names: list[str]) -> list[AgeSample]:
 
 def test_each_face_gets_its_own_row_whatever_the_files_order(tmp_path: Path) -> None:
     probabilities = torch.eye(3)  # row i is all mass on age i: which row a face got is visible
-    save_teacher_targets(tmp_path / "t.safetensors", ["b.jpg", "sub/a.jpg", "c.jpg"], probabilities, ["m1", "m2"])
+    save_teacher_targets(tmp_path / "t.safetensors", ["b.jpg", "sub/a.jpg", "c.jpg"], probabilities, ["m1", "m2"], "")
     targets = teacher_targets_for(tmp_path / "t.safetensors", _samples(tmp_path, ["sub/a.jpg", "c.jpg", "b.jpg"]), tmp_path, 3)
     assert targets.argmax(1).tolist() == [1, 2, 0]
 
 
 def test_a_file_made_for_other_faces_or_another_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "t.safetensors"
-    save_teacher_targets(path, ["a.jpg", "b.jpg"], torch.full((2, 4), 0.25), ["m"])
+    save_teacher_targets(path, ["a.jpg", "b.jpg"], torch.full((2, 4), 0.25), ["m"], "")
     with pytest.raises(DatasetError, match="no teacher distribution for 1 training images, e.g. c.jpg"):
         teacher_targets_for(path, _samples(tmp_path, ["a.jpg", "c.jpg"]), tmp_path, 4)
     with pytest.raises(DatasetError, match="4 age classes, the model has 117"):

@@ -230,11 +230,6 @@ def test_balanced_subset_exactly_n_per_age_from_test_only() -> None:
     assert balanced_test_subset(list(reversed(test)), per_age=3, seed=2) == subset
 
 
-def test_balanced_subset_keeps_short_ages_when_asked() -> None:
-    subset = balanced_test_subset(_long_tailed(), per_age=4, keep_short_ages=True)
-    assert Counter(round(s.age) for s in subset) == {20: 4, 30: 4, 40: 3, 60: 1}
-
-
 def test_balanced_subset_rejects_zero_per_age() -> None:
     with pytest.raises(ValueError, match="per_age"):
         balanced_test_subset(_long_tailed(), per_age=0)

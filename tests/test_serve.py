@@ -13,6 +13,7 @@ import re
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -167,15 +168,19 @@ def test_pool_refuses_past_capacity_and_frees_slots_when_work_ends() -> None:
     pool = InferencePool(workers=1, queue=1)
     release = threading.Event()
 
+    async def run(function: Callable[[], object]) -> object:
+        with pool.admit() as slot:  # as a route does: a slot first, then the work
+            return await slot.run(function)
+
     async def scenario() -> None:
-        first = asyncio.ensure_future(pool.run(release.wait))
-        second = asyncio.ensure_future(pool.run(release.wait))
+        first = asyncio.ensure_future(run(release.wait))
+        second = asyncio.ensure_future(run(release.wait))
         await asyncio.sleep(0.05)
         with pytest.raises(PoolBusy):
-            await pool.run(release.wait)
+            await run(release.wait)
         release.set()
         assert await first and await second
-        assert await pool.run(lambda: 7) == 7
+        assert await run(lambda: 7) == 7
 
     asyncio.run(scenario())
     pool.shutdown()

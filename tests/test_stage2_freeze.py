@@ -228,7 +228,7 @@ def test_a_backbone_without_layer_grouping_says_so_instead_of_freezing_everythin
 
     def ungrouped(pretrained: bool = False) -> Backbone:
         net = nn.Sequential(nn.Conv2d(3, 256, 3, stride=2), nn.BatchNorm2d(256), nn.Conv2d(256, 256, 3, stride=2))
-        return Backbone(net, out_channels=256, reduction=4, expected_input=IMAGENET_INPUT)
+        return Backbone(net, out_channels=256, expected_input=IMAGENET_INPUT)
 
     monkeypatch.setitem(backbones._REGISTRY, "ungrouped", ungrouped)
     model = AgeModel(ModelConfig(backbone="ungrouped", max_age=10, input_size=32))

@@ -348,13 +348,12 @@ def balanced_test_subset(
     test: Sequence[AgeSample],
     per_age: int,
     seed: int = 0,
-    keep_short_ages: bool = False,
 ) -> list[AgeSample]:
     """The "-LT" test subset: `per_age` images for each integer age, drawn from `test` only.
 
     Each age is drawn with its own seeded generator, so its images do not change when other
-    ages are added or dropped. Ages with fewer than `per_age` images are dropped, or kept
-    whole when `keep_short_ages` is set. The result is sorted by age, then path.
+    ages are added or dropped. Ages with fewer than `per_age` images are dropped, so that every
+    age weighs the same. The result is sorted by age, then path.
 
     Raises:
         ValueError: If `per_age` < 1.
@@ -369,8 +368,6 @@ def balanced_test_subset(
         group = groups[age]
         if len(group) >= per_age:
             subset += _by_path(random.Random(f"{seed}/{age}").sample(group, per_age))
-        elif keep_short_ages:
-            subset += group
     return subset
 
 

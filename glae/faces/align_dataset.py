@@ -254,7 +254,7 @@ def _is_complete_crop(target: Path, size: int) -> bool:
 
 
 def _run(tasks: list[tuple[Path, Path]], workers: int, aligner: Aligner, show_progress: bool) -> list[AlignResult]:
-    """``aligner``'s detector is a name here: each process builds its own detector from it."""
+    """Align ``tasks``; with workers, ``aligner``'s detector is a name, from which each process builds its own."""
     progress: dict[str, Any] = {"total": len(tasks), "desc": "align", "unit": "img", "disable": not show_progress}
     if workers == 0 or not tasks:
         if isinstance(aligner.detector, str):

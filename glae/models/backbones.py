@@ -78,7 +78,6 @@ class Backbone(nn.Module):
         net: The wrapped network, keeping its source library's parameter names
             so that torchvision/timm checkpoints load into it unchanged.
         out_channels: ``C`` of the returned map.
-        reduction: Total stride; the map is ``ceil(H_in / reduction)`` high.
         expected_input: Normalization the architecture's ImageNet weights
             expect; only matters when they are used.
         layer_rules: How ``input_layers`` groups a network that has no timm
@@ -86,14 +85,13 @@ class Backbone(nn.Module):
     """
 
     def __init__(
-        self, net: nn.Module, out_channels: int, reduction: int, expected_input: InputNormalization,
+        self, net: nn.Module, out_channels: int, expected_input: InputNormalization,
         layer_rules: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.layer_rules = layer_rules
         self.out_channels = out_channels
-        self.reduction = reduction
         self.expected_input = expected_input
 
     def forward(self, images: Tensor) -> Tensor:
@@ -154,11 +152,6 @@ def _timm_num_features(model: nn.Module) -> int:
     return cast(int, model.num_features)
 
 
-def _timm_feature_info(model: nn.Module) -> list[dict[str, Any]]:
-    """timm's per-stage ``feature_info`` (``num_chs``, ``reduction``, ``module``)."""
-    return cast("list[dict[str, Any]]", model.feature_info)
-
-
 _REGISTRY: dict[str, Callable[[bool], Backbone]] = {}
 
 
@@ -204,7 +197,7 @@ def _torchvision_resnet(name: str, pretrained: bool) -> Backbone:
         model.load_state_dict(state)
     # Same child names as torchvision, so its checkpoints (minus fc.*) load into `net`.
     net = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if n not in ("avgpool", "fc")))
-    return Backbone(net, out_channels=model.fc.in_features, reduction=32, expected_input=IMAGENET_INPUT, layer_rules=_RESNET_LAYERS)
+    return Backbone(net, out_channels=model.fc.in_features, expected_input=IMAGENET_INPUT, layer_rules=_RESNET_LAYERS)
 
 
 @register_backbone
@@ -270,7 +263,7 @@ def _efficientnet_lite(variant: int, pretrained: bool) -> Backbone:
     else:
         model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, num_classes=0, global_pool="")
     model = _crop_instead_of_pad(model)
-    return _TimmBackbone(model, _timm_num_features(model), _timm_feature_info(model)[-1]["reduction"], TF_INPUT)
+    return _TimmBackbone(model, _timm_num_features(model), TF_INPUT)
 
 
 @register_backbone
@@ -319,8 +312,7 @@ def _timm_backbone(name: str, pretrained: bool) -> Backbone:
     expected = InputNormalization(
         tuple(cfg.get("mean", IMAGENET_INPUT.mean)), tuple(cfg.get("std", IMAGENET_INPUT.std))
     )
-    reduction = _timm_feature_info(model)[-1]["reduction"] if getattr(model, "feature_info", None) else 32
-    return _TimmBackbone(model, _timm_num_features(model), reduction, expected)
+    return _TimmBackbone(model, _timm_num_features(model), expected)
 
 
 # --------------------------------------------------------------------------- factory

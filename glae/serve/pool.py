@@ -43,11 +43,6 @@ class InferencePool:
             raise PoolBusy(f"the server is busy ({self.capacity} requests in progress); retry shortly")
         return Admission(self._executor, self._slots)
 
-    async def run(self, function: Callable[..., T], *args: object) -> T:
-        """``function(*args)`` in a worker thread, admitted first (see ``admit``)."""
-        with self.admit() as slot:
-            return await slot.run(function, *args)
-
     def shutdown(self) -> None:
         """Drop waiting work and let running work finish."""
         self._executor.shutdown(wait=True, cancel_futures=True)
