@@ -194,7 +194,8 @@ def test_a_full_server_refuses_before_reading_the_upload_and_a_dropped_admission
             pool.admit()
     with pool.admit():  # the first one failed (bad upload) without running: its slot came back
         pass
-    assert asyncio.run(pool.run(lambda: 7)) == 7
+    with pool.admit() as slot:
+        assert asyncio.run(slot.run(lambda: 7)) == 7
     pool.shutdown()
 
 
