@@ -8,7 +8,6 @@
 # after a stop. Run it in the background:
 #   nohup bash benchmarks/oof_student.sh lite2_oof3 runs/better_model/teacher_oof3.safetensors \
 #       oof_fold{0..4} oof_r1_fold{0..4} oof_r2_fold{0..4} > runs/better_model/oof3_student.log 2>&1 &
-# The pair step needs the two partners in runs/better_model (docs/better_model.md, "Setup").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -56,6 +55,22 @@ if [ ! -f "$teacher" ]; then
 fi
 glae plan benchmarks/plans/better_model.yaml --foreground || true  # its exit status counts failed runs; the check below decides
 [ -f $R/$student/test_metrics.json ] || { echo "$student did not finish: see $R/plan.log"; exit 1; }
+# The partners, recovered from git where a fresh machine lacks them: the GPU Lite0 as it shipped alone
+# (fd38efc), and lite2_flip as the second member of the pair shipped since session 24 (3b19d78).
+if [ ! -f $R/lite0_shipped_before_pair.safetensors ]; then
+    git show fd38efc:glae/weights/glae_utkface.safetensors > $R/lite0.partial && mv $R/lite0.partial $R/lite0_shipped_before_pair.safetensors
+fi
+if [ ! -f $R/lite2_flip/model.safetensors ]; then
+    mkdir -p $R/lite2_flip
+    git show 3b19d78:glae/weights/glae_utkface.safetensors > $R/pair.partial
+    python - $R/pair.partial $R/lite2_flip/model.safetensors <<'PY'
+import sys
+from glae.checkpoint import load_model, save_model
+pair, info = load_model(sys.argv[1])
+save_model(sys.argv[2], pair.second, {key: value for key, value in info["pair_of"][1].items() if key != "file"})
+PY
+    rm $R/pair.partial
+fi
 bash benchmarks/pair_select.sh $R/$student/split.json $R/$student/model.safetensors \
     l0=$R/lite0_shipped_before_pair.safetensors l2f=$R/lite2_flip/model.safetensors
 cp $results/pair_select.json $results/pair_select_$student.json
