@@ -401,7 +401,8 @@ def run_teach(args: argparse.Namespace) -> int:
                                                 eval_faces, args.partial)
     save_teacher_targets(args.out, [names[row] for row in rows], probabilities, [str(path) for path in args.models],
                          eval_faces_digest(eval_faces))
-    teachers = f"the {len(args.models)} teachers" + (", each face by the models that never trained on it," if args.held_out else "")
+    count = len(args.models)
+    teachers = f"the {count} teacher{'s' if count > 1 else ''}" + (", each face by the models that never trained on it," if args.held_out else "")
     print(f"wrote the mean distribution of {teachers} for {len(rows)} of {len(names)} training faces to {args.out}")
     return 0
 
