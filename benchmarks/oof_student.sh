@@ -6,7 +6,7 @@
 # into the student's targets (glae teach), train the student through the same plan (its entry reads
 # TEACHER), and choose its pair on validation only (benchmarks/pair_select.sh). Resumable: rerun it
 # after a stop. Run it in the background:
-#   nohup bash benchmarks/oof_student.sh lite2_oof3 runs/better_model/teacher_oof3.safetensors \
+#   mkdir -p runs/better_model && nohup bash benchmarks/oof_student.sh lite2_oof3 runs/better_model/teacher_oof3.safetensors \
 #       oof_fold{0..4} oof_r1_fold{0..4} oof_r2_fold{0..4} > runs/better_model/oof3_student.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ export OMP_WAIT_POLICY=PASSIVE
 student=$1 teacher=$2
 shift 2
 R=runs/better_model results=benchmarks/results/better_model data=../shared/data/utkface
+mkdir -p $R
 split=$R/student_split.json  # the split of every split_seed-0 run of configs/utkface_better.yaml
 if [ ! -f $split ]; then
     python - "$split" "$data" <<'PY'
