@@ -22,10 +22,11 @@ if [ ! -f $split ]; then
 import json, sys
 from glae.config import load_config
 from glae.data import load_dataset
+from glae.fileio import atomic_write_text
 from glae.train import make_split
 config = load_config("configs/utkface_better.yaml", [])
 index = load_dataset(sys.argv[2], config.data.format, config.data.csv_columns)
-open(sys.argv[1], "w").write(json.dumps(make_split(config, index).to_json(index.root), indent=1))
+atomic_write_text(sys.argv[1], json.dumps(make_split(config, index).to_json(index.root), indent=1))
 PY
 fi
 
