@@ -82,9 +82,10 @@ def teacher_distributions(
     """
     counts = torch.zeros(len(samples))
     total: Tensor | None = None
+    eval_digest = eval_faces_digest(student_eval_faces)
     for path in members:
         if is_teacher_file(path):
-            rows, mean = _rows_of_teach_file(path, names, eval_faces_digest(student_eval_faces))
+            rows, mean = _rows_of_teach_file(path, names, eval_digest)
         else:
             rows, mean = _rows_of_model(path, samples, names, run, held_out, student_eval_faces)
         if total is None:
