@@ -4,9 +4,9 @@ The path of one photo, top to bottom: ``read_rgb`` (decode upright RGB) -> the f
 detector that ``--detector`` names (``glae.faces.detector.DETECTORS``: MTCNN, or BlazeFace's
 proposals checked by MTCNN's last nets; boxes and five landmarks) -> five-point alignment onto the training
 framing -> ``eval_transform`` -> a ``RoutedPredictor`` (``AgeModel.predict_views`` on the
-image and its flip through both heads, then ``route``: Adaptive Routing, in PyTorch or in
-an exported ONNX graph) -> expectation and a 90% interval of the chosen head's
-distribution. Photos are detected in batches (``glae.faces.detector.detect_batch``), their faces
+image and its flip through its heads (both, once stage 2 trained the balanced one), then
+``route``: Adaptive Routing, in PyTorch or in an exported ONNX graph) -> expectation and a
+90% interval of the chosen head's distribution. Photos are detected in batches (``glae.faces.detector.detect_batch``), their faces
 go through the model in batches; a photo that cannot be read gets an error of its own
 and never stops the others.
 """
@@ -98,8 +98,8 @@ class ImagePrediction:
     faces: list[FaceAge]
     error: str | None = None
 
-    def to_dict(self, distribution: bool = False) -> dict[str, Any]:
-        return {"file": self.file, "faces": [face.to_dict(distribution) for face in self.faces], "error": self.error}
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "faces": [face.to_dict() for face in self.faces], "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ class AgeEstimator:
             return _Prepared(file, [], [], (0, 0), faces)
         try:
             crops = [image if face is None else align_face(image, face.landmarks, ALIGNED_SIZE, self.options.margin) for face in faces]
-        except ValueError as error:  # landmarks that fix no similarity transform
+        except ValueError as error:  # landmarks the warp cannot use: NaN (numpy's LinAlgError) or a wrong shape
             return _Prepared(file, [], [], (0, 0), str(error))
         return _Prepared(file, list(faces), crops, image.size)
 

@@ -95,9 +95,9 @@ def expand_image_paths(patterns: Iterable[str | os.PathLike], skip_folder: Path 
 
     An existing file or folder is taken as it is, even when its name looks like a glob
     (``photo[1].jpg``); an argument that matches nothing is kept as it is, so it is
-    reported as "file not found" instead of vanishing. A folder search leaves out
-    ``skip_folder`` inside it (where ``glae predict --annotate`` writes), so a rerun does
-    not take its own earlier copies for photos.
+    reported as "file not found" instead of vanishing. Folder searches and globs leave out
+    ``skip_folder`` (where ``glae predict --annotate`` writes), so a rerun does not take its
+    own earlier copies for photos; a file or folder named literally is still taken.
     """
     skipped = skip_folder.resolve() if skip_folder is not None else None
     paths: list[Path] = []
@@ -106,13 +106,18 @@ def expand_image_paths(patterns: Iterable[str | os.PathLike], skip_folder: Path 
         matches = [pattern] if literal else sorted(glob.glob(pattern, recursive=True))
         found: list[Path] = []
         for match in map(Path, matches or [pattern]):
+            skip = None if literal and match.resolve() == skipped else skipped  # a folder asked for by name is searched
             if match.is_dir():
-                skip = skipped if skipped != match.resolve() else None  # a folder asked for by name is searched
                 found += sorted(
                     p for p in match.rglob("*")
-                    if p.is_file() and p.suffix.lower() in image_extensions() and (skip is None or skip not in p.resolve().parents)
+                    if p.is_file() and p.suffix.lower() in image_extensions() and not _inside(p, skip)
                 )
-            else:
+            elif literal or not _inside(match, skip):
                 found.append(match)
         paths += dict.fromkeys(found)  # ``d/**`` matches d, its subfolders and their files: each photo once
     return paths
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    """Whether ``path`` lies somewhere under ``folder`` (never, for None)."""
+    return folder is not None and folder in path.resolve().parents

@@ -149,7 +149,8 @@ class Summary:
         self.faces += len(prediction.faces)
         self.with_faces += bool(prediction.faces)
         if prediction.error:
-            self.errors.append(printable(str(prediction.error)))
+            error, file = str(prediction.error), prediction.file
+            self.errors.append(printable(error if file is None or error.startswith(file) else f"{file}: {error}"))
         elif not prediction.faces:
             self.no_face += 1
 

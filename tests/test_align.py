@@ -54,3 +54,22 @@ def test_similarity_transform_recovers_a_known_one() -> None:
 def test_similarity_transform_rejects_coinciding_points() -> None:
     with pytest.raises(ValueError, match="coincide"):
         similarity_transform(np.ones((5, 2)), reference_points(112))
+
+
+def _warp_without_shrinking(photo: Image.Image, landmarks: np.ndarray, size: int) -> np.ndarray:
+    inverse = similarity_transform(reference_points(size), landmarks)
+    return np.asarray(photo.transform((size, size), Image.Transform.AFFINE, inverse.ravel().tolist(), Image.Resampling.BILINEAR), float)
+
+
+def test_a_large_face_is_shrunk_without_aliasing_and_lands_where_it_would() -> None:
+    """A face almost six times the crop's size: pixel-fine texture averages out, and the framing stays exact."""
+    size, side = 112, 1600
+    landmarks = reference_points(size) * 5.7 + 200.3  # the face spans about 640 px of the photo
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+    bare = _warp_without_shrinking(noise, landmarks, size)  # 2x2 photo pixels per crop pixel: the noise survives
+    crop = np.asarray(align_face(noise, landmarks, size), float)
+    assert bare.std() > 40 and crop.std() < bare.std() / 4 and abs(crop.mean() - 127.5) < 3
+    # On a smooth photo, shrinking first changes nothing but rounding: the face lands on the same pixels.
+    y, x = np.mgrid[0:side, 0:side]
+    smooth = Image.fromarray(np.stack([x * 255 // side, y * 255 // side, (x + y) * 255 // (2 * side)], -1).astype(np.uint8))
+    assert np.abs(np.asarray(align_face(smooth, landmarks, size), float) - _warp_without_shrinking(smooth, landmarks, size)).max() <= 2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from glae.cli import main
@@ -359,6 +360,8 @@ class _FailsOnOne:
     "error, reason",
     [(MemoryError(), r"out of memory detecting faces in this \d+x\d+ photo; try a smaller copy"),
      (RuntimeError("DefaultCPUAllocator: can't allocate memory"), r"out of memory detecting faces in this 200x200 photo; try a smaller copy"),
+     (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+      r"out of memory detecting faces in this 200x200 photo; try a smaller copy"),
      (ValueError("landmarks fix no similarity transform"), r"landmarks fix no similarity transform")],
 )
 def test_a_photo_that_makes_detection_fail_is_reported_and_the_rest_aligned(

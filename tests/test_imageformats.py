@@ -117,3 +117,9 @@ def test_a_folder_search_leaves_out_the_annotate_folder_inside_it(tmp_path: Path
     assert expand_image_paths([photos]) == [photos / "annotated" / "me.jpg", photos / "me.jpg"]
     # A file named on the command line is still taken, wherever it is.
     assert expand_image_paths([photos / "annotated" / "me.jpg"], skip_folder=photos / "annotated") == [photos / "annotated" / "me.jpg"]
+    # Globs leave it out too, whether they match its files or the folder itself: a rerun of
+    # glae predict 'photos/*' --annotate photos/annotated must not find its own copies.
+    for pattern in ("*", "**", "**/*.jpg"):
+        assert expand_image_paths([str(photos / pattern)], skip_folder=photos / "annotated") == [photos / "me.jpg"], pattern
+    # The folder itself, named literally, is searched.
+    assert expand_image_paths([photos / "annotated"], skip_folder=photos / "annotated") == [photos / "annotated" / "me.jpg"]

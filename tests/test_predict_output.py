@@ -20,7 +20,7 @@ from PIL import Image
 from glae import fileio
 from glae.cli import main
 from glae.estimator import ImagePrediction
-from glae.predict_output import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, TableOutput, place_labels, write_predictions
+from glae.predict_output import AnnotatedCopies, CsvOutput, JsonLinesOutput, JsonOutput, Summary, TableOutput, place_labels, write_predictions
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -58,6 +58,16 @@ def test_results_are_printed_as_each_photo_is_done(capsys: pytest.CaptureFixture
     assert [json.loads(out) for out in printed_before_next] == [p.to_dict() for p in predictions]
     assert summary.line() == "2 file(s): 0 face(s) in 0, 1 without a face, 1 skipped (b.jpg: empty file)"
     assert summary.any_read
+
+
+
+def test_the_closing_line_names_each_skipped_photo() -> None:
+    summary = Summary()
+    for prediction in (ImagePrediction("a.jpg", [], "a.jpg: empty file"),  # a read error names its file already
+                       ImagePrediction("b.jpg", [], "out of memory detecting faces in this 9000x5000 photo; try a smaller copy")):
+        summary.add(prediction)
+    assert summary.line() == ("2 file(s): 0 face(s) in 0, 0 without a face, 2 skipped (a.jpg: empty file; "
+                              "b.jpg: out of memory detecting faces in this 9000x5000 photo; try a smaller copy)")
 
 
 def test_json_array_is_valid_however_many_records(capsys: pytest.CaptureFixture[str]) -> None:

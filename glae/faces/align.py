@@ -74,9 +74,14 @@ def align_face(
 ) -> Image.Image:
     """The ``size`` x ``size`` crop of ``image`` whose five ``landmarks`` land on the template.
 
-    Pixels outside the photo are black. Bilinear resampling, as in training crops.
+    Pixels outside the photo are black. The warp reads 2x2 photo pixels per crop pixel, so a
+    face at least twice the crop's size is first shrunk by whole-pixel box averaging: the model
+    learned from crops shrunk with antialiasing, not from the aliased texture of a phone photo.
     """
     # PIL maps each output pixel back into the input, so solve template -> photo directly.
     inverse = similarity_transform(reference_points(size, margin), landmarks)
+    shrink = int(np.sqrt(abs(np.linalg.det(inverse[:, :2]))))  # photo pixels per crop pixel, rounded down
+    if shrink >= 2:  # Image.reduce maps photo coordinate x to x / shrink exactly, so the warp divides by it
+        image, inverse = image.reduce(shrink), inverse / shrink
     return image.transform((size, size), Image.Transform.AFFINE, inverse.ravel().tolist(), Image.Resampling.BILINEAR)
 

@@ -84,8 +84,12 @@ def photo_failure(error: Exception, image: Image.Image) -> str | None:
 
 
 def out_of_memory(error: RuntimeError) -> bool:
-    """Whether torch ran out of memory: CUDA's ``OutOfMemoryError``, or the CPU allocator's plain RuntimeError."""
-    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
+    """Whether torch ran out of memory: CUDA's ``OutOfMemoryError``, or the CPU allocator's plain RuntimeError.
+
+    ``torch.cuda.OutOfMemoryError`` exists since torch 1.13; from 2.5 it is ``torch.OutOfMemoryError``,
+    which every accelerator raises, so the check works on every torch that pyproject allows.
+    """
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def largest_first(faces: list[DetectedFace]) -> list[DetectedFace]:
