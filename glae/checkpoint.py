@@ -31,6 +31,7 @@ from torch import nn
 from . import __version__
 from .calibration import IntervalCalibration
 from .devices import unwrap
+from .errors import MissingExtraError
 from .fileio import atomic_write, atomic_write_bytes
 from .models.backbones import InputNormalization
 from .models.glae import PAPER_INPUT, AgeModel, ModelConfig
@@ -177,8 +178,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path}: cannot read its weights ({error}); the file is damaged") from None
     reference = model.state_dict()
-    model.load_state_dict({name: tensor.to(reference[name].dtype) for name, tensor in state.items()})  # names and shapes checked above
-    _check_finite(path, state)
+    state = {name: tensor.to(reference[name].dtype) for name, tensor in state.items()}  # names and shapes checked above
+    _check_finite(path, state)  # after the cast: a float8 weight has no isfinite of its own
+    model.load_state_dict(state)
     model.calibration = record["calibration"]
     return model.to(device).eval(), record["info"]
 
@@ -191,8 +193,10 @@ def _build(path: Path, record: dict[str, Any], device: torch.device) -> Inferenc
         for network in networks:
             network.normalization = record["input"]  # what it was trained with, not what a rebuild without weights would pick
         return networks[0] if len(networks) == 1 else ModelPair(*networks)
-    except (ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: its model settings do not build a network ({error})") from None
+    except MissingExtraError:
+        raise
+    except Exception as error:  # the metadata is the file's: any backbone it names may refuse it in its own way
+        raise CheckpointError(f"{path}: its model settings do not build a network ({type(error).__name__}: {error})") from None
 
 
 def _check_shapes_match_file(path: Path, skeleton: nn.Module) -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 # Pillow identifies these but decodes them only with handlers or programs GLAE never
 # installs (Ghostscript, scientific-data handlers) or not at all (MPEG headers).
 UNDECODABLE = frozenset({"BUFR", "EPS", "GRIB", "HDF5", "MPEG", "WMF"})
+HEADER_PROBE_BYTES = 64 * 1024  # far more than the header of any format without a signature
 
 
 @cache
@@ -58,7 +59,9 @@ def image_format(data: bytes) -> str | None:
     Formats with a signature are judged by the test Pillow itself runs on a file's first
     16 bytes (so a truncated photo is still recognised, then refused as corrupt by the
     decoder). Formats without one (TGA, IM, SPIDER...) are judged as ``Image.open`` judges
-    them, by parsing their header, so every format in ``decodable_formats()`` is taken.
+    them, by parsing their header, so every format in ``decodable_formats()`` is taken; only
+    the first ``HEADER_PROBE_BYTES`` are parsed, since some plugins read text of any size
+    line by line (seconds for a 10 MB upload, on the server's event loop).
     """
     register_openers()
     prefix = data[:16]
@@ -76,7 +79,8 @@ def image_format(data: bytes) -> str | None:
             continue
         if claimed and not isinstance(claimed, str):  # a str is Pillow's reason to refuse
             return name
-    return next((name for name in headerless if _header_parses(data, name)), None)
+    probe = data[:HEADER_PROBE_BYTES]
+    return next((name for name in headerless if _header_parses(probe, name)), None)
 
 
 def _header_parses(data: bytes, name: str) -> bool:

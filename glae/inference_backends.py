@@ -116,7 +116,7 @@ class OnnxRoutedPredictor:
         if METADATA_PREFIX + "model" not in stored:
             raise CheckpointError(f"{path} is an ONNX model but not one written by glae export (no '{METADATA_PREFIX}model' metadata)")
         metadata = _checked_metadata(path, stored)
-        _check_graph_names(path, session)
+        _check_graph_signature(path, session, metadata)
         _check_finite_weights(path)
         return cls(session, metadata)
 
@@ -199,9 +199,9 @@ def _checked_calibration(text: str, fail: Callable[[str, str], CheckpointError])
         raise fail("calibration", f"is invalid ({error})") from None
 
 
-def _check_graph_names(path: str | os.PathLike, session: Any) -> None:
-    """Refuse a graph whose inputs or outputs are not the ones ``glae export`` writes, at load
-    rather than as an onnxruntime traceback at the first face."""
+def _check_graph_signature(path: str | os.PathLike, session: Any, metadata: dict[str, Any]) -> None:
+    """Refuse a graph whose inputs or outputs are not the ones ``glae export`` writes for this
+    metadata, at load rather than as an onnxruntime traceback at the first face."""
     inputs = [node.name for node in session.get_inputs()]
     outputs = [node.name for node in session.get_outputs()]
     if inputs != [INPUT_NAME] or outputs[: len(ROUTED_OUTPUTS)] != list(ROUTED_OUTPUTS):
@@ -209,6 +209,14 @@ def _check_graph_names(path: str | os.PathLike, session: Any) -> None:
             f"{path}: graph inputs {inputs} and outputs {outputs} are not glae export's "
             f"([{INPUT_NAME!r}] -> {list(ROUTED_OUTPUTS)}, ...); export the model again with glae export"
         )
+    size, classes = metadata["input_size"], metadata["max_age"] + 1
+    expected = {INPUT_NAME: [3, size, size], "probs": [classes]}  # after the batch dimension
+    for node in [*session.get_inputs(), *session.get_outputs()]:
+        if node.name in expected:
+            shape, wanted = list(node.shape), expected[node.name]
+            if len(shape) != len(wanted) + 1 or any(isinstance(got, int) and got != want for got, want in zip(shape[1:], wanted)):
+                raise CheckpointError(f"{path}: graph {node.name!r} has shape {shape}, but its metadata says [batch, "
+                                      f"{', '.join(map(str, wanted))}]; export the model again with glae export")
 
 
 def _check_finite_weights(path: str | os.PathLike) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import re
 import os
 import subprocess
 import sys
@@ -319,6 +320,31 @@ def test_nan_weights_are_refused_when_loading(tmp_path: Path, model: AgeModel) -
     save_model(tmp_path / "nan.safetensors", diverged)
     with pytest.raises(CheckpointError, match=r"nan\.safetensors: weight heads\.balanced\..* holds NaN or infinity.*retrain"):
         load_model(tmp_path / "nan.safetensors")
+
+
+def test_a_nan_in_a_float8_weight_is_refused_in_one_line(tmp_path: Path, model: AgeModel) -> None:
+    """float8 has no isfinite of its own: the check must still read a NaN stored that way."""
+    from safetensors import safe_open
+
+    save_model(tmp_path / "good.safetensors", model)
+    with safe_open(str(tmp_path / "good.safetensors"), framework="pt") as handle:
+        tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+    name = next(k for k in tensors if k.startswith("heads.balanced.") and tensors[k].is_floating_point())
+    weight = tensors[name].float()
+    weight.view(-1)[0] = float("nan")
+    tensors[name] = weight.to(torch.float8_e4m3fn)
+    save_file(tensors, str(tmp_path / "f8.safetensors"), metadata=metadata)
+    with pytest.raises(CheckpointError, match=rf"f8\.safetensors: weight {re.escape(name)} holds NaN or infinity"):
+        load_model(tmp_path / "f8.safetensors")
+
+
+def test_a_backbone_that_refuses_the_files_settings_is_one_line(tmp_path: Path) -> None:
+    """timm's models refuse settings in their own ways (here an AssertionError): still one line naming the file."""
+    path = tmp_path / "odd.safetensors"
+    record = {"model": {"backbone": "efficientvit_b0", "input_size": 64}, "info": {}}
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"glae": json.dumps(record)})
+    with pytest.raises(CheckpointError, match=r"odd\.safetensors: its model settings do not build a network \(AssertionError: "):
+        load_model(path)
 
 
 def test_refused_pickle_never_suggests_weights_only_false(tmp_path: Path) -> None:

@@ -121,11 +121,11 @@ def test_missing_files_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFi
         OnnxRoutedPredictor.load(tmp_path / "out.onnx")
 
 
-def _identity_graph(path: Path, metadata: dict[str, str], inputs: list[str], outputs: list[str]) -> Path:
+def _identity_graph(path: Path, metadata: dict[str, str], inputs: list[str], outputs: list[str], size: int = 64) -> Path:
     """A tiny ONNX file with glae's metadata but the given graph inputs and outputs (each output a copy of the first input)."""
     from onnx import TensorProto, helper
 
-    tensors = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, 64, 64]) for name in inputs + outputs]
+    tensors = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3, size, size]) for name in inputs + outputs]
     nodes = [helper.make_node("Identity", [inputs[0]], [name]) for name in outputs]
     graph = helper.make_graph(nodes, "foreign", tensors[: len(inputs)], tensors[len(inputs) :])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)], ir_version=10)
@@ -149,12 +149,18 @@ def test_graph_that_glae_export_did_not_write_is_refused_at_load(
     assert "\n" not in str(caught.value)
 
 
-def test_missing_onnx_package_is_a_missing_extra_error(routed_model: AgeModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_graph_of_another_input_size_than_its_metadata_is_refused_at_load(routed_model: AgeModel, tmp_path: Path) -> None:
+    """glae's names on a 32 px graph whose metadata says 64 px: refused at load, not failed at every face."""
     metadata = onnx_metadata(routed_model, "routing", {"balanced_trained": True})
-    path = _identity_graph(tmp_path / "model.onnx", metadata, ["images"], [*ROUTED_OUTPUTS, "vanilla_probs", "balanced_probs"])
+    path = _identity_graph(tmp_path / "resized.onnx", metadata, ["images"], list(ROUTED_OUTPUTS), size=32)
+    with pytest.raises(CheckpointError, match=r"resized\.onnx: graph 'images' has shape \['batch', 3, 32, 32\], but its metadata says \[batch, 3, 64, 64\]"):
+        OnnxRoutedPredictor.load(path)
+
+
+def test_missing_onnx_package_is_a_missing_extra_error(exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails as if not installed
     with pytest.raises(MissingExtraError, match=r"pip install 'glae\[onnx\]'"):
-        OnnxRoutedPredictor.load(path)
+        OnnxRoutedPredictor.load(exported[1])
 
 
 def test_glae_predict_runs_on_the_onnx_file(exported: tuple[Path, Path], utkface: Path, capsys) -> None:

@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 
 from glae.data import load_dataset
 from glae.data.images import read_rgb
-from glae.imageformats import expand_image_paths, image_extensions, image_format, register_openers
+from glae.imageformats import HEADER_PROBE_BYTES, expand_image_paths, image_extensions, image_format, register_openers
 
 
 def test_formats_are_judged_by_the_bytes() -> None:
@@ -24,8 +24,8 @@ def test_formats_are_judged_by_the_bytes() -> None:
         assert image_format(encoded.getvalue()) == format
     for format, mode in [("TGA", "RGB"), ("IM", "RGB"), ("SPIDER", "F")]:  # no signature test: judged by their header
         encoded = io.BytesIO()
-        image.convert(mode).save(encoded, format=format)
-        assert image_format(encoded.getvalue()) is not None, format
+        image.convert(mode).resize((300, 300)).save(encoded, format=format)  # larger than the header probe
+        assert len(encoded.getvalue()) > HEADER_PROBE_BYTES and image_format(encoded.getvalue()) is not None, format
     assert image_format(b"%PDF-1.7") is None and image_format(b"") is None
     assert image_format(b"just some text, whatever the name says\n" * 20) is None
     assert {".jpg", ".png", ".webp", ".avif"} <= image_extensions() and ".pdf" not in image_extensions()

@@ -274,6 +274,56 @@ def test_connections_that_never_finish_their_headers_are_bounded(model_file: Pat
         thread.join(timeout=20)
 
 
+def _read_response(sock) -> bytes:
+    """One HTTP response (headers and its content-length body) from a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096) or pytest.fail(f"connection closed after {data!r}")
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+    while len(body) < length:
+        body += sock.recv(4096) or pytest.fail("connection closed mid-body")
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_keep_alive_connection_stays_open_after_an_answer_near_a_deadline_tick(model_file: Path, utk_crops: list[Path]) -> None:
+    """An upload spanning the header deadline's first tick, answered just before the next: the
+    idle time counts from the answer, so the client's next request on the connection is served."""
+    import socket
+
+    import uvicorn
+
+    from glae.serve.app import create_app
+    from glae.serve.server import server_config
+
+    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), _FakeDetector([]))
+    settings = ServeSettings(header_timeout_s=1.0)
+    port = free_port()
+    server = uvicorn.Server(server_config(create_app(estimator, settings, "tiny"), settings, "127.0.0.1", port, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    boundary = "glae-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n").encode() + utk_crops[0].read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(10)
+            sock.sendall(head + body[:20])  # the request runs from here: the tick at 1 s lets it be
+            time.sleep(1.85)
+            sock.sendall(body[20:])
+            assert _read_response(sock).startswith(b"HTTP/1.1 200")  # about 0.1 s before the tick at 2 s
+            time.sleep(0.3)  # past that tick, well within the deadline counted from the answer
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_response(sock).startswith(b"HTTP/1.1 200")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
 def test_port_out_of_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--port", "70000", "--model", "/nonexistent.safetensors"]) == 2
     err = capsys.readouterr().err

@@ -1,7 +1,7 @@
 """The web app: the page, ``POST /api/predict`` and ``GET /health``.
 
-Every refusal is ``{"error": message}`` with its status (400, 404, 413, 415, 422, 503,
-504, and 500 for a bug, logged here, never sent); the model is loaded before the app
+Every refusal is ``{"error": message}`` with its status (400, 404, 405, 413, 415, 422,
+503, 504, and 500 for a bug, logged here, never sent); the model is loaded before the app
 exists and is shared by the worker threads.
 """
 

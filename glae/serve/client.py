@@ -81,10 +81,12 @@ class LocalServer:
             try:
                 if get_json(self.url + "/health", timeout=2)[0] == 200:
                     return self
-            except OSError:
-                time.sleep(0.2)
-        self.__exit__()
-        raise RuntimeError(f"glae serve did not answer /health within {self.startup_timeout:g} s")
+            except (OSError, ValueError):  # not up yet, or something else answers on the port
+                pass
+            time.sleep(0.2)
+        log = self.log()
+        self.__exit__()  # ``with`` never calls it when __enter__ raises
+        raise RuntimeError(f"glae serve did not answer /health within {self.startup_timeout:g} s:\n{log}")
 
     def __exit__(self, *_: object) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -25,8 +25,8 @@ def _busy_response(limit: int) -> bytes:
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol plus a header deadline and a connection cap (set by ``guarded_protocol``)."""
 
-    max_connections = 100
-    header_timeout_s = 10.0
+    max_connections: int
+    header_timeout_s: float
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -36,6 +36,13 @@ class GuardedH11Protocol(H11Protocol):
             transport.close()
             return
         self._arm(None)
+
+    def on_response_complete(self) -> None:
+        """Count the idle deadline from this answer, not from a timer tick that may come a moment later."""
+        super().on_response_complete()
+        if self._deadline is not None and not self.transport.is_closing():
+            self._deadline.cancel()
+            self._arm(self.cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:

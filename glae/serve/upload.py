@@ -27,8 +27,9 @@ async def read_image_upload(request: Request, max_bytes: int) -> bytes:
     """The bytes of the ``file`` field, once they are known to start like an image.
 
     Raises:
-        ApiError: 413 over ``max_bytes``, 400 without a ``file`` field or not multipart,
-            415 when the bytes are no supported image format (whatever the filename says).
+        ApiError: 413 over ``max_bytes``; 400 without a ``file`` field, not multipart, or
+            when the client disconnects mid-upload; 422 for an empty file; 415 when the
+            bytes are no supported image format (whatever the filename says).
     """
     limit = max_bytes + MULTIPART_OVERHEAD
     declared = request.headers.get("content-length", "")
