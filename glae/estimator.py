@@ -6,9 +6,9 @@ proposals checked by MTCNN's last nets; boxes and five landmarks) -> five-point 
 framing -> ``eval_transform`` -> a ``RoutedPredictor`` (``AgeModel.predict_views`` on the
 image and its flip through its heads (both, once stage 2 trained the balanced one), then
 ``route``: Adaptive Routing, in PyTorch or in an exported ONNX graph) -> expectation and a
-90% interval of the chosen head's distribution. Photos are detected in batches (``glae.faces.detector.detect_batch``), their faces
-go through the model in batches; a photo that cannot be read gets an error of its own
-and never stops the others.
+90% interval of the chosen head's distribution. Photos are detected in batches
+(``glae.faces.detector.detect_batch``), their faces go through the model in batches; a
+photo that cannot be read gets an error of its own and never stops the others.
 """
 
 from __future__ import annotations

@@ -37,9 +37,9 @@ def predict_upload(estimator: AgeEstimator, data: bytes, max_pixels: int, max_fa
     """``{"faces", "width", "height", "faces_found", "elapsed_ms"}`` for the bytes of one image.
 
     ``faces`` holds at most ``max_faces`` records (the largest faces), each with its full
-    ``distribution`` and its box clipped to the image; ``faces_found`` says how many passed the face filter
-    (before the ``max_faces`` cut); ``elapsed_ms`` is
-    the time spent decoding, detecting and estimating (not waiting for a worker).
+    ``distribution`` and its box clipped to the image; ``faces_found`` says how many passed
+    the face filter (before the ``max_faces`` cut); ``elapsed_ms`` is the time spent
+    decoding, detecting and estimating (not waiting for a worker).
 
     Raises:
         ApiError: 422 when the bytes do not decode (corrupt, truncated) or the image has
