@@ -13,8 +13,9 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -236,42 +237,50 @@ def _recv_all(sock, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-def test_connections_that_never_finish_their_headers_are_bounded(model_file: Path) -> None:
-    """A cap on open connections (JSON 503 past it) and a header deadline, with 5 loopback sockets."""
-    import socket
-
+@contextmanager
+def _server_in_thread(model_file: Path, settings: ServeSettings) -> Iterator[int]:
+    """The app under uvicorn with GLAE's protocol, in this process (a face-free detector); yields its port."""
     import uvicorn
 
     from glae.serve.app import create_app
     from glae.serve.server import server_config
 
     estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), _FakeDetector([]))
-    settings = ServeSettings(header_timeout_s=1.0, max_connections=4)
     port = free_port()
     server = uvicorn.Server(server_config(create_app(estimator, settings, "tiny"), settings, "127.0.0.1", port, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    slow = []
     try:
         while not server.started:
             time.sleep(0.05)
-        for _ in range(4):
-            slow.append(socket.create_connection(("127.0.0.1", port)))
-            slow[-1].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
-        time.sleep(0.2)
-        with socket.create_connection(("127.0.0.1", port)) as extra:
-            answer = _recv_all(extra, timeout=5)
-        assert answer.startswith(b"HTTP/1.1 503") and b'"error": "the server has 4 connections open' in answer
-        started = time.monotonic()
-        for sock in slow:
-            assert _recv_all(sock, timeout=5) == b""  # closed by the server, no request ever ran
-        assert time.monotonic() - started < 3
-        assert get_json(f"http://127.0.0.1:{port}/health")[0] == 200  # the slots are free again
+        yield port
     finally:
-        for sock in slow:
-            sock.close()
         server.should_exit = True
         thread.join(timeout=20)
+
+
+def test_connections_that_never_finish_their_headers_are_bounded(model_file: Path) -> None:
+    """A cap on open connections (JSON 503 past it) and a header deadline, with 5 loopback sockets."""
+    import socket
+
+    slow = []
+    with _server_in_thread(model_file, ServeSettings(header_timeout_s=1.0, max_connections=4)) as port:
+        try:
+            for _ in range(4):
+                slow.append(socket.create_connection(("127.0.0.1", port)))
+                slow[-1].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+            time.sleep(0.2)
+            with socket.create_connection(("127.0.0.1", port)) as extra:
+                answer = _recv_all(extra, timeout=5)
+            assert answer.startswith(b"HTTP/1.1 503") and b'"error": "the server has 4 connections open' in answer
+            started = time.monotonic()
+            for sock in slow:
+                assert _recv_all(sock, timeout=5) == b""  # closed by the server, no request ever ran
+            assert time.monotonic() - started < 3
+            assert get_json(f"http://127.0.0.1:{port}/health")[0] == 200  # the slots are free again
+        finally:
+            for sock in slow:
+                sock.close()
 
 
 def _read_response(sock) -> bytes:
@@ -291,37 +300,20 @@ def test_a_keep_alive_connection_stays_open_after_an_answer_near_a_deadline_tick
     idle time counts from the answer, so the client's next request on the connection is served."""
     import socket
 
-    import uvicorn
-
-    from glae.serve.app import create_app
-    from glae.serve.server import server_config
-
-    estimator = AgeEstimator.load(model_file, PredictOptions(device="cpu"), _FakeDetector([]))
-    settings = ServeSettings(header_timeout_s=1.0)
-    port = free_port()
-    server = uvicorn.Server(server_config(create_app(estimator, settings, "tiny"), settings, "127.0.0.1", port, "warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     boundary = "glae-test-boundary"
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
             "Content-Type: image/jpeg\r\n\r\n").encode() + utk_crops[0].read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     head = (f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.settimeout(10)
-            sock.sendall(head + body[:20])  # the request runs from here: the tick at 1 s lets it be
-            time.sleep(1.85)
-            sock.sendall(body[20:])
-            assert _read_response(sock).startswith(b"HTTP/1.1 200")  # about 0.1 s before the tick at 2 s
-            time.sleep(0.3)  # past that tick, well within the deadline counted from the answer
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert _read_response(sock).startswith(b"HTTP/1.1 200")
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with _server_in_thread(model_file, ServeSettings(header_timeout_s=1.0)) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(head + body[:20])  # the request runs from here: the tick at 1 s lets it be
+        time.sleep(1.85)
+        sock.sendall(body[20:])
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")  # about 0.1 s before the tick at 2 s
+        time.sleep(0.3)  # past that tick, well within the deadline counted from the answer
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")
 
 
 def test_port_out_of_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
